@@ -1,0 +1,213 @@
+//! Typed configuration from a TOML file with `FABRIC_*` environment overrides.
+//!
+//! Precedence, lowest first: the struct's defaults, the TOML file, then the
+//! environment (`FABRIC_LISTEN`, `FABRIC_DATA_DIR`, nested fields with `__`).
+//! Only variables naming a field of the struct are read, so a shell that sets
+//! `FABRIC_URL` for the CLI does not trip a service; unknown keys in the file
+//! are errors, so a typo is caught rather than ignored.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::{Figment, Provider};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The exit code for an invalid configuration (`EX_CONFIG` is 78; sysexits'
+/// `EX_USAGE`, 64, is what the design asks for).
+pub const EXIT_INVALID_CONFIG: i32 = 64;
+
+/// An invalid configuration: one line saying what and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    /// An error about one field, from whichever source set it.
+    pub fn field(field: &str, reason: impl std::fmt::Display) -> Self {
+        ConfigError(format!("{field}: {reason}"))
+    }
+
+    /// Prints the error on one line to stderr and exits with code 64.
+    pub fn exit(&self) -> ! {
+        eprintln!("{self}");
+        std::process::exit(EXIT_INVALID_CONFIG)
+    }
+}
+
+/// Loads `T` from its defaults, the optional TOML `file` and `FABRIC_*` variables.
+pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let env = Env::prefixed("FABRIC_");
+    let defaults = Serialized::defaults(T::default());
+    let known: BTreeSet<String> = defaults
+        .data()
+        .ok()
+        .and_then(|mut profiles| profiles.remove(&figment::Profile::Default))
+        .map(|dict| dict.into_keys().collect())
+        .unwrap_or_default();
+    let mut figment = Figment::from(defaults);
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError(format!(
+                "config file {} not found",
+                path.display()
+            )));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let env = env
+        .filter(move |key| {
+            let top = key.as_str().split("__").next().unwrap_or_default();
+            known.contains(&top.to_ascii_lowercase())
+        })
+        .split("__");
+    figment
+        .merge(env)
+        .extract()
+        .map_err(|e| ConfigError(one_line(&e)))
+}
+
+fn one_line(err: &figment::Error) -> String {
+    let count = err.clone().count();
+    let first = err
+        .clone()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| err.clone());
+    let key = first.path.join(".").to_ascii_lowercase();
+    let place = match &first.metadata {
+        Some(md) => match &md.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if md.name.contains("environment") && !key.is_empty() => {
+                format!("FABRIC_{}", first.path.join("__").to_ascii_uppercase())
+            }
+            _ => md.name.to_string(),
+        },
+        None => "defaults".to_string(),
+    };
+    let what = first.kind.to_string().replace('\n', " ");
+    let mut line = if key.is_empty() {
+        format!("{what} (in {place})")
+    } else {
+        format!("{key}: {what} (in {place})")
+    };
+    if count > 1 {
+        line.push_str(&format!(" (and {} more)", count - 1));
+    }
+    line
+}
+
+/// The default data directory: `$XDG_DATA_HOME/worker-fabric`, else `~/.local/share/worker-fabric`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("worker-fabric");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/worker-fabric"),
+        None => PathBuf::from(".worker-fabric"),
+    }
+}
+
+/// What every service needs: where to listen, where its data lives, how long to drain.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Address the service's HTTP API listens on (`FABRIC_LISTEN`).
+    pub listen: SocketAddr,
+    /// Directory for the service's files: keys, embedded stores (`FABRIC_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// How long in-flight work may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The master keyring file; when unset, `FABRIC_MASTER_KEY` or `<data_dir>/master.key`.
+    pub master_key_file: Option<PathBuf>,
+    /// The fabric secret file for app tokens; when unset, `FABRIC_SECRET` or `<data_dir>/fabric.secret`.
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: default_data_dir(),
+            shutdown_grace: Duration::from_secs(10),
+            master_key_file: None,
+            secret_file: None,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    // `Jail` serialises environment changes across tests and runs each in a
+    // temporary directory; its error type is figment's, large but not ours.
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        Jail::expect_with(|jail| {
+            let c: ServiceConfig = load(None).unwrap();
+            assert_eq!(c.listen, ServiceConfig::default().listen);
+            jail.create_file(
+                "svc.toml",
+                "listen = \"127.0.0.1:7001\"\nshutdown_grace = \"3s\"\n",
+            )?;
+            let c: ServiceConfig = load(Some(Path::new("svc.toml"))).unwrap();
+            assert_eq!(c.listen.port(), 7001);
+            assert_eq!(c.shutdown_grace, Duration::from_secs(3));
+            jail.set_env("FABRIC_LISTEN", "127.0.0.1:7002");
+            jail.set_env("FABRIC_DATA_DIR", "/srv/fabric");
+            // Variables meant for other programs are not this struct's business.
+            jail.set_env("FABRIC_URL", "http://elsewhere");
+            jail.set_env("FABRIC_TOKEN", "x");
+            let c: ServiceConfig = load(Some(Path::new("svc.toml"))).unwrap();
+            assert_eq!(c.listen.port(), 7002);
+            assert_eq!(c.data_dir, PathBuf::from("/srv/fabric"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_are_one_line_and_say_where() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "listen = \"not an address\"\n")?;
+            let text = load::<ServiceConfig>(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(!text.contains('\n'), "{text}");
+            assert!(text.starts_with("invalid configuration: "), "{text}");
+            assert!(
+                text.contains("listen") && text.contains("bad.toml"),
+                "{text}"
+            );
+
+            jail.create_file("typo.toml", "lisen = \"127.0.0.1:1\"\n")?;
+            let text = load::<ServiceConfig>(Some(Path::new("typo.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("lisen"), "{text}");
+
+            jail.set_env("FABRIC_SHUTDOWN_GRACE", "soon");
+            let text = load::<ServiceConfig>(None).unwrap_err().to_string();
+            assert!(
+                text.contains("shutdown_grace") && text.contains("FABRIC_SHUTDOWN_GRACE"),
+                "{text}"
+            );
+
+            let text = load::<ServiceConfig>(Some(Path::new("missing.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("missing.toml"), "{text}");
+            Ok(())
+        });
+    }
+}

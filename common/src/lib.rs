@@ -1,0 +1,16 @@
+//! Pieces every Worker Fabric component shares: envelope encryption, app tokens,
+//! names, configuration, telemetry, shutdown and the operational HTTP endpoints.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+#[cfg(feature = "aws")]
+pub mod aws;
+pub mod config;
+pub mod envelope;
+pub mod http;
+mod secret_file;
+pub mod secrets;
+pub mod shutdown;
+pub mod telemetry;
+pub mod token;

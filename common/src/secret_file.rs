@@ -1,0 +1,63 @@
+//! Writing secrets (keys, tokens) to files only their owner can read.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Creates `path` with mode 0600 and writes `contents`, durably.
+///
+/// Fails with `AlreadyExists` when the file is there, so two processes racing
+/// to create a secret never overwrite each other's. The file is written under
+/// a temporary name and linked into place, so a crash never leaves a partial
+/// secret behind.
+pub fn create_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "secret path has no file name",
+        )
+    })?;
+    let mut nonce = [0u8; 8];
+    crate::envelope::fill_random(&mut nonce);
+    let tmp = dir.join(format!(
+        ".{}.{:016x}.tmp",
+        name.to_string_lossy(),
+        u64::from_ne_bytes(nonce)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        // A hard link fails if the target exists: first writer wins, atomically.
+        std::fs::hard_link(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_writer_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        create_new(&path, b"one").unwrap();
+        let err = create_new(&path, b"two").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

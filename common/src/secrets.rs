@@ -1,0 +1,44 @@
+//! Where a component finds the master keyring and the fabric secret.
+//!
+//! In order: an explicit file from the config, then an environment variable
+//! (`FABRIC_MASTER_KEY`, `FABRIC_SECRET`, base64), then a file in the data
+//! directory, generated with mode 0600 on first use (a local fabric).
+
+use crate::config::{ConfigError, ServiceConfig};
+use crate::envelope::Keyring;
+use crate::token::TokenKey;
+
+/// The environment variable holding the master keyring's text form.
+pub const MASTER_KEY_ENV: &str = "FABRIC_MASTER_KEY";
+/// The environment variable holding the fabric secret (base64).
+pub const SECRET_ENV: &str = "FABRIC_SECRET";
+/// The keyring's file name in the data directory.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// The fabric secret's file name in the data directory.
+pub const SECRET_FILE: &str = "fabric.secret";
+
+/// Loads (or, in the data directory, creates) the master keyring.
+pub fn keyring(config: &ServiceConfig) -> Result<Keyring, ConfigError> {
+    let field = |e: crate::envelope::KeyError| ConfigError(e.to_string());
+    if let Some(path) = &config.master_key_file {
+        return Keyring::from_file(path).map_err(field);
+    }
+    if let Some(ring) = Keyring::from_env(MASTER_KEY_ENV).map_err(field)? {
+        return Ok(ring);
+    }
+    Keyring::load_or_generate(&config.data_dir.join(MASTER_KEY_FILE)).map_err(field)
+}
+
+/// Loads (or, in the data directory, creates) the fabric secret for app tokens.
+pub fn token_key(config: &ServiceConfig) -> Result<TokenKey, ConfigError> {
+    let field = |e: crate::envelope::KeyError| ConfigError(e.to_string());
+    if let Some(path) = &config.secret_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::field("secret_file", format!("{}: {e}", path.display())))?;
+        return TokenKey::parse(&text, &path.display().to_string()).map_err(field);
+    }
+    if let Ok(text) = std::env::var(SECRET_ENV) {
+        return TokenKey::parse(&text, SECRET_ENV).map_err(field);
+    }
+    TokenKey::load_or_generate(&config.data_dir.join(SECRET_FILE)).map_err(field)
+}

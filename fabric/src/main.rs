@@ -1,0 +1,62 @@
+//! `fabric`: run a whole fabric here (`fabric up`) or one component (`fabric serve`).
+#![forbid(unsafe_code)]
+
+mod serve;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Worker Fabric: deploy apps onto workers spread over availability zones.
+#[derive(Parser, Debug)]
+#[command(name = "fabric", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the whole fabric on this machine until Ctrl-C.
+    Up(up::Args),
+    /// Run one component alone, configured by a TOML file and FABRIC_* variables.
+    Serve {
+        /// The component to run.
+        component: serve::Component,
+        /// A TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = common::telemetry::init("fabric") {
+        e.exit();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fabric: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Serve { component, config } => serve::run(component, config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fabric: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

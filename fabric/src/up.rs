@@ -1,0 +1,65 @@
+//! `fabric up`: every component of the fabric in this process, on loopback, until Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::config::ServiceConfig;
+use common::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+use crate::serve::Component;
+
+/// Options of `fabric up`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where keys and local state live.
+    #[arg(long, env = "FABRIC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// Starts every component, prints where each answers, and runs until a signal.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(common::config::default_data_dir);
+    let config = ServiceConfig {
+        data_dir: data_dir.clone(),
+        ..ServiceConfig::default()
+    };
+    let keyring = common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
+    common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
+
+    let shutdown = Shutdown::new(Duration::from_secs(10));
+    shutdown.on_signals();
+    let mut lines = Vec::new();
+    for component in Component::ALL {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        lines.push(format!(
+            "  {:<16} http://{addr}  (/healthz /readyz /metrics)",
+            component.name()
+        ));
+        let (config, sd) = (config.clone(), shutdown.clone());
+        shutdown.spawn(component.name(), component.run(config, listener, sd));
+    }
+    println!(
+        "Worker Fabric is up (data in {}, master key version {}).",
+        data_dir.display(),
+        keyring.newest_version()
+    );
+    println!("Components, serving their health and metrics endpoints:");
+    for line in &lines {
+        println!("{line}");
+    }
+    println!(
+        "The queue and object store APIs, workers, routing and the demo app are not built yet;"
+    );
+    println!("this build runs the foundation they stand on. Press Ctrl-C to stop.");
+    shutdown.triggered().await;
+    let clean = shutdown.drain().await;
+    println!(
+        "Worker Fabric stopped{}.",
+        if clean { "" } else { " (grace period expired)" }
+    );
+    Ok(())
+}

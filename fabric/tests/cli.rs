@@ -1,0 +1,182 @@
+//! The `fabric` binary as a user runs it: `fabric up` and `fabric serve`, their
+//! output, their keys, their exit codes and their shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use fabric_tests::process::{Proc, Stream};
+use nix::sys::signal::Signal;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn fabric() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fabric"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FABRIC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+fn urls(lines: &[&str]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn up_serves_every_component_and_stops_on_sigint() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = fabric();
+    cmd.arg("up").arg("--data-dir").arg(data.path());
+    let mut up = Proc::spawn(cmd);
+    up.wait_for_line(WAIT, |s, l| {
+        s == Stream::Stdout && l.contains("Press Ctrl-C")
+    });
+    let urls = urls(&up.lines_of(Stream::Stdout));
+    assert_eq!(urls.len(), 4, "one URL per component: {:?}", up.seen);
+
+    let client = reqwest::Client::new();
+    for url in &urls {
+        assert!(url.starts_with("http://127.0.0.1:"), "loopback only: {url}");
+        for path in ["/healthz", "/readyz"] {
+            let r = client.get(format!("{url}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url}{path}");
+        }
+        let metrics = client
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("fabric_build_info"), "{metrics}");
+    }
+    for name in ["queue-svc", "objectstore-svc", "control-plane", "lb-proxy"] {
+        assert!(
+            up.lines_of(Stream::Stdout).iter().any(|l| l.contains(name)),
+            "{name} listed"
+        );
+    }
+
+    // A local fabric generates its keys, readable by their owner only.
+    for file in ["master.key", "fabric.secret"] {
+        let meta = std::fs::metadata(data.path().join(file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+    }
+    let key_before = std::fs::read(data.path().join("master.key")).unwrap();
+
+    up.signal(Signal::SIGINT);
+    let status = up.wait_exit(WAIT);
+    assert!(
+        status.success(),
+        "clean exit after SIGINT: {status:?} {:?}",
+        up.seen
+    );
+    assert!(
+        up.lines_of(Stream::Stdout)
+            .iter()
+            .any(|l| l.contains("stopped"))
+    );
+    for url in &urls {
+        assert!(
+            client.get(format!("{url}/healthz")).send().await.is_err(),
+            "{url} still answers"
+        );
+    }
+
+    // A second start keeps the keys of the first.
+    let mut cmd = fabric();
+    cmd.arg("up").arg("--data-dir").arg(data.path());
+    let mut again = Proc::spawn(cmd);
+    again.wait_for_line(WAIT, |s, l| {
+        s == Stream::Stdout && l.contains("Press Ctrl-C")
+    });
+    assert_eq!(
+        std::fs::read(data.path().join("master.key")).unwrap(),
+        key_before
+    );
+    again.signal(Signal::SIGTERM);
+    assert!(again.wait_exit(WAIT).success());
+}
+
+#[tokio::test]
+async fn serve_logs_json_and_drains_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = fabric();
+    cmd.args(["serve", "queue-svc"])
+        .env("FABRIC_DATA_DIR", data.path())
+        .env("FABRIC_LISTEN", "127.0.0.1:0")
+        .env("FABRIC_LOG_FORMAT", "json");
+    let mut svc = Proc::spawn(cmd);
+    let line = svc.wait_for_line(WAIT, |s, l| s == Stream::Stderr && l.contains("listening"));
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["component"], "queue-svc");
+    let addr = event["addr"].as_str().expect("addr field").to_string();
+    let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    svc.signal(Signal::SIGTERM);
+    assert!(svc.wait_exit(WAIT).success(), "{:?}", svc.seen);
+}
+
+/// Runs `fabric serve queue-svc` with `env` and expects exit 64 and one line naming `needle`.
+fn refused(env: &[(&str, &str)], args: &[&str], needle: &str) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = fabric();
+    cmd.args(["serve", "queue-svc"])
+        .args(args)
+        .env("FABRIC_DATA_DIR", data.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "exit 64 for {env:?} {args:?}: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].starts_with("invalid configuration: "), "{stderr}");
+    assert!(lines[0].contains(needle), "{needle} in {stderr}");
+    stderr
+}
+
+#[test]
+fn invalid_configuration_exits_64_with_one_line() {
+    refused(&[("FABRIC_LISTEN", "nowhere")], &[], "listen");
+    refused(
+        &[("FABRIC_SHUTDOWN_GRACE", "eventually")],
+        &[],
+        "shutdown_grace",
+    );
+    refused(&[("FABRIC_LOG_FORMAT", "xml")], &[], "FABRIC_LOG_FORMAT");
+    refused(&[("RUST_LOG", "a=b=c")], &[], "RUST_LOG");
+    refused(
+        &[],
+        &["--config", "/nonexistent/fabric.toml"],
+        "/nonexistent/fabric.toml",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("svc.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nshutdown_grace = 5\n").unwrap();
+    refused(&[], &["--config", file.to_str().unwrap()], "svc.toml");
+}
+
+#[test]
+fn a_bad_master_key_is_refused_without_echoing_it() {
+    // 16 bytes, base64: the right encoding, the wrong length.
+    let short = "c2l4dGVlbiBieXRlcyBrZXk=";
+    let stderr = refused(&[("FABRIC_MASTER_KEY", short)], &[], "FABRIC_MASTER_KEY");
+    assert!(!stderr.contains(short), "{stderr}");
+    let stderr = refused(&[("FABRIC_SECRET", "%%%")], &[], "FABRIC_SECRET");
+    assert!(!stderr.contains("%%%"), "{stderr}");
+}

@@ -1,0 +1,21 @@
+//! Persistent queues for apps: per-app queues over SQS or an embedded store.
+//!
+//! So far this crate serves only its operational endpoints (`/healthz`,
+//! `/readyz`, `/metrics`); its API is built on top of [`run`].
+#![forbid(unsafe_code)]
+
+use common::config::ServiceConfig;
+use common::shutdown::Shutdown;
+use tokio::net::TcpListener;
+
+/// The component's name in logs and metrics.
+pub const NAME: &str = "queue-svc";
+
+/// Serves the component on `listener` until `shutdown`.
+pub async fn run(
+    _config: ServiceConfig,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    common::http::serve_ops_only(NAME, listener, shutdown).await
+}

@@ -1,0 +1,47 @@
+//! Helpers for the end-to-end tests: finding the emulators and cleaning up processes.
+#![forbid(unsafe_code)]
+
+/// The emulator endpoints the tests talk to, from the env file `scripts/test` loads.
+#[derive(Debug, Clone)]
+pub struct Emulators {
+    /// The SQS endpoint (LocalStack).
+    pub sqs: String,
+    /// The DynamoDB endpoint (moto).
+    pub dynamodb: String,
+}
+
+impl Emulators {
+    /// Reads the endpoints from `AWS_ENDPOINT_URL_SQS` and `AWS_ENDPOINT_URL_DYNAMODB`.
+    ///
+    /// Panics with a clear instruction when they are unset: these tests exist to
+    /// run against the emulators, and silently skipping them would hide that.
+    pub fn from_env() -> Self {
+        let get = |var: &str| {
+            std::env::var(var).unwrap_or_else(|_| {
+                panic!(
+                    "{var} is not set: run the suite with scripts/test, or start the emulators with \
+                     infra/localstack/up and load the env file it prints"
+                )
+            })
+        };
+        Emulators {
+            sqs: get("AWS_ENDPOINT_URL_SQS"),
+            dynamodb: get("AWS_ENDPOINT_URL_DYNAMODB"),
+        }
+    }
+}
+
+/// A unique, valid resource name for one test run: `{prefix}-{pid}-{nanos}`.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// True when `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub mod process;

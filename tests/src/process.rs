@@ -1,0 +1,146 @@
+//! A child process under test: its output read line by line, killed by pid when dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A running child whose stdout and stderr lines arrive on a channel.
+pub struct Proc {
+    child: Child,
+    lines: Receiver<(Stream, String)>,
+    /// Every line seen so far, for failure messages.
+    pub seen: Vec<(Stream, String)>,
+}
+
+fn pump(
+    stream: impl Read + Send + 'static,
+    which: Stream,
+    tx: std::sync::mpsc::Sender<(Stream, String)>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((which, line)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `cmd` with piped stdout and stderr.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let (tx, lines) = channel();
+        pump(
+            child.stdout.take().expect("piped stdout"),
+            Stream::Stdout,
+            tx.clone(),
+        );
+        pump(
+            child.stderr.take().expect("piped stderr"),
+            Stream::Stderr,
+            tx,
+        );
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits up to `timeout` for a line matching `pred` and returns it.
+    pub fn wait_for_line(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(Stream, &str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((stream, line)) => {
+                    self.seen.push((stream, line.clone()));
+                    if pred(stream, &line) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no matching line within {timeout:?}; saw {:#?}", self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("process closed its output; saw {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the child");
+    }
+
+    /// Waits up to `timeout` for the child to exit, collecting its remaining output.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for child") {
+                // The pumps end when the pipes close; take what they have.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "process did not exit within {timeout:?}; saw {:#?}",
+                    self.seen
+                );
+            }
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(20)) {
+                self.seen.push(line);
+            }
+        }
+    }
+
+    /// All lines seen on `stream`.
+    pub fn lines_of(&self, stream: Stream) -> Vec<&str> {
+        self.seen
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, l)| l.as_str())
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(self.pid(), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
