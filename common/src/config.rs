@@ -59,7 +59,20 @@ where
                 path.display()
             )));
         }
-        figment = figment.merge(Toml::file_exact(path));
+        let file = Toml::file_exact(path);
+        // Serde cannot deny unknown fields of a struct with a flattened part,
+        // so unknown top-level keys of the file are caught here.
+        if let Ok(mut profiles) = file.data()
+            && let Some(dict) = profiles.remove(&figment::Profile::Default)
+            && let Some(unknown) = dict.keys().find(|k| !known.contains(*k))
+        {
+            return Err(ConfigError(format!(
+                "{unknown}: unknown field, expected one of {} (in {})",
+                known.iter().cloned().collect::<Vec<_>>().join(", "),
+                path.display()
+            )));
+        }
+        figment = figment.merge(file);
     }
     let env = env
         .filter(move |key| {
@@ -114,10 +127,16 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// What every service needs: where to listen, where its data lives, how long to drain.
+/// Settings of a component that has none beyond [`ServiceConfig`]'s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NoSettings {}
+
+/// What every service needs (where to listen, where its data lives, how long
+/// to drain, where its keys are), plus the component's own `settings`, whose
+/// fields sit beside these at the top level of the file and environment.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ServiceConfig {
+#[serde(default)]
+pub struct ServiceConfig<S = NoSettings> {
     /// Address the service's HTTP API listens on (`FABRIC_LISTEN`).
     pub listen: SocketAddr,
     /// Directory for the service's files: keys, embedded stores (`FABRIC_DATA_DIR`).
@@ -129,9 +148,12 @@ pub struct ServiceConfig {
     pub master_key_file: Option<PathBuf>,
     /// The fabric secret file for app tokens; when unset, `FABRIC_SECRET` or `<data_dir>/fabric.secret`.
     pub secret_file: Option<PathBuf>,
+    /// The component's own settings.
+    #[serde(flatten)]
+    pub settings: S,
 }
 
-impl Default for ServiceConfig {
+impl<S: Default> Default for ServiceConfig<S> {
     fn default() -> Self {
         ServiceConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -139,6 +161,22 @@ impl Default for ServiceConfig {
             shutdown_grace: Duration::from_secs(10),
             master_key_file: None,
             secret_file: None,
+            settings: S::default(),
+        }
+    }
+}
+
+impl<S> ServiceConfig<S> {
+    /// The same common fields with other settings (for `fabric up`, which
+    /// configures every component from one set of common fields).
+    pub fn with_settings<T>(&self, settings: T) -> ServiceConfig<T> {
+        ServiceConfig {
+            listen: self.listen,
+            data_dir: self.data_dir.clone(),
+            shutdown_grace: self.shutdown_grace,
+            master_key_file: self.master_key_file.clone(),
+            secret_file: self.secret_file.clone(),
+            settings,
         }
     }
 }
@@ -156,7 +194,7 @@ mod tests {
     fn defaults_then_file_then_environment() {
         Jail::expect_with(|jail| {
             let c: ServiceConfig = load(None).unwrap();
-            assert_eq!(c.listen, ServiceConfig::default().listen);
+            assert_eq!(c.listen, ServiceConfig::<NoSettings>::default().listen);
             jail.create_file(
                 "svc.toml",
                 "listen = \"127.0.0.1:7001\"\nshutdown_grace = \"3s\"\n",
@@ -172,6 +210,45 @@ mod tests {
             let c: ServiceConfig = load(Some(Path::new("svc.toml"))).unwrap();
             assert_eq!(c.listen.port(), 7002);
             assert_eq!(c.data_dir, PathBuf::from("/srv/fabric"));
+            Ok(())
+        });
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Extra {
+        /// A component's own field.
+        backend: String,
+        /// A nested section.
+        limits: Limits,
+    }
+
+    #[derive(Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+    #[serde(default)]
+    struct Limits {
+        max_body: u64,
+    }
+
+    #[test]
+    fn component_settings_sit_beside_the_common_fields() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "listen = \"127.0.0.1:7003\"\nbackend = \"sqs\"\n[limits]\nmax_body = 5\n",
+            )?;
+            jail.set_env("FABRIC_LIMITS__MAX_BODY", "7");
+            let c: ServiceConfig<Extra> = load(Some(Path::new("q.toml"))).unwrap();
+            assert_eq!(c.listen.port(), 7003);
+            assert_eq!(c.settings.backend, "sqs");
+            assert_eq!(c.settings.limits.max_body, 7);
+            jail.create_file("bad.toml", "backend = \"sqs\"\nbakend = 1\n")?;
+            let text = load::<ServiceConfig<Extra>>(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                text.contains("bakend") && text.contains("backend"),
+                "{text}"
+            );
             Ok(())
         });
     }
@@ -194,7 +271,10 @@ mod tests {
             let text = load::<ServiceConfig>(Some(Path::new("typo.toml")))
                 .unwrap_err()
                 .to_string();
-            assert!(text.contains("lisen"), "{text}");
+            assert!(
+                text.contains("lisen") && text.contains("typo.toml"),
+                "{text}"
+            );
 
             jail.set_env("FABRIC_SHUTDOWN_GRACE", "soon");
             let text = load::<ServiceConfig>(None).unwrap_err().to_string();

@@ -90,6 +90,25 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The app token a request presents as `Authorization: Bearer <token>`, if any.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks that the request's app token opens `app` with `needed` scope:
+/// 401 without a valid token, 403 for another app's or too narrow a scope.
+pub fn authorize(
+    key: &crate::token::TokenKey,
+    headers: &axum::http::HeaderMap,
+    app: &str,
+    needed: crate::token::Scope,
+) -> Result<crate::token::Claims, ApiError> {
+    key.authorize(bearer_token(headers), app, needed)
+        .map_err(ApiError::from)
+}
+
 /// Whether a component can take work, and if not, why. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Readiness(Arc<RwLock<Result<(), String>>>);
@@ -236,6 +255,47 @@ mod tests {
         assert_eq!(ApiError::from(wrong).status, StatusCode::FORBIDDEN);
         assert_eq!(
             ApiError::from(crate::token::TokenError::Missing).status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_are_authorized_per_app() {
+        use crate::token::{Scope, TokenKey};
+        use axum::http::{HeaderMap, HeaderValue};
+        let key = TokenKey::generate();
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            authorize(&key, &headers, "orders", Scope::Read)
+                .unwrap_err()
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+        let token = key.issue("orders", Scope::Worker, Duration::from_secs(60));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+        assert_eq!(
+            authorize(&key, &headers, "orders", Scope::Worker)
+                .unwrap()
+                .app,
+            "orders"
+        );
+        assert_eq!(
+            authorize(&key, &headers, "billing", Scope::Read)
+                .unwrap_err()
+                .status,
+            StatusCode::FORBIDDEN
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {token}")).unwrap(),
+        );
+        assert_eq!(
+            authorize(&key, &headers, "orders", Scope::Read)
+                .unwrap_err()
+                .status,
             StatusCode::UNAUTHORIZED
         );
     }

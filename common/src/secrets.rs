@@ -18,7 +18,7 @@ pub const MASTER_KEY_FILE: &str = "master.key";
 pub const SECRET_FILE: &str = "fabric.secret";
 
 /// Loads (or, in the data directory, creates) the master keyring.
-pub fn keyring(config: &ServiceConfig) -> Result<Keyring, ConfigError> {
+pub fn keyring<S>(config: &ServiceConfig<S>) -> Result<Keyring, ConfigError> {
     let field = |e: crate::envelope::KeyError| ConfigError(e.to_string());
     if let Some(path) = &config.master_key_file {
         return Keyring::from_file(path).map_err(field);
@@ -30,7 +30,7 @@ pub fn keyring(config: &ServiceConfig) -> Result<Keyring, ConfigError> {
 }
 
 /// Loads (or, in the data directory, creates) the fabric secret for app tokens.
-pub fn token_key(config: &ServiceConfig) -> Result<TokenKey, ConfigError> {
+pub fn token_key<S>(config: &ServiceConfig<S>) -> Result<TokenKey, ConfigError> {
     let field = |e: crate::envelope::KeyError| ConfigError(e.to_string());
     if let Some(path) = &config.secret_file {
         let text = std::fs::read_to_string(path)

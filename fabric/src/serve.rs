@@ -1,9 +1,13 @@
 //! `fabric serve <component>`: one component alone, as in a real deployment.
 
-use std::path::PathBuf;
+use std::fmt::Display;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use common::config::{self, ServiceConfig};
 use common::shutdown::Shutdown;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
 /// The components `fabric serve` can run.
@@ -38,38 +42,75 @@ impl Component {
         }
     }
 
-    /// Runs the component on `listener` until `shutdown`.
-    pub async fn run(
+    /// Runs the component with `common`'s fields and its default settings,
+    /// on `listener`, until `shutdown` (for `fabric up`).
+    pub async fn run_with<S>(
         self,
-        config: ServiceConfig,
+        common: &ServiceConfig<S>,
         listener: TcpListener,
         shutdown: Shutdown,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), String> {
+        let e = |e: &dyn Display| e.to_string();
         match self {
-            Component::QueueSvc => queue_svc::run(config, listener, shutdown).await,
-            Component::ObjectstoreSvc => objectstore_svc::run(config, listener, shutdown).await,
-            Component::ControlPlane => control_plane::run(config, listener, shutdown).await,
-            Component::LbProxy => lb_proxy::run(config, listener, shutdown).await,
+            Component::QueueSvc => {
+                let c = common.with_settings(Default::default());
+                queue_svc::run(c, listener, shutdown)
+                    .await
+                    .map_err(|x| e(&x))
+            }
+            Component::ObjectstoreSvc => {
+                let c = common.with_settings(Default::default());
+                objectstore_svc::run(c, listener, shutdown)
+                    .await
+                    .map_err(|x| e(&x))
+            }
+            Component::ControlPlane => {
+                let c = common.with_settings(Default::default());
+                control_plane::run(c, listener, shutdown)
+                    .await
+                    .map_err(|x| e(&x))
+            }
+            Component::LbProxy => {
+                let c = common.with_settings(Default::default());
+                lb_proxy::run(c, listener, shutdown)
+                    .await
+                    .map_err(|x| e(&x))
+            }
         }
     }
 }
 
-/// Loads the configuration (exit 64 when invalid), binds, serves until a signal.
+/// Loads `component`'s configuration and serves it until a signal.
 pub async fn run(component: Component, file: Option<PathBuf>) -> anyhow::Result<()> {
-    let config: ServiceConfig = config::load(file.as_deref()).unwrap_or_else(|e| e.exit());
+    let file = file.as_deref();
+    match component {
+        Component::QueueSvc => serve(queue_svc::NAME, file, queue_svc::run).await,
+        Component::ObjectstoreSvc => serve(objectstore_svc::NAME, file, objectstore_svc::run).await,
+        Component::ControlPlane => serve(control_plane::NAME, file, control_plane::run).await,
+        Component::LbProxy => serve(lb_proxy::NAME, file, lb_proxy::run).await,
+    }
+}
+
+/// Loads the configuration (exit 64 when invalid), binds, serves until a signal, drains.
+async fn serve<S, F, Fut, E>(name: &str, file: Option<&Path>, run: F) -> anyhow::Result<()>
+where
+    S: Serialize + DeserializeOwned + Default,
+    F: FnOnce(ServiceConfig<S>, TcpListener, Shutdown) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let config: ServiceConfig<S> = config::load(file).unwrap_or_else(|e| e.exit());
     // Keys are checked at start, so a bad key is a config error, not a later failure.
     common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
     common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        anyhow::anyhow!(
-            "{}: cannot listen on {}: {e}",
-            component.name(),
-            config.listen
-        )
-    })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {}: {e}", config.listen))?;
     let shutdown = Shutdown::new(config.shutdown_grace);
     shutdown.on_signals();
-    component.run(config, listener, shutdown.clone()).await?;
+    run(config, listener, shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     shutdown.drain().await;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(common::config::default_data_dir);
-    let config = ServiceConfig {
+    let config: ServiceConfig = ServiceConfig {
         data_dir: data_dir.clone(),
         ..ServiceConfig::default()
     };
@@ -40,7 +40,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             component.name()
         ));
         let (config, sd) = (config.clone(), shutdown.clone());
-        shutdown.spawn(component.name(), component.run(config, listener, sd));
+        shutdown.spawn(component.name(), async move {
+            component.run_with(&config, listener, sd).await
+        });
     }
     println!(
         "Worker Fabric is up (data in {}, master key version {}).",
