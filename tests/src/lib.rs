@@ -45,3 +45,23 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub mod process;
+
+/// The `fabric` binary of this build (`target/<profile>/fabric`), for tests
+/// that run components as real processes (to `kill -9` them, say).
+///
+/// Testing the workspace builds it; when it is missing, says how to build it.
+pub fn fabric_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/fabric
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join("fabric");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p fabric` (the workspace test run does)",
+        bin.display()
+    );
+    bin
+}
