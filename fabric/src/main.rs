@@ -36,10 +36,13 @@ fn main() -> ExitCode {
     if let Err(e) = common::telemetry::init("fabric") {
         e.exit();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve { component, config } = &cli.command
+        && let Some(threads) = serve::runtime_threads(*component, config.as_deref())
     {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fabric: cannot start the async runtime: {e}");

@@ -21,6 +21,8 @@ pub enum Component {
     ControlPlane,
     /// The load balancer.
     LbProxy,
+    /// One worker of one app (started by the control plane's scheduler).
+    Worker,
 }
 
 impl Component {
@@ -39,6 +41,7 @@ impl Component {
             Component::ObjectstoreSvc => objectstore_svc::NAME,
             Component::ControlPlane => control_plane::NAME,
             Component::LbProxy => lb_proxy::NAME,
+            Component::Worker => workers::NAME,
         }
     }
 
@@ -76,6 +79,9 @@ impl Component {
                     .await
                     .map_err(|x| e(&x))
             }
+            Component::Worker => {
+                Err("a worker runs one app: start it with `fabric serve worker`".into())
+            }
         }
     }
 }
@@ -88,7 +94,24 @@ pub async fn run(component: Component, file: Option<PathBuf>) -> anyhow::Result<
         Component::ObjectstoreSvc => serve(objectstore_svc::NAME, file, objectstore_svc::run).await,
         Component::ControlPlane => serve(control_plane::NAME, file, control_plane::run).await,
         Component::LbProxy => serve(lb_proxy::NAME, file, lb_proxy::run).await,
+        Component::Worker => serve(workers::NAME, file, workers::run).await,
     }
+}
+
+/// The async runtime's threads for `component`: a worker's come from its size.
+///
+/// A worker whose configuration or manifest is invalid exits 64 here, before
+/// anything starts, with one line saying what and where.
+pub fn runtime_threads(component: Component, file: Option<&Path>) -> Option<usize> {
+    if component != Component::Worker {
+        return None;
+    }
+    let config: workers::Config = config::load(file).unwrap_or_else(|e| e.exit());
+    let invalid = |e: workers::StartError| -> ! { config::ConfigError(e.to_string()).exit() };
+    if let Err(e) = config.settings.load_app() {
+        invalid(e)
+    }
+    Some(config.settings.size.runtime_threads)
 }
 
 /// Loads the configuration (exit 64 when invalid), binds, serves until a signal, drains.

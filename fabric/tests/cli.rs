@@ -180,3 +180,69 @@ fn a_bad_master_key_is_refused_without_echoing_it() {
     let stderr = refused(&[("FABRIC_SECRET", "%%%")], &[], "FABRIC_SECRET");
     assert!(!stderr.contains("%%%"), "{stderr}");
 }
+
+#[tokio::test]
+async fn serve_worker_runs_a_manifest_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("echo.yaml");
+    std::fs::write(
+        &good,
+        "name: echo\nflows:\n  - name: echo\n    source: { http: { method: POST, path: /echo } }\n    steps:\n      - set-payload: '{got: .}'\n",
+    )
+    .unwrap();
+    let mut cmd = fabric();
+    cmd.args(["serve", "worker"])
+        .env("FABRIC_DATA_DIR", dir.path())
+        .env("FABRIC_MANIFEST", &good)
+        .env("FABRIC_SIZE", "0.1")
+        .env("FABRIC_LOG_FORMAT", "json");
+    let mut worker = Proc::spawn(cmd);
+    let line = worker.wait_for_line(WAIT, |s, l| s == Stream::Stderr && l.contains("listening"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = event["addr"].as_str().unwrap().to_string();
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/echo"))
+        .json(&serde_json::json!({"a": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"got": {"a": 1}})
+    );
+    worker.signal(Signal::SIGTERM);
+    assert!(worker.wait_exit(WAIT).success(), "{:?}", worker.seen);
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "flows:\n  - name: a\n    steps:\n      - set-payload: '.a |'\n",
+    )
+    .unwrap();
+    for (env, needle) in [
+        (("FABRIC_MANIFEST", bad.to_str().unwrap()), "line 4, column"),
+        (
+            ("FABRIC_MANIFEST", "/nonexistent.yaml"),
+            "/nonexistent.yaml",
+        ),
+    ] {
+        let out = fabric()
+            .args(["serve", "worker"])
+            .env(env.0, env.1)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(needle), "{needle} in {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let out = fabric()
+        .args(["serve", "worker"])
+        .env("FABRIC_MANIFEST", &good)
+        .env("FABRIC_SIZE", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("worker size"));
+}

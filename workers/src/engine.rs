@@ -1,0 +1,236 @@
+//! Runs a flow's steps on an event: the processors' behaviour lives here.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::{ErrorType, FlowError};
+use crate::event::Event;
+use crate::manifest::{App, Flow, Step};
+use crate::metrics::Metrics;
+use crate::queues::TransientQueues;
+
+/// The HTTP response a flow chose with `respond`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body; `None` means the payload at the end of the flow.
+    pub body: Option<Value>,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// An event in a running flow, with the response chosen so far.
+#[derive(Debug)]
+pub struct Exec {
+    /// The event.
+    pub event: Event,
+    /// The response set by `respond`, if any.
+    pub reply: Option<Reply>,
+}
+
+/// Everything a flow needs at run time. Shared by every source of the worker.
+pub struct Engine {
+    app: Arc<App>,
+    flows: HashMap<String, Arc<Flow>>,
+    queues: TransientQueues,
+    http: reqwest::Client,
+    metrics: Metrics,
+}
+
+type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), FlowError>> + Send + 'a>>;
+
+impl Engine {
+    /// An engine for `app`, publishing to `queues`.
+    pub fn new(app: Arc<App>, queues: TransientQueues, metrics: Metrics) -> Self {
+        let flows = app
+            .flows
+            .iter()
+            .map(|f| (f.name.clone(), f.clone()))
+            .collect();
+        Engine {
+            app,
+            flows,
+            queues,
+            http: reqwest::Client::new(),
+            metrics,
+        }
+    }
+
+    /// The app.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The transient queues.
+    pub fn queues(&self) -> &TransientQueues {
+        &self.queues
+    }
+
+    /// Runs `flow` on `event`, recording its latency and outcome.
+    pub async fn run(&self, flow: &Flow, event: Event) -> Result<Exec, FlowError> {
+        let started = std::time::Instant::now();
+        let mut exec = Exec { event, reply: None };
+        let result = self.steps(&flow.steps, &mut exec).await;
+        self.metrics
+            .flow_finished(&flow.name, started.elapsed(), result.as_ref().err());
+        result.map(|()| exec)
+    }
+
+    fn steps<'a>(&'a self, steps: &'a [Step], exec: &'a mut Exec) -> StepFuture<'a> {
+        Box::pin(async move {
+            for step in steps {
+                self.step(step, exec).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn step(&self, step: &Step, exec: &mut Exec) -> Result<(), FlowError> {
+        let props = &self.app.properties;
+        match step {
+            Step::Log(e) => {
+                let text = e.eval_text(&exec.event, props)?;
+                tracing::info!(correlation_id = %exec.event.correlation_id, "{text}");
+            }
+            Step::SetPayload(e) => exec.event.payload = e.eval(&exec.event, props)?,
+            Step::SetVariable { name, value } => {
+                let v = value.eval(&exec.event, props)?;
+                exec.event.vars.insert(name.clone(), v);
+            }
+            Step::Validate(e) => {
+                if !e.eval_bool(&exec.event, props)? {
+                    return Err(FlowError::new(
+                        ErrorType::Validation,
+                        format!("validation failed: {}", e.source()),
+                    ));
+                }
+            }
+            Step::Publish { queue, body } => {
+                let payload = match body {
+                    Some(b) => b.eval(&exec.event, props)?,
+                    None => exec.event.payload.clone(),
+                };
+                self.queues
+                    .publish(queue, payload, exec.event.correlation_id.clone())
+                    .await?;
+            }
+            Step::Respond {
+                status,
+                body,
+                headers,
+            } => {
+                let body = body
+                    .as_ref()
+                    .map(|b| b.eval(&exec.event, props))
+                    .transpose()?;
+                let headers = headers
+                    .iter()
+                    .map(|(n, v)| Ok((n.clone(), v.eval_text(&exec.event, props)?)))
+                    .collect::<Result<_, FlowError>>()?;
+                exec.reply = Some(Reply {
+                    status: *status,
+                    body,
+                    headers,
+                });
+            }
+            Step::Choice { when, otherwise } => {
+                for (cond, branch) in when {
+                    if cond.eval_bool(&exec.event, props)? {
+                        return self.steps(branch, exec).await;
+                    }
+                }
+                self.steps(otherwise, exec).await?;
+            }
+            Step::FlowRef(name) => {
+                // Checked at load: every flow-ref names a flow, and they form no cycle.
+                let flow = self.flows.get(name).ok_or_else(|| {
+                    FlowError::new(ErrorType::NotFound, format!("no flow named {name:?}"))
+                })?;
+                self.steps(&flow.steps, exec).await?;
+            }
+            Step::Try { steps, on_error } => {
+                let Err(err) = self.steps(steps, exec).await else {
+                    return Ok(());
+                };
+                let Some(handler) = on_error
+                    .iter()
+                    .find(|h| h.types.is_empty() || h.types.contains(&err.kind))
+                else {
+                    return Err(err);
+                };
+                exec.event.vars.insert("error".into(), err.to_value());
+                let handled = self.steps(&handler.steps, exec).await;
+                exec.event.vars.remove("error");
+                handled?;
+                if handler.propagate {
+                    return Err(err);
+                }
+            }
+            Step::RaiseError {
+                kind,
+                message,
+                status,
+            } => {
+                let message = match message {
+                    Some(m) => m.eval_text(&exec.event, props)?,
+                    None => format!("{} raised", kind.name()),
+                };
+                let mut err = FlowError::new(kind.clone(), message);
+                err.status = status.and_then(|s| axum::http::StatusCode::from_u16(s).ok());
+                return Err(err);
+            }
+            Step::HttpRequest {
+                method,
+                url,
+                body,
+                headers,
+                timeout,
+            } => {
+                let url = url.eval_text(&exec.event, props)?;
+                let mut req = self.http.request(method.clone(), &url).timeout(*timeout);
+                for (name, value) in headers {
+                    req = req.header(name, value.eval_text(&exec.event, props)?);
+                }
+                if let Some(b) = body {
+                    req = match b.eval(&exec.event, props)? {
+                        Value::String(s) => req.body(s),
+                        other => req.json(&other),
+                    };
+                }
+                exec.event.payload = self.http_call(req, &url).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn http_call(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Value, FlowError> {
+        let fail = |e: reqwest::Error| {
+            let kind = if e.is_timeout() {
+                ErrorType::Timeout
+            } else {
+                ErrorType::Http
+            };
+            FlowError::new(kind, format!("{url}: {e}"))
+        };
+        let response = req.send().await.map_err(fail)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(fail)?;
+        if !status.is_success() {
+            return Err(FlowError::new(
+                ErrorType::Http,
+                format!("{url} answered {status}"),
+            ));
+        }
+        Ok(crate::event::payload_from_bytes(&bytes))
+    }
+}

@@ -1,0 +1,744 @@
+//! The app manifest: YAML parsed with source locations, checked whole, compiled to flows.
+//!
+//! Loading refuses a manifest that does not parse, names a processor or field
+//! that does not exist, refers to a flow or queue that is not there, or holds
+//! a jq expression that does not compile, with the line, column and reason.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use crate::error::ErrorType;
+use crate::expr::Expr;
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {reason}")]
+pub struct ManifestError {
+    /// 1-based line.
+    pub line: u64,
+    /// 1-based column.
+    pub column: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+type Text = Spanned<String>;
+
+fn at<T>(s: &Spanned<T>, reason: impl Into<String>) -> ManifestError {
+    ManifestError {
+        line: s.referenced.line(),
+        column: s.referenced.column(),
+        reason: reason.into(),
+    }
+}
+
+// ---- The YAML shape (the contract users write against) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppDef {
+    name: Option<Text>,
+    #[serde(default)]
+    properties: BTreeMap<String, Value>,
+    flows: Vec<Spanned<FlowDef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FlowDef {
+    name: Text,
+    source: Option<Spanned<SourceDef>>,
+    #[serde(default)]
+    strategy: StrategyDef,
+    max_concurrency: Option<usize>,
+    steps: Vec<Spanned<StepDef>>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum StrategyDef {
+    #[default]
+    Synchronous,
+    QueuedAsync,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum SourceDef {
+    Http {
+        method: Text,
+        path: Text,
+    },
+    Queue {
+        name: Text,
+        #[serde(default = "one")]
+        concurrency: usize,
+        #[serde(rename = "max-deliveries", default = "five")]
+        max_deliveries: u32,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+fn five() -> u32 {
+    5
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum StepDef {
+    Log(Text),
+    SetPayload(Text),
+    SetVariable {
+        name: Text,
+        value: Text,
+    },
+    Validate(Text),
+    Publish {
+        queue: Text,
+        body: Option<Text>,
+    },
+    Respond {
+        status: Option<Spanned<u16>>,
+        body: Option<Text>,
+        #[serde(default)]
+        headers: BTreeMap<String, Text>,
+    },
+    Choice {
+        when: Vec<WhenDef>,
+        #[serde(default)]
+        otherwise: Vec<Spanned<StepDef>>,
+    },
+    FlowRef(Text),
+    Try {
+        steps: Vec<Spanned<StepDef>>,
+        #[serde(rename = "on-error", default)]
+        on_error: Vec<OnErrorDef>,
+    },
+    RaiseError {
+        #[serde(rename = "type")]
+        kind: Text,
+        message: Option<Text>,
+        status: Option<Spanned<u16>>,
+    },
+    HttpRequest {
+        #[serde(default = "get")]
+        method: Text,
+        url: Text,
+        body: Option<Text>,
+        #[serde(default)]
+        headers: BTreeMap<String, Text>,
+        timeout: Option<Text>,
+    },
+}
+
+fn get() -> Text {
+    Spanned::new(
+        "GET".into(),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhenDef {
+    #[serde(rename = "if")]
+    condition: Text,
+    steps: Vec<Spanned<StepDef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnErrorDef {
+    #[serde(rename = "type", default)]
+    types: Vec<Text>,
+    #[serde(default)]
+    propagate: bool,
+    steps: Vec<Spanned<StepDef>>,
+}
+
+// ---- The compiled app ----
+
+/// A loaded, checked app.
+#[derive(Debug)]
+pub struct App {
+    /// The app's name from the manifest, if it gives one.
+    pub name: Option<String>,
+    /// `properties`, readable in expressions as `$props`.
+    pub properties: Value,
+    /// Every flow, in manifest order.
+    pub flows: Vec<Arc<Flow>>,
+}
+
+impl App {
+    /// The flow named `name`.
+    pub fn flow(&self, name: &str) -> Option<&Arc<Flow>> {
+        self.flows.iter().find(|f| f.name == name)
+    }
+}
+
+/// One flow.
+#[derive(Debug)]
+pub struct Flow {
+    /// Its name.
+    pub name: String,
+    /// What starts it; `None` for a flow only reached by `flow-ref`.
+    pub source: Option<Source>,
+    /// How it is run.
+    pub strategy: Strategy,
+    /// Its steps.
+    pub steps: Vec<Step>,
+}
+
+/// What starts a flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An HTTP request: method and path (with `{param}` segments).
+    Http {
+        /// Upper-case method.
+        method: String,
+        /// The path pattern.
+        path: String,
+    },
+    /// A message on one of the app's queues.
+    Queue {
+        /// The queue.
+        name: String,
+        /// Messages processed at once.
+        concurrency: usize,
+        /// Deliveries before a message goes to the dead-letter queue.
+        max_deliveries: u32,
+    },
+}
+
+/// How a flow's events are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// On the source's own task, bounded by the worker's ceiling.
+    Synchronous,
+    /// Queued, at most this many at once.
+    QueuedAsync {
+        /// The flow's own concurrency bound.
+        max_concurrency: usize,
+    },
+}
+
+/// A processor, compiled.
+#[derive(Debug)]
+pub enum Step {
+    /// Logs the expression's text.
+    Log(Expr),
+    /// Replaces the payload.
+    SetPayload(Expr),
+    /// Sets `$vars.<name>`.
+    SetVariable {
+        /// The variable.
+        name: String,
+        /// Its new value.
+        value: Expr,
+    },
+    /// Fails with `VALIDATION` when the condition is false or null.
+    Validate(Expr),
+    /// Sends the payload (or `body`) to one of the app's queues.
+    Publish {
+        /// The queue.
+        queue: String,
+        /// What to send, when not the payload.
+        body: Option<Expr>,
+    },
+    /// Sets the HTTP response.
+    Respond {
+        /// The status.
+        status: u16,
+        /// The body, when not the payload at the end.
+        body: Option<Expr>,
+        /// Extra headers.
+        headers: Vec<(String, Expr)>,
+    },
+    /// Runs the first branch whose condition holds, else `otherwise`.
+    Choice {
+        /// Conditions and their steps, in order.
+        when: Vec<(Expr, Vec<Step>)>,
+        /// Steps when none holds.
+        otherwise: Vec<Step>,
+    },
+    /// Runs another flow's steps on this event.
+    FlowRef(String),
+    /// Runs `steps`; an error is handled by the first matching handler.
+    Try {
+        /// The guarded steps.
+        steps: Vec<Step>,
+        /// Handlers, in order.
+        on_error: Vec<OnError>,
+    },
+    /// Fails with an error of the app's choosing.
+    RaiseError {
+        /// Its type.
+        kind: ErrorType,
+        /// Its message.
+        message: Option<Expr>,
+        /// The HTTP status, when not the type's default.
+        status: Option<u16>,
+    },
+    /// Calls an HTTP endpoint; the response body becomes the payload.
+    HttpRequest {
+        /// The method.
+        method: reqwest::Method,
+        /// The URL.
+        url: Expr,
+        /// The body, when any.
+        body: Option<Expr>,
+        /// Headers.
+        headers: Vec<(String, Expr)>,
+        /// How long to wait for the whole response.
+        timeout: Duration,
+    },
+}
+
+/// One `on-error` handler.
+#[derive(Debug)]
+pub struct OnError {
+    /// The types it handles; empty for any.
+    pub types: Vec<ErrorType>,
+    /// Re-raise after the handler's steps instead of continuing.
+    pub propagate: bool,
+    /// The handler's steps.
+    pub steps: Vec<Step>,
+}
+
+/// The default (and longest) wait of an `http-request`.
+pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_CONCURRENCY: usize = 1024;
+/// Paths every worker serves itself.
+const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Parses and checks a manifest.
+pub fn load(yaml: &str) -> Result<App, ManifestError> {
+    let def: AppDef = serde_saphyr::from_str(yaml).map_err(|e| {
+        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+        let text = e.to_string();
+        // The first line holds the reason; the rest is a rendered snippet.
+        let first = text.lines().next().unwrap_or("invalid manifest");
+        let reason = first
+            .split_once(&format!("line {line} column {column}: "))
+            .map_or(first, |(_, r)| r)
+            .trim_start_matches("error: ")
+            .to_string();
+        ManifestError {
+            line,
+            column,
+            reason,
+        }
+    })?;
+    Checker::new(&def)?.app(def)
+}
+
+struct Checker {
+    flows: HashSet<String>,
+    consumed_queues: HashSet<String>,
+}
+
+impl Checker {
+    fn new(def: &AppDef) -> Result<Self, ManifestError> {
+        if let Some(name) = &def.name {
+            common::app::validate_app_name(&name.value).map_err(|e| at(name, e.to_string()))?;
+        }
+        if def.flows.is_empty() {
+            return Err(ManifestError {
+                line: 1,
+                column: 1,
+                reason: "an app needs at least one flow".into(),
+            });
+        }
+        let mut flows = HashSet::new();
+        let mut consumed_queues = HashSet::new();
+        let mut routes: HashMap<(String, String), ()> = HashMap::new();
+        // The same router the HTTP source uses refuses patterns it cannot tell apart.
+        let mut router = matchit::Router::new();
+        let mut paths = HashSet::new();
+        for flow in &def.flows {
+            let name = &flow.value.name;
+            if name.value.is_empty() {
+                return Err(at(name, "a flow needs a name"));
+            }
+            if !flows.insert(name.value.clone()) {
+                return Err(at(name, format!("flow {:?} is defined twice", name.value)));
+            }
+            match flow.value.source.as_ref().map(|s| &s.value) {
+                Some(SourceDef::Http { method, path }) => {
+                    let m = check_method(method)?;
+                    let shape = check_path(path)?;
+                    if paths.insert(path.value.clone()) {
+                        router
+                            .insert(path.value.clone(), ())
+                            .map_err(|e| at(path, format!("path {:?}: {e}", path.value)))?;
+                    }
+                    if routes.insert((m.to_string(), shape), ()).is_some() {
+                        return Err(at(
+                            path,
+                            format!("another flow already answers {m} {}", path.value),
+                        ));
+                    }
+                }
+                Some(SourceDef::Queue {
+                    name,
+                    concurrency,
+                    max_deliveries,
+                }) => {
+                    common::app::validate_resource_name("queue", &name.value)
+                        .map_err(|e| at(name, e.to_string()))?;
+                    if !consumed_queues.insert(name.value.clone()) {
+                        return Err(at(
+                            name,
+                            format!("queue {:?} already has a consuming flow", name.value),
+                        ));
+                    }
+                    if *concurrency == 0 || *concurrency > MAX_CONCURRENCY {
+                        return Err(at(
+                            name,
+                            format!("concurrency must be 1 to {MAX_CONCURRENCY}"),
+                        ));
+                    }
+                    if *max_deliveries == 0 || *max_deliveries > 1000 {
+                        return Err(at(name, "max-deliveries must be 1 to 1000"));
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(Checker {
+            flows,
+            consumed_queues,
+        })
+    }
+
+    fn app(&self, def: AppDef) -> Result<App, ManifestError> {
+        let mut flows = Vec::with_capacity(def.flows.len());
+        for flow in def.flows {
+            let f = flow.value;
+            let strategy = match (f.strategy, f.max_concurrency) {
+                (StrategyDef::Synchronous, None) => Strategy::Synchronous,
+                (StrategyDef::Synchronous, Some(_)) => {
+                    return Err(at(&f.name, "max-concurrency needs strategy: queued-async"));
+                }
+                (StrategyDef::QueuedAsync, n) => {
+                    let n = n.unwrap_or(16);
+                    if n == 0 || n > MAX_CONCURRENCY {
+                        return Err(at(
+                            &f.name,
+                            format!("max-concurrency must be 1 to {MAX_CONCURRENCY}"),
+                        ));
+                    }
+                    Strategy::QueuedAsync { max_concurrency: n }
+                }
+            };
+            let source = f.source.map(|s| match s.value {
+                SourceDef::Http { method, path } => Source::Http {
+                    method: method.value.to_ascii_uppercase(),
+                    path: path.value,
+                },
+                SourceDef::Queue {
+                    name,
+                    concurrency,
+                    max_deliveries,
+                } => Source::Queue {
+                    name: name.value,
+                    concurrency,
+                    max_deliveries,
+                },
+            });
+            let steps = self.steps(f.steps)?;
+            flows.push(Arc::new(Flow {
+                name: f.name.value,
+                source,
+                strategy,
+                steps,
+            }));
+        }
+        check_flow_refs_acyclic(&flows)?;
+        Ok(App {
+            name: def.name.map(|n| n.value),
+            properties: Value::Object(def.properties.into_iter().collect()),
+            flows,
+        })
+    }
+
+    fn steps(&self, defs: Vec<Spanned<StepDef>>) -> Result<Vec<Step>, ManifestError> {
+        defs.into_iter().map(|d| self.step(d.value)).collect()
+    }
+
+    fn step(&self, def: StepDef) -> Result<Step, ManifestError> {
+        Ok(match def {
+            StepDef::Log(e) => Step::Log(expr(&e)?),
+            StepDef::SetPayload(e) => Step::SetPayload(expr(&e)?),
+            StepDef::SetVariable { name, value } => {
+                if name.value.is_empty() || name.value == "error" {
+                    return Err(at(&name, "a variable needs a name other than \"error\""));
+                }
+                Step::SetVariable {
+                    name: name.value,
+                    value: expr(&value)?,
+                }
+            }
+            StepDef::Validate(e) => Step::Validate(expr(&e)?),
+            StepDef::Publish { queue, body } => {
+                if !self.consumed_queues.contains(&queue.value) {
+                    return Err(at(
+                        &queue,
+                        format!("no flow consumes queue {:?}", queue.value),
+                    ));
+                }
+                Step::Publish {
+                    queue: queue.value,
+                    body: body.as_ref().map(expr).transpose()?,
+                }
+            }
+            StepDef::Respond {
+                status,
+                body,
+                headers,
+            } => Step::Respond {
+                status: match status {
+                    Some(s) if !(100..=599).contains(&s.value) => {
+                        return Err(at(&s, format!("status {} is not an HTTP status", s.value)));
+                    }
+                    Some(s) => s.value,
+                    None => 200,
+                },
+                body: body.as_ref().map(expr).transpose()?,
+                headers: header_exprs(headers)?,
+            },
+            StepDef::Choice { when, otherwise } => Step::Choice {
+                when: when
+                    .into_iter()
+                    .map(|w| Ok((expr(&w.condition)?, self.steps(w.steps)?)))
+                    .collect::<Result<_, ManifestError>>()?,
+                otherwise: self.steps(otherwise)?,
+            },
+            StepDef::FlowRef(name) => {
+                if !self.flows.contains(&name.value) {
+                    return Err(at(
+                        &name,
+                        format!("flow-ref to {:?}, which no flow is named", name.value),
+                    ));
+                }
+                Step::FlowRef(name.value)
+            }
+            StepDef::Try { steps, on_error } => Step::Try {
+                steps: self.steps(steps)?,
+                on_error: on_error
+                    .into_iter()
+                    .map(|h| {
+                        Ok(OnError {
+                            types: h.types.iter().map(|t| ErrorType::parse(&t.value)).collect(),
+                            propagate: h.propagate,
+                            steps: self.steps(h.steps)?,
+                        })
+                    })
+                    .collect::<Result<_, ManifestError>>()?,
+            },
+            StepDef::RaiseError {
+                kind,
+                message,
+                status,
+            } => {
+                if kind.value.is_empty() {
+                    return Err(at(&kind, "an error needs a type"));
+                }
+                Step::RaiseError {
+                    kind: ErrorType::parse(&kind.value),
+                    message: message.as_ref().map(expr).transpose()?,
+                    status: match status {
+                        Some(s) if !(400..=599).contains(&s.value) => {
+                            return Err(at(&s, "an error status must be 400 to 599"));
+                        }
+                        s => s.map(|s| s.value),
+                    },
+                }
+            }
+            StepDef::HttpRequest {
+                method,
+                url,
+                body,
+                headers,
+                timeout,
+            } => Step::HttpRequest {
+                method: reqwest::Method::from_bytes(method.value.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| {
+                    at(&method, format!("{:?} is not an HTTP method", method.value))
+                })?,
+                url: expr(&url)?,
+                body: body.as_ref().map(expr).transpose()?,
+                headers: header_exprs(headers)?,
+                timeout: match timeout {
+                    None => HTTP_REQUEST_TIMEOUT,
+                    Some(t) => {
+                        let d = humantime_duration(&t)?;
+                        if d.is_zero() || d > MAX_HTTP_REQUEST_TIMEOUT {
+                            return Err(at(&t, "timeout must be above 0 and at most 5m"));
+                        }
+                        d
+                    }
+                },
+            },
+        })
+    }
+}
+
+fn expr(text: &Text) -> Result<Expr, ManifestError> {
+    Expr::compile(&text.value).map_err(|e| at(text, format!("expression {:?}: {e}", text.value)))
+}
+
+fn header_exprs(headers: BTreeMap<String, Text>) -> Result<Vec<(String, Expr)>, ManifestError> {
+    headers
+        .into_iter()
+        .map(|(name, value)| {
+            axum::http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| at(&value, format!("{name:?} is not a header name")))?;
+            Ok((name, expr(&value)?))
+        })
+        .collect()
+}
+
+fn humantime_duration(text: &Text) -> Result<Duration, ManifestError> {
+    #[derive(Deserialize)]
+    struct D(#[serde(with = "humantime_serde")] Duration);
+    serde_json::from_value::<D>(Value::String(text.value.clone()))
+        .map(|d| d.0)
+        .map_err(|_| {
+            at(
+                text,
+                format!("{:?} is not a duration (like 500ms, 10s, 1m)", text.value),
+            )
+        })
+}
+
+fn check_method(method: &Text) -> Result<&'static str, ManifestError> {
+    const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    let upper = method.value.to_ascii_uppercase();
+    METHODS.into_iter().find(|m| *m == upper).ok_or_else(|| {
+        at(
+            method,
+            format!("{:?} is not one of {}", method.value, METHODS.join(", ")),
+        )
+    })
+}
+
+/// Checks a path pattern and returns its shape (parameters unnamed), so that
+/// two patterns the router could not tell apart are caught as duplicates.
+fn check_path(path: &Text) -> Result<String, ManifestError> {
+    let p = &path.value;
+    if !p.starts_with('/') {
+        return Err(at(path, "a path starts with '/'"));
+    }
+    if RESERVED_PATHS.contains(&p.as_str()) {
+        return Err(at(path, format!("{p} is the worker's own endpoint")));
+    }
+    let mut shape = String::new();
+    let segments: Vec<&str> = p[1..].split('/').collect();
+    let mut names = HashSet::new();
+    for (i, seg) in segments.iter().enumerate() {
+        shape.push('/');
+        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (name, wildcard) = match inner.strip_prefix('*') {
+                Some(n) => (n, true),
+                None => (inner, false),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(at(
+                    path,
+                    format!("path parameter {seg:?} must be {{name}} or {{*name}}"),
+                ));
+            }
+            if wildcard && i + 1 != segments.len() {
+                return Err(at(path, "a {*name} parameter must be the last segment"));
+            }
+            if !names.insert(name) {
+                return Err(at(path, format!("path parameter {name:?} appears twice")));
+            }
+            shape.push_str(if wildcard { "{*}" } else { "{}" });
+        } else if seg.contains(['{', '}', '*', '?', '#', ':']) {
+            return Err(at(
+                path,
+                format!("path segment {seg:?} has a reserved character"),
+            ));
+        } else {
+            shape.push_str(seg);
+        }
+    }
+    Ok(shape)
+}
+
+fn check_flow_refs_acyclic(flows: &[Arc<Flow>]) -> Result<(), ManifestError> {
+    fn refs(steps: &[Step], out: &mut Vec<String>) {
+        for s in steps {
+            match s {
+                Step::FlowRef(n) => out.push(n.clone()),
+                Step::Choice { when, otherwise } => {
+                    when.iter().for_each(|(_, st)| refs(st, out));
+                    refs(otherwise, out);
+                }
+                Step::Try { steps, on_error } => {
+                    refs(steps, out);
+                    on_error.iter().for_each(|h| refs(&h.steps, out));
+                }
+                _ => {}
+            }
+        }
+    }
+    let graph: HashMap<&str, Vec<String>> = flows
+        .iter()
+        .map(|f| {
+            let mut out = Vec::new();
+            refs(&f.steps, &mut out);
+            (f.name.as_str(), out)
+        })
+        .collect();
+    // Depth-first search with colours: a grey node met again closes a cycle.
+    fn visit<'a>(
+        n: &'a str,
+        graph: &'a HashMap<&str, Vec<String>>,
+        state: &mut HashMap<&'a str, bool>,
+        path: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(true) => return None,
+            Some(false) => {
+                let start = path.iter().position(|p| *p == n).unwrap_or(0);
+                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
+                cycle.push(n.to_string());
+                return Some(cycle);
+            }
+            None => {}
+        }
+        state.insert(n, false);
+        path.push(n);
+        for next in graph.get(n).into_iter().flatten() {
+            if let Some(c) = visit(next, graph, state, path) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        state.insert(n, true);
+        None
+    }
+    let mut state = HashMap::new();
+    for f in flows {
+        if let Some(cycle) = visit(&f.name, &graph, &mut state, &mut Vec::new()) {
+            return Err(ManifestError {
+                line: 1,
+                column: 1,
+                reason: format!("flow-refs form a cycle: {}", cycle.join(" -> ")),
+            });
+        }
+    }
+    Ok(())
+}

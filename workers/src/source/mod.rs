@@ -1,0 +1,4 @@
+//! What starts flows: HTTP requests and queue messages.
+
+pub mod http;
+pub mod queue;

@@ -1,0 +1,175 @@
+//! A bad manifest is refused before anything starts, with line, column and reason.
+
+use workers::manifest::{self, ManifestError, Source, Strategy};
+
+fn refused(yaml: &str) -> ManifestError {
+    match manifest::load(yaml) {
+        Ok(_) => panic!("accepted:\n{yaml}"),
+        Err(e) => e,
+    }
+}
+
+fn assert_refused(yaml: &str, line: u64, needle: &str) {
+    let e = refused(yaml);
+    assert_eq!(e.line, line, "{e}");
+    assert!(e.column >= 1, "{e}");
+    assert!(e.reason.contains(needle), "{needle:?} not in {e}");
+}
+
+const GOOD: &str = r#"
+name: orders
+properties: { threshold: 100 }
+flows:
+  - name: accept
+    source: { http: { method: POST, path: /orders } }
+    steps:
+      - validate: '.orderId != null'
+      - publish: { queue: incoming }
+      - respond: { status: 202, body: '{accepted: .orderId}' }
+  - name: process
+    source: { queue: { name: incoming, concurrency: 4, max-deliveries: 5 } }
+    strategy: queued-async
+    max-concurrency: 8
+    steps:
+      - flow-ref: audit
+  - name: audit
+    steps:
+      - log: '"order \(.orderId)"'
+"#;
+
+#[test]
+fn the_design_shape_loads() {
+    let app = manifest::load(GOOD).unwrap();
+    assert_eq!(app.name.as_deref(), Some("orders"));
+    assert_eq!(app.properties["threshold"], 100);
+    assert_eq!(app.flows.len(), 3);
+    assert_eq!(
+        app.flow("accept").unwrap().source,
+        Some(Source::Http {
+            method: "POST".into(),
+            path: "/orders".into()
+        })
+    );
+    let process = app.flow("process").unwrap();
+    assert_eq!(
+        process.source,
+        Some(Source::Queue {
+            name: "incoming".into(),
+            concurrency: 4,
+            max_deliveries: 5
+        })
+    );
+    assert_eq!(
+        process.strategy,
+        Strategy::QueuedAsync { max_concurrency: 8 }
+    );
+    assert!(app.flow("audit").unwrap().source.is_none());
+}
+
+#[test]
+fn yaml_and_shape_errors() {
+    assert_refused("name: [\n", 1, "");
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - frobnicate: 1\n",
+        4,
+        "unknown variant `frobnicate`",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - respond: { stat: 1 }\n",
+        4,
+        "unknown field `stat`",
+    );
+    assert_refused("flows:\n  - steps: []\n", 2, "missing field `name`");
+    assert_refused("flows: []\n", 1, "at least one flow");
+    assert_refused(
+        "name: Bad_Name\nflows:\n  - name: a\n    steps: []\n",
+        1,
+        "app name",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps: []\n  - name: a\n    steps: []\n",
+        4,
+        "defined twice",
+    );
+}
+
+#[test]
+fn references_must_exist() {
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - flow-ref: nowhere\n",
+        4,
+        "no flow is named",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - publish: { queue: nobody }\n",
+        4,
+        "no flow consumes queue",
+    );
+    let cycle = "flows:\n  - name: a\n    steps: [ { flow-ref: b } ]\n  - name: b\n    steps: [ { flow-ref: a } ]\n";
+    assert!(refused(cycle).reason.contains("cycle"));
+}
+
+#[test]
+fn expressions_must_compile() {
+    let e = refused("flows:\n  - name: a\n    steps:\n      - set-payload: '.a | nosuchfn(1)'\n");
+    assert_eq!((e.line, e.column), (4, 22), "{e}");
+    assert!(
+        e.reason.contains("nosuchfn") && e.reason.contains("character 5"),
+        "{e}"
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - validate: '.a == ('\n",
+        4,
+        "expected",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - log: '$nope'\n",
+        4,
+        "nope",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - choice:\n          when:\n            - if: '.x ==='\n              steps: []\n",
+        6,
+        "expression",
+    );
+}
+
+#[test]
+fn sources_are_checked() {
+    let http = |method: &str, path: &str| {
+        format!(
+            "flows:\n  - name: a\n    source: {{ http: {{ method: {method}, path: '{path}' }} }}\n    steps: []\n"
+        )
+    };
+    assert_refused(&http("FETCH", "/x"), 3, "not one of");
+    assert_refused(&http("GET", "x"), 3, "starts with '/'");
+    assert_refused(&http("GET", "/healthz"), 3, "worker's own endpoint");
+    assert_refused(&http("GET", "/a/{*rest}/b"), 3, "last segment");
+    assert_refused(&http("GET", "/a/{x}/{x}"), 3, "twice");
+    let twice = "flows:\n  - name: a\n    source: { http: { method: GET, path: '/o/{id}' } }\n    steps: []\n  - name: b\n    source: { http: { method: GET, path: '/o/{key}' } }\n    steps: []\n";
+    assert_eq!(refused(twice).line, 6);
+    let clash = "flows:\n  - name: a\n    source: { http: { method: GET, path: '/o/{id}' } }\n    steps: []\n  - name: b\n    source: { http: { method: POST, path: '/o/{key}' } }\n    steps: []\n";
+    assert_eq!(refused(clash).line, 6);
+    let queue = |extra: &str| {
+        format!(
+            "flows:\n  - name: a\n    source: {{ queue: {{ name: q{extra} }} }}\n    steps: []\n"
+        )
+    };
+    assert_refused(&queue(", concurrency: 0"), 3, "concurrency");
+    assert_refused(&queue(", max-deliveries: 0"), 3, "max-deliveries");
+    assert_refused(
+        "flows:\n  - name: a\n    max-concurrency: 4\n    steps: []\n",
+        2,
+        "queued-async",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - http-request: { url: '\"http://x\"', timeout: forever }\n",
+        4,
+        "duration",
+    );
+    assert_refused(
+        "flows:\n  - name: a\n    steps:\n      - respond: { status: 1000 }\n",
+        4,
+        "HTTP status",
+    );
+}
