@@ -42,3 +42,8 @@ pub fn token_key<S>(config: &ServiceConfig<S>) -> Result<TokenKey, ConfigError> 
     }
     TokenKey::load_or_generate(&config.data_dir.join(SECRET_FILE)).map_err(field)
 }
+
+/// Creates a secret file with mode 0600, durably; `AlreadyExists` if it is there.
+pub fn create_secret_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    crate::secret_file::create_new(path, contents)
+}

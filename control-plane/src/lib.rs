@@ -1,24 +1,168 @@
-//! The runtime manager: deploys apps, places workers across AZs, heals them, publishes routes.
+//! The runtime manager: deploys apps, places workers across AZs, heals them,
+//! and publishes the routes the load balancer follows.
 //!
-//! So far this crate serves only its operational endpoints (`/healthz`,
-//! `/readyz`, `/metrics`); its API is built on top of [`run`].
+//! Its API (see [`api`]) is what the `fabric` command line talks to; its
+//! registry survives restarts; its [`supervisor`] runs workers through a
+//! [`scheduler::Scheduler`] (child processes on this machine for now).
 #![forbid(unsafe_code)]
 
-use common::config::{NoSettings, ServiceConfig};
+mod api;
+pub mod client;
+pub mod events;
+pub mod model;
+pub mod registry;
+pub mod scheduler;
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::config::ServiceConfig;
+use common::http::{Readiness, ops_router, registry as metrics_registry, serve};
 use common::shutdown::Shutdown;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+
+pub use api::ADMIN;
 
 /// The component's name in logs and metrics.
 pub const NAME: &str = "control-plane";
+/// The admin API key's file name in the data directory.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
 
-/// The component's configuration: the common service fields and its own settings.
-pub type Config = ServiceConfig<NoSettings>;
+/// The control plane's own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Availability zones, in order (`FABRIC_AZS=a,b,c`).
+    pub azs: Vec<String>,
+    /// The domain apps answer under (`{app}.{domain}`).
+    pub domain: String,
+    /// The load balancer's port, for the URLs the API reports.
+    pub proxy_port: u16,
+    /// The binary workers run as (`<binary> serve worker`); this one by default.
+    pub worker_binary: Option<PathBuf>,
+    /// How long a new worker may take to turn ready before its deploy is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub ready_timeout: Duration,
+    /// How long a draining worker may take to finish its requests.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
+}
 
-/// Serves the component on `listener` until `shutdown`.
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            azs: vec!["a".into(), "b".into(), "c".into()],
+            domain: "fabric.localhost".into(),
+            proxy_port: 8080,
+            worker_binary: None,
+            ready_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The control plane's configuration.
+pub type Config = ServiceConfig<Settings>;
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error("{0}")]
+    Setting(String),
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A fresh API key: `wfk_` and 32 random bytes, base64url.
+pub fn new_api_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    format!(
+        "wfk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Reads the admin key from the data directory, creating it (mode 0600) on first start.
+pub fn admin_key(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    std::fs::create_dir_all(data_dir)?;
+    let key = new_api_key();
+    match common::secrets::create_secret_file(&path, format!("{key}\n").as_bytes()) {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_string())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Serves the control plane on `listener` until `shutdown`, then drains and
+/// stops every worker it runs.
 pub async fn run(
-    _config: Config,
+    config: Config,
     listener: TcpListener,
     shutdown: Shutdown,
-) -> std::io::Result<()> {
-    common::http::serve_ops_only(NAME, listener, shutdown).await
+) -> Result<(), StartError> {
+    let s = &config.settings;
+    if s.azs.is_empty() || s.azs.iter().any(|a| a.is_empty()) {
+        return Err(StartError::Setting(
+            "azs: at least one non-empty AZ name is needed".into(),
+        ));
+    }
+    let binary = match &s.worker_binary {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?,
+    };
+    let registry = registry::Registry::open(&config.data_dir.join("registry.redb"))?;
+    registry.add_api_key(&admin_key(&config.data_dir)?, ADMIN)?;
+    let scheduler = Arc::new(scheduler::local::LocalScheduler::new(
+        binary,
+        s.azs.clone(),
+        &config.data_dir,
+    ));
+    let supervisor = supervisor::Supervisor::new(
+        scheduler,
+        registry.clone(),
+        events::Events::new(),
+        supervisor::SupervisorSettings {
+            data_dir: config.data_dir.clone(),
+            azs: s.azs.clone(),
+            domain: s.domain.clone(),
+            proxy_port: s.proxy_port,
+            ready_timeout: s.ready_timeout,
+            drain_grace: s.drain_grace,
+        },
+        Arc::new(|_| Vec::new()),
+    );
+    supervisor.recover().await?;
+    {
+        let sup = supervisor.clone();
+        shutdown.spawn("supervisor", {
+            let sd = shutdown.clone();
+            async move { sup.run(sd).await }
+        });
+    }
+    let readiness = Readiness::new("starting");
+    let api = api::Api {
+        supervisor,
+        registry,
+        deploying: Arc::default(),
+    };
+    let router = api::router(api).merge(ops_router(
+        readiness.clone(),
+        Arc::new(metrics_registry(NAME)),
+    ));
+    readiness.set_ready();
+    serve(NAME, listener, router, readiness, shutdown).await?;
+    Ok(())
 }

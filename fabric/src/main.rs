@@ -1,6 +1,7 @@
 //! `fabric`: run a whole fabric here (`fabric up`) or one component (`fabric serve`).
 #![forbid(unsafe_code)]
 
+mod cli;
 mod serve;
 mod up;
 
@@ -15,6 +16,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: cli::Target,
 }
 
 #[derive(Subcommand, Debug)]
@@ -29,6 +32,23 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Deploy, list, show, scale and delete apps.
+    #[command(subcommand)]
+    Apps(cli::AppsCommand),
+    /// An app's workers: id, AZ, state, address, restarts, direct URL.
+    Workers {
+        /// The app.
+        app: String,
+    },
+    /// Alerts and changes: workers down/up/moved, AZs, deploy steps.
+    Events {
+        /// Keep following new events.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Take a whole AZ down, or bring it back (local scheduler).
+    #[command(subcommand)]
+    Az(cli::AzCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,14 +69,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let target = cli.target;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
-            Command::Serve { component, config } => serve::run(component, config).await,
+            Command::Up(args) => up::run(args, target.data_dir()).await.map(Ok),
+            Command::Serve { component, config } => serve::run(component, config).await.map(Ok),
+            Command::Apps(c) => Ok(Err(cli::apps(target, c).await)),
+            Command::Workers { app } => Ok(Err(cli::workers(target, app).await)),
+            Command::Events { follow } => Ok(Err(cli::events(target, follow).await)),
+            Command::Az(c) => Ok(Err(cli::az(target, c).await)),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(code)) => code,
         Err(e) => {
             eprintln!("fabric: {e:#}");
             ExitCode::FAILURE

@@ -1,0 +1,396 @@
+//! The control plane's HTTP API (axum): apps, workers, events, AZs, tenants, routes.
+//!
+//! Every call carries a tenant's API key as `Authorization: Bearer`; a tenant
+//! sees and changes only its own apps (another tenant's app is "not found"),
+//! and the admin tenant sees all of them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::http::{ApiError, bearer_token};
+use serde::Deserialize;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::model::{AppRecord, AppStatus, DeployRequest, ScaleRequest};
+use crate::registry::Registry;
+use crate::supervisor::{DeployError, Supervisor};
+
+/// The tenant that sees every app and manages AZs and tenants.
+pub const ADMIN: &str = "admin";
+
+#[derive(Clone)]
+pub(crate) struct Api {
+    pub supervisor: Supervisor,
+    pub registry: Registry,
+    pub deploying: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::NotReady(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "NOT_READY", m)
+            }
+            other => internal(other),
+        }
+    }
+}
+
+pub(crate) fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/apps", get(list_apps).post(deploy))
+        .route("/v1/apps/{name}", get(show_app).delete(delete_app))
+        .route("/v1/apps/{name}/scale", post(scale_app))
+        .route("/v1/apps/{name}/workers", get(workers))
+        .route("/v1/events", get(events))
+        .route("/v1/azs", get(azs))
+        .route("/v1/azs/{az}/{action}", post(az_action))
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/routes", get(routes))
+        .with_state(api)
+}
+
+impl Api {
+    fn tenant(&self, headers: &HeaderMap) -> ApiResult<String> {
+        let key = bearer_token(headers).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "no API key presented",
+            )
+        })?;
+        self.registry
+            .tenant_of(key)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown API key")
+            })
+    }
+
+    fn admin(&self, headers: &HeaderMap) -> ApiResult<()> {
+        match self.tenant(headers)?.as_str() {
+            ADMIN => Ok(()),
+            _ => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "only the admin key may do this",
+            )),
+        }
+    }
+
+    /// The app, if the tenant may see it; another tenant's app is not found.
+    fn owned(&self, tenant: &str, name: &str) -> ApiResult<AppRecord> {
+        match self.registry.app(name).map_err(internal)? {
+            Some(app) if tenant == ADMIN || app.tenant == tenant => Ok(app),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no app named {name}"),
+            )),
+        }
+    }
+
+    fn status(&self, app: AppRecord) -> AppStatus {
+        let ready = self.supervisor.app(&app.name).map_or(0, |(_, r)| r);
+        AppStatus {
+            url: self.supervisor.url(&app.name),
+            ready,
+            app,
+        }
+    }
+
+    fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION", message)
+}
+
+fn check_workers(n: u32) -> ApiResult<()> {
+    if (1..=8).contains(&n) {
+        Ok(())
+    } else {
+        Err(bad(format!("workers must be 1 to 8, not {n}")))
+    }
+}
+
+fn check_size(size: f64) -> ApiResult<()> {
+    size.to_string()
+        .parse::<workers::size::WorkerSize>()
+        .map(|_| ())
+        .map_err(|e| bad(e.to_string()))
+}
+
+async fn deploy(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<AppStatus>> {
+    let tenant = api.tenant(&headers)?;
+    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+    check_workers(req.workers)?;
+    check_size(req.size)?;
+    let app = workers::manifest::load(&req.manifest).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST",
+            format!("manifest refused: {e}"),
+        )
+    })?;
+    let name = req
+        .name
+        .clone()
+        .or(app.name.clone())
+        .ok_or_else(|| bad("the app needs a name: give --name or put name: in the manifest"))?;
+    common::app::validate_app_name(&name).map_err(|e| bad(e.to_string()))?;
+    let lock = api.app_lock(&name);
+    let _held = lock.lock().await;
+    if let Some(existing) = api.registry.app(&name).map_err(internal)?
+        && existing.tenant != tenant
+        && tenant != ADMIN
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            format!("app name {name} is taken"),
+        ));
+    }
+    let owner = api
+        .registry
+        .app(&name)
+        .map_err(internal)?
+        .map_or(tenant, |a| a.tenant);
+    let record = AppRecord {
+        name,
+        tenant: owner,
+        version: 0,
+        manifest: req.manifest,
+        workers: req.workers,
+        size: req.size,
+        persistent_queues: req.persistent_queues,
+        encrypt_queues: req.encrypt_queues,
+    };
+    let record = api.supervisor.deploy(record).await?;
+    Ok(Json(api.status(record)))
+}
+
+async fn list_apps(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Vec<AppStatus>>> {
+    let tenant = api.tenant(&headers)?;
+    let apps = api.registry.apps().map_err(internal)?;
+    Ok(Json(
+        apps.into_iter()
+            .filter(|a| tenant == ADMIN || a.tenant == tenant)
+            .map(|a| api.status(a))
+            .collect(),
+    ))
+}
+
+async fn show_app(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AppStatus>> {
+    let tenant = api.tenant(&headers)?;
+    Ok(Json(api.status(api.owned(&tenant, &name)?)))
+}
+
+async fn delete_app(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let tenant = api.tenant(&headers)?;
+    api.owned(&tenant, &name)?;
+    let lock = api.app_lock(&name);
+    let _held = lock.lock().await;
+    api.supervisor.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn scale_app(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(req): Json<ScaleRequest>,
+) -> ApiResult<Json<AppStatus>> {
+    let tenant = api.tenant(&headers)?;
+    let app = api.owned(&tenant, &name)?;
+    check_workers(req.workers)?;
+    let lock = api.app_lock(&name);
+    let _held = lock.lock().await;
+    let record = match req.size {
+        // A new size is a new version, deployed side by side.
+        Some(size) if size != app.size => {
+            check_size(size)?;
+            api.supervisor
+                .deploy(AppRecord {
+                    size,
+                    workers: req.workers,
+                    ..app
+                })
+                .await?
+        }
+        _ => api.supervisor.scale(&name, req.workers).await?,
+    };
+    Ok(Json(api.status(record)))
+}
+
+async fn workers(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let tenant = api.tenant(&headers)?;
+    api.owned(&tenant, &name)?;
+    Ok(Json(api.supervisor.workers(&name)).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    let tenant = api.tenant(&headers)?;
+    let visible = {
+        let api = api.clone();
+        move |app: &Option<String>| -> bool {
+            tenant == ADMIN
+                || match app {
+                    None => true,
+                    Some(name) => api
+                        .registry
+                        .app(name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|a| a.tenant == tenant),
+                }
+        }
+    };
+    if !q.follow {
+        let events: Vec<_> = api
+            .supervisor
+            .events()
+            .recent()
+            .into_iter()
+            .filter(|e| visible(&e.app))
+            .collect();
+        return Ok(Json(events).into_response());
+    }
+    let backlog: Vec<_> = api.supervisor.events().recent();
+    let live = BroadcastStream::new(api.supervisor.events().subscribe()).filter_map(Result::ok);
+    let stream = tokio_stream::iter(backlog)
+        .chain(live)
+        .filter(move |e| visible(&e.app))
+        .map(|e| Ok::<_, Infallible>(SseEvent::default().json_data(&e).unwrap_or_default()));
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+async fn azs(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Response> {
+    api.tenant(&headers)?;
+    Ok(Json(api.supervisor.azs()).into_response())
+}
+
+async fn az_action(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((az, action)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    api.admin(&headers)?;
+    let known = match action.as_str() {
+        "fail" => api.supervisor.fail_az(&az),
+        "restore" => api.supervisor.restore_az(&az).await,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!("no AZ action {other}"),
+            ));
+        }
+    };
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no AZ named {az}"),
+        ));
+    }
+    Ok(Json(api.supervisor.azs()).into_response())
+}
+
+#[derive(Deserialize)]
+struct NewTenant {
+    name: String,
+}
+
+async fn create_tenant(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(req): Json<NewTenant>,
+) -> ApiResult<Response> {
+    api.admin(&headers)?;
+    common::app::validate_app_name(&req.name)
+        .map_err(|e| bad(e.to_string().replace("app name", "tenant name")))?;
+    if req.name == ADMIN {
+        return Err(bad("the admin tenant exists already"));
+    }
+    let key = crate::new_api_key();
+    api.registry
+        .add_api_key(&key, &req.name)
+        .map_err(internal)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "tenant": req.name, "apiKey": key })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct RoutesQuery {
+    /// Answer once the table's version is above this (long poll, up to 30 s).
+    after: Option<u64>,
+}
+
+async fn routes(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<RoutesQuery>,
+) -> ApiResult<Response> {
+    api.admin(&headers)?;
+    let mut rx = api.supervisor.routes();
+    if let Some(after) = q.after {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|t| t.version > after)).await;
+    }
+    let table = rx.borrow().clone();
+    Ok(Json(table).into_response())
+}

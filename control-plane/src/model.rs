@@ -1,0 +1,133 @@
+//! The control plane's API types, shared by the server and the `fabric` CLI.
+
+use serde::{Deserialize, Serialize};
+
+/// A deploy (or redeploy) request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployRequest {
+    /// The app's name; the manifest's own when absent.
+    pub name: Option<String>,
+    /// The manifest's YAML text.
+    pub manifest: String,
+    /// Workers, 1 to 8.
+    pub workers: u32,
+    /// Worker size in vCores.
+    pub size: f64,
+    /// Queues shared by all workers and kept in queue-svc.
+    #[serde(default)]
+    pub persistent_queues: bool,
+    /// Persistent queue messages sealed before they reach the backend.
+    #[serde(default)]
+    pub encrypt_queues: bool,
+}
+
+/// A scale request: new worker count, and optionally a new size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleRequest {
+    /// Workers, 1 to 8.
+    pub workers: u32,
+    /// A new size (a side-by-side redeploy) when given.
+    pub size: Option<f64>,
+}
+
+/// An app as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRecord {
+    /// The app's name.
+    pub name: String,
+    /// The tenant that owns it.
+    pub tenant: String,
+    /// The running version (1 on first deploy).
+    pub version: u64,
+    /// The manifest's text.
+    pub manifest: String,
+    /// Wanted workers.
+    pub workers: u32,
+    /// Worker size.
+    pub size: f64,
+    /// Persistent queues on.
+    pub persistent_queues: bool,
+    /// Queue encryption on.
+    pub encrypt_queues: bool,
+}
+
+/// What `apps list` and `apps show` print for an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    /// The record.
+    #[serde(flatten)]
+    pub app: AppRecord,
+    /// Workers of the running version that are ready.
+    pub ready: u32,
+    /// The app's URL through the load balancer.
+    pub url: String,
+}
+
+/// A worker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Started, not ready yet.
+    Starting,
+    /// Answering `/readyz`.
+    Ready,
+    /// Taking no new work; finishing its own.
+    Draining,
+    /// Exited or unready; waiting to be restarted.
+    Down,
+}
+
+/// One worker, as `fabric workers N` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerInfo {
+    /// `{app}-{n}`.
+    pub id: String,
+    /// Its index n within the app (1-based).
+    pub index: u32,
+    /// The app version it runs.
+    pub version: u64,
+    /// Its availability zone.
+    pub az: String,
+    /// Its state.
+    pub state: WorkerState,
+    /// Where it listens.
+    pub address: String,
+    /// Its process id (local scheduler).
+    pub pid: Option<u32>,
+    /// Times it was restarted.
+    pub restarts: u32,
+    /// Its direct URL through the load balancer.
+    pub url: String,
+}
+
+/// Something that happened: for `fabric events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// Increasing sequence number.
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The app concerned, if any.
+    pub app: Option<String>,
+    /// What kind: `worker.down`, `worker.up`, `worker.moved`, `az.down`,
+    /// `az.up`, `deploy.started`, `deploy.ready`, `deploy.done`, `deploy.failed`, ...
+    pub kind: String,
+    /// A sentence for a person.
+    pub message: String,
+}
+
+/// An availability zone and whether it is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AzStatus {
+    /// The zone's label.
+    pub name: String,
+    /// Whether workers may run there.
+    pub up: bool,
+}

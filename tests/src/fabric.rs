@@ -1,0 +1,167 @@
+//! A whole local fabric (`fabric up`) under test, and its command line.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::process::{Proc, Stream};
+
+const START: Duration = Duration::from_secs(60);
+
+/// A running `fabric up` with its own data directory.
+pub struct Fabric {
+    proc: Option<Proc>,
+    /// Its data directory (keys, registry, logs).
+    pub data: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The result of one `fabric` command.
+pub struct Run {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    /// Standard output as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+fn bare_command() -> Command {
+    let mut cmd = Command::new(crate::fabric_bin());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FABRIC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+impl Fabric {
+    /// Starts a fabric in a fresh temporary data directory.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_path_buf();
+        let mut f = Self::start_in(&data);
+        f._dir = Some(dir);
+        f
+    }
+
+    /// Starts a fabric on an existing data directory (a restart).
+    pub fn start_in(data: &Path) -> Self {
+        let mut cmd = bare_command();
+        cmd.arg("up")
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn(cmd);
+        proc.wait_for_line(START, |s, l| {
+            s == Stream::Stdout && l.contains("Press Ctrl-C")
+        });
+        Fabric {
+            proc: Some(proc),
+            data: data.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    /// Runs `fabric ARGS` against this fabric.
+    pub fn cli(&self, args: &[&str]) -> Run {
+        self.cli_env(args, &[])
+    }
+
+    /// Runs `fabric ARGS` with extra environment.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = bare_command();
+        cmd.arg("--data-dir").arg(&self.data).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run fabric").into()
+    }
+
+    /// The admin API key.
+    pub fn admin_key(&self) -> String {
+        std::fs::read_to_string(self.data.join("admin.key"))
+            .expect("admin key")
+            .trim()
+            .to_string()
+    }
+
+    /// The control plane's URL.
+    pub fn url(&self) -> String {
+        std::fs::read_to_string(self.data.join("control-plane.url"))
+            .expect("url file")
+            .trim()
+            .to_string()
+    }
+
+    /// `fabric workers APP --output json`.
+    pub fn workers(&self, app: &str) -> Vec<serde_json::Value> {
+        let run = self.cli(&["workers", app, "--output", "json"]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run.json().as_array().cloned().unwrap_or_default()
+    }
+
+    /// Polls `fabric workers APP` until `pred` holds for the list.
+    pub fn wait_workers(
+        &self,
+        app: &str,
+        what: &str,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + START;
+        loop {
+            let w = self.workers(app);
+            if pred(&w) {
+                return w;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}: {w:#?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills `fabric up` with SIGKILL, leaving its workers running (a crash).
+    pub fn crash(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(Signal::SIGKILL);
+            p.wait_exit(START);
+        }
+    }
+
+    /// Stops `fabric up` with SIGINT and waits for it: it stops its workers.
+    pub fn stop(&mut self) -> bool {
+        match self.proc.take() {
+            Some(mut p) => {
+                p.signal(Signal::SIGINT);
+                p.wait_exit(START).success()
+            }
+            None => true,
+        }
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,263 @@
+//! The control plane through the `fabric` command line, against a real local fabric.
+
+use std::collections::HashSet;
+
+use fabric_tests::fabric::Fabric;
+use serde_json::Value;
+
+const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.yaml");
+
+fn ready(ws: &[Value], n: usize) -> bool {
+    ws.len() == n && ws.iter().all(|w| w["state"] == "ready")
+}
+
+async fn greet(address: &str) -> Value {
+    let r = reqwest::get(format!("http://{address}/hello/test"))
+        .await
+        .expect("worker answers");
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn pid(w: &Value) -> i32 {
+    w["pid"].as_i64().expect("pid") as i32
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_spread_heal_and_leave_a_failed_az() {
+    let fabric = Fabric::start();
+    let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.1"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("hello v1 is serving on 2/2 workers"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("is ready in AZ"),
+        "progress is shown: {}",
+        run.stderr
+    );
+
+    let ws = fabric.workers("hello");
+    assert!(ready(&ws, 2), "{ws:#?}");
+    let azs: HashSet<&str> = ws.iter().map(|w| w["az"].as_str().unwrap()).collect();
+    assert_eq!(azs.len(), 2, "no single AZ holds both: {ws:#?}");
+    for w in &ws {
+        assert_eq!(
+            greet(w["address"].as_str().unwrap()).await["message"],
+            "hello, test"
+        );
+        assert!(
+            w["url"].as_str().unwrap().starts_with("http://hello-"),
+            "direct URL: {w}"
+        );
+    }
+
+    // kill -9 of a worker: it is replaced, and the replacement answers.
+    let victim = pid(&ws[0]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let ws = fabric.wait_workers("hello", "worker 1 replaced", |ws| {
+        ready(ws, 2) && pid(&ws[0]) != victim && ws[0]["restarts"] == 1
+    });
+    greet(ws[0]["address"].as_str().unwrap()).await;
+    let events = fabric.cli(&["events", "--output", "json"]).stdout;
+    assert!(
+        events.contains("\"worker.down\"") && events.contains("hello-1 (v1)"),
+        "{events}"
+    );
+
+    // An AZ fails: its worker moves to an AZ that is up.
+    let lost_az = ws[1]["az"].as_str().unwrap().to_string();
+    let run = fabric.cli(&["az", "fail", &lost_az]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let ws = fabric.wait_workers("hello", "worker 2 moved", |ws| {
+        ready(ws, 2) && ws[1]["az"] != lost_az.as_str()
+    });
+    assert_ne!(ws[0]["az"], ws[1]["az"], "still spread: {ws:#?}");
+    greet(ws[1]["address"].as_str().unwrap()).await;
+    let events = fabric.cli(&["events"]).stdout;
+    assert!(
+        events.contains("worker.moved") && events.contains("az.down"),
+        "{events}"
+    );
+    assert_eq!(fabric.cli(&["az", "restore", &lost_az]).code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_manifest_changes_nothing_and_redeploy_replaces_workers() {
+    let fabric = Fabric::start();
+    assert_eq!(
+        fabric
+            .cli(&["apps", "deploy", HELLO, "--workers", "1", "--size", "0.1"])
+            .code,
+        Some(0)
+    );
+    let before = fabric.workers("hello");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "name: hello\nflows:\n  - name: a\n    steps:\n      - set-payload: '.x |'\n",
+    )
+    .unwrap();
+    let run = fabric.cli(&[
+        "apps",
+        "deploy",
+        bad.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--size",
+        "0.1",
+    ]);
+    assert_eq!(run.code, Some(65), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("line 5, column") && run.stderr.contains("nothing was deployed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fabric.workers("hello"), before, "nothing changed");
+
+    let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "0", "--size", "0.1"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("workers must be 1 to 8"),
+        "{}",
+        run.stderr
+    );
+    let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "1", "--size", "0.3"]);
+    assert!(run.stderr.contains("worker size"), "{}", run.stderr);
+    let run = fabric.cli(&[
+        "apps",
+        "deploy",
+        "/nonexistent.yaml",
+        "--workers",
+        "1",
+        "--size",
+        "0.1",
+    ]);
+    assert_eq!(run.code, Some(66), "{}", run.stderr);
+
+    // A redeploy starts new workers side by side and stops the old ones.
+    let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.2"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let after = fabric.workers("hello");
+    assert!(
+        ready(&after, 2) && after.iter().all(|w| w["version"] == 2),
+        "{after:#?}"
+    );
+    let old = pid(&before[0]);
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), None).is_err(),
+        "old worker stopped"
+    );
+
+    let list = fabric.cli(&["apps", "list", "--output", "json"]).json();
+    assert_eq!(list[0]["version"], 2);
+    assert_eq!(list[0]["ready"], 2);
+    let run = fabric.cli(&["apps", "scale", "hello", "--workers", "1"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    fabric.wait_workers("hello", "scaled to one", |ws| ready(ws, 1));
+    assert_eq!(fabric.cli(&["apps", "delete", "hello"]).code, Some(0));
+    assert_eq!(fabric.cli(&["apps", "show", "hello"]).code, Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_control_plane_takes_its_workers_back() {
+    let mut fabric = Fabric::start();
+    assert_eq!(
+        fabric
+            .cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.1"])
+            .code,
+        Some(0)
+    );
+    let before = fabric.workers("hello");
+    fabric.crash();
+    // The workers outlive the crash and keep serving.
+    for w in &before {
+        greet(w["address"].as_str().unwrap()).await;
+    }
+    let mut again = Fabric::start_in(&fabric.data);
+    let after = again.wait_workers("hello", "adopted workers", |ws| ready(ws, 2));
+    let pids = |ws: &[Value]| ws.iter().map(pid).collect::<Vec<_>>();
+    assert_eq!(
+        pids(&after),
+        pids(&before),
+        "the same processes, taken back"
+    );
+    let list = again.cli(&["apps", "list", "--output", "json"]).json();
+    assert_eq!(list[0]["name"], "hello");
+    assert!(again.stop());
+    for p in pids(&after) {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_err(),
+            "worker {p} left behind"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_see_and_touch_only_their_own_apps() {
+    let fabric = Fabric::start();
+    let admin = control_plane::client::Client::new(&fabric.url(), &fabric.admin_key());
+    let key_a = admin.create_tenant("tenant-a").await.unwrap();
+    let key_b = admin.create_tenant("tenant-b").await.unwrap();
+    let as_a = [("FABRIC_TOKEN", key_a.as_str())];
+    let as_b = [("FABRIC_TOKEN", key_b.as_str())];
+    let run = fabric.cli_env(
+        &["apps", "deploy", HELLO, "--workers", "1", "--size", "0.1"],
+        &as_a,
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+
+    assert_eq!(
+        fabric
+            .cli_env(&["apps", "list", "--output", "json"], &as_b)
+            .json(),
+        serde_json::json!([])
+    );
+    assert_eq!(
+        fabric.cli_env(&["apps", "show", "hello"], &as_b).code,
+        Some(4)
+    );
+    assert_eq!(fabric.cli_env(&["workers", "hello"], &as_b).code, Some(4));
+    assert_eq!(
+        fabric.cli_env(&["apps", "delete", "hello"], &as_b).code,
+        Some(4)
+    );
+    assert_eq!(
+        fabric
+            .cli_env(&["apps", "scale", "hello", "--workers", "2"], &as_b)
+            .code,
+        Some(4)
+    );
+    let run = fabric.cli_env(
+        &["apps", "deploy", HELLO, "--workers", "1", "--size", "0.1"],
+        &as_b,
+    );
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("taken"), "{}", run.stderr);
+    assert_eq!(
+        fabric.cli_env(&["az", "fail", "a"], &as_b).code,
+        Some(1),
+        "AZs are the admin's"
+    );
+    let events = fabric.cli_env(&["events"], &as_b).stdout;
+    assert!(!events.contains("hello"), "{events}");
+
+    let list = fabric
+        .cli_env(&["apps", "list", "--output", "json"], &as_a)
+        .json();
+    assert_eq!(list[0]["name"], "hello");
+    assert_eq!(
+        fabric
+            .cli_env(&["apps", "list"], &[("FABRIC_TOKEN", "wfk_wrong")])
+            .code,
+        Some(1)
+    );
+}
