@@ -449,6 +449,32 @@ impl Supervisor {
         );
     }
 
+    /// A new slot for worker `index` of `version` in `az`, started at once.
+    fn start_slot(
+        &self,
+        record: &AppRecord,
+        version: u64,
+        index: u32,
+        az: String,
+        now: Instant,
+    ) -> Slot {
+        let mut slot = Slot {
+            index,
+            version,
+            az,
+            running: None,
+            state: WorkerState::Down,
+            restarts: 0,
+            probe_failures: 0,
+            started: now,
+            next_restart: now,
+            backoff: FIRST_BACKOFF,
+        };
+        let spec = self.spec(record, version, index, &slot.az);
+        self.launch(&record.name, &mut slot, &spec, now);
+        slot
+    }
+
     fn launch(&self, app: &str, slot: &mut Slot, spec: &WorkerSpec, now: Instant) {
         slot.started = now;
         slot.probe_failures = 0;
@@ -556,20 +582,7 @@ impl Supervisor {
             for index in 1..=record.workers {
                 let az = place(&azs, &taken, index);
                 taken.push(az.clone());
-                let mut slot = Slot {
-                    index,
-                    version,
-                    az,
-                    running: None,
-                    state: WorkerState::Down,
-                    restarts: 0,
-                    probe_failures: 0,
-                    started: now,
-                    next_restart: now,
-                    backoff: FIRST_BACKOFF,
-                };
-                let spec = self.spec(&record, version, index, &slot.az);
-                self.launch(&name, &mut slot, &spec, now);
+                let slot = self.start_slot(&record, version, index, az, now);
                 run.slots.push(slot);
             }
         }
@@ -728,20 +741,7 @@ impl Supervisor {
                 }
                 let az = place(&azs, &taken, index);
                 taken.push(az.clone());
-                let mut slot = Slot {
-                    index,
-                    version,
-                    az,
-                    running: None,
-                    state: WorkerState::Down,
-                    restarts: 0,
-                    probe_failures: 0,
-                    started: now,
-                    next_restart: now,
-                    backoff: FIRST_BACKOFF,
-                };
-                let spec = self.spec(&run.record, version, index, &slot.az);
-                self.launch(name, &mut slot, &spec, now);
+                let slot = self.start_slot(&run.record, version, index, az, now);
                 run.slots.push(slot);
             }
             for s in run.slots.iter_mut().filter(|s| s.index > workers) {
