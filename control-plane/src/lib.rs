@@ -50,6 +50,9 @@ pub struct Settings {
     /// How long a draining worker may take to finish its requests.
     #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
+    /// Where to push every new route table (`PUT`): a load balancer's admin
+    /// `/routes` URL. Load balancers may instead long-poll `GET /v1/routes`.
+    pub routes_push: Vec<String>,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             worker_binary: None,
             ready_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(10),
+            routes_push: Vec::new(),
         }
     }
 }
@@ -106,6 +110,44 @@ pub fn admin_key(data_dir: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// Pushes every new route table to `target` until shutdown; a failed push is
+/// retried (with the newest table) until it lands.
+async fn push_routes(
+    mut rx: tokio::sync::watch::Receiver<supervisor::RouteTable>,
+    target: String,
+    shutdown: Shutdown,
+) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    loop {
+        let table = rx.borrow_and_update().clone();
+        loop {
+            match http.put(&target).json(&table).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => {
+                    tracing::warn!(%target, status = %r.status(), version = table.version, "route push refused")
+                }
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, version = table.version, "route push failed")
+                }
+            }
+            tokio::select! {
+                () = shutdown.triggered() => return,
+                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            if rx.has_changed().unwrap_or(false) {
+                break;
+            }
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// Serves the control plane on `listener` until `shutdown`, then drains and
 /// stops every worker it runs.
 pub async fn run(
@@ -145,6 +187,13 @@ pub async fn run(
         Arc::new(|_| Vec::new()),
     );
     supervisor.recover().await?;
+    for target in &s.routes_push {
+        let (rx, target, sd) = (supervisor.routes(), target.clone(), shutdown.clone());
+        shutdown.spawn("routes-push", async move {
+            push_routes(rx, target, sd).await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
     {
         let sup = supervisor.clone();
         shutdown.spawn("supervisor", {

@@ -32,7 +32,14 @@ pub struct RouteTable {
     /// Increases with every change.
     pub version: u64,
     /// Routes per app.
-    pub apps: BTreeMap<String, Vec<Route>>,
+    pub apps: BTreeMap<String, AppRoutes>,
+}
+
+/// One app's workers in the route table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppRoutes {
+    /// Its workers that take requests.
+    pub workers: Vec<Route>,
 }
 
 /// One worker in the route table.
@@ -508,7 +515,7 @@ impl Supervisor {
         let st = lock(&self.inner.state);
         let mut apps = BTreeMap::new();
         for (name, run) in &st.apps {
-            let routes = run
+            let workers = run
                 .slots
                 .iter()
                 .filter_map(|s| {
@@ -525,7 +532,7 @@ impl Supervisor {
                     })
                 })
                 .collect();
-            apps.insert(name.clone(), routes);
+            apps.insert(name.clone(), AppRoutes { workers });
         }
         drop(st);
         self.inner.routes.send_if_modified(|table| {

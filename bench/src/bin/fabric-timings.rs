@@ -1,0 +1,134 @@
+//! bench/fabric: how fast the fabric deploys and heals, and what an idle worker costs.
+//!
+//! Runs `fabric up` (the release build beside this binary), then, several
+//! times: deploys a 2-worker app and times it until both workers serve;
+//! `kill -9`s one worker and times it until its replacement is ready; reads
+//! each idle worker's resident memory. Ends with
+//! `BENCH fabric deploy_to_ready_s=<x> replace_after_kill_s=<y> idle_worker_rss_mb=<z>`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use control_plane::client::Client;
+use control_plane::model::{DeployRequest, WorkerState};
+use fabric_bench::bench_line;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const ROUNDS: usize = 5;
+const APP: &str = include_str!("../../../examples/hello.yaml");
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let exe = std::env::current_exe().expect("own path");
+    let fabric = exe.with_file_name("fabric");
+    assert!(
+        fabric.is_file(),
+        "{} missing: run bench/fabric/run",
+        fabric.display()
+    );
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut up = Command::new(&fabric)
+        .args(["up", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fabric up");
+    let stdout = up.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line.expect("fabric up output").contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let read = |f: &str| {
+        std::fs::read_to_string(data.path().join(f))
+            .expect(f)
+            .trim()
+            .to_string()
+    };
+    let client = Client::new(&read("control-plane.url"), &read("admin.key"));
+
+    let (mut deploys, mut replaces, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let name = format!("bench-{round}");
+        let req = DeployRequest {
+            name: Some(name.clone()),
+            manifest: APP.to_string(),
+            workers: 2,
+            size: 0.1,
+            persistent_queues: false,
+            encrypt_queues: false,
+        };
+        let started = Instant::now();
+        let app = client.deploy(&req).await.expect("deploy");
+        assert_eq!(app.ready, 2);
+        deploys.push(started.elapsed().as_secs_f64());
+
+        let workers = client.workers(&name).await.expect("workers");
+        // Let them settle to idle before reading their memory.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rss.extend(workers.iter().filter_map(|w| w.pid).map(rss_mb));
+        let victim = workers[0].pid.expect("pid");
+        let started = Instant::now();
+        kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill");
+        loop {
+            let ws = client.workers(&name).await.expect("workers");
+            if ws.iter().all(|w| w.state == WorkerState::Ready) && ws[0].pid != Some(victim) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no replacement"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        replaces.push(started.elapsed().as_secs_f64());
+        client.delete(&name).await.expect("delete");
+        println!(
+            "round {round}: deploy {:.3}s, replacement ready {:.3}s after kill -9",
+            deploys[round], replaces[round]
+        );
+    }
+    let _ = kill(Pid::from_raw(up.id() as i32), Signal::SIGINT);
+    let _ = up.wait();
+
+    let (d, r, m) = (median(deploys), median(replaces), median(rss));
+    println!(
+        "deploy to ready, 2 workers (median of {ROUNDS}): {d:.3} s  (target <= 2 s; CloudHub deploys take minutes)"
+    );
+    println!(
+        "replacement ready after kill -9 (median):      {r:.3} s  (target <= 2 s; Kubernetes probes default to 10 s periods)"
+    );
+    println!("idle worker RSS (median):                      {m:.1} MB");
+    println!(
+        "{}",
+        bench_line(
+            "fabric",
+            &[
+                ("deploy_to_ready_s", d),
+                ("replace_after_kill_s", r),
+                ("idle_worker_rss_mb", m)
+            ]
+        )
+    );
+}
