@@ -55,13 +55,18 @@ pub struct Settings {
     pub backend: BackendKind,
     /// Prefix of every SQS queue this service creates, so a fabric's queues
     /// are told apart from others in the account (`FABRIC_SQS_PREFIX`).
+    #[serde(deserialize_with = "checked::prefix")]
     pub sqs_prefix: String,
     /// How long an unconsumed message is kept: 4 days by default, 1 minute to
     /// 14 days (`FABRIC_RETENTION`). Dead letters are kept 14 days.
-    #[serde(with = "humantime_serde")]
+    #[serde(
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "checked::retention"
+    )]
     pub retention: Duration,
     /// Deliveries after which a message moves to its queue's DLQ, for queues
     /// declared without their own (`FABRIC_MAX_DELIVERIES`).
+    #[serde(deserialize_with = "checked::max_deliveries")]
     pub max_deliveries: u32,
     /// Back-off after a message's first rollback; it doubles with each
     /// further delivery (`FABRIC_ROLLBACK_BACKOFF`).
@@ -86,37 +91,23 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Checks the values against what the backends accept.
+    /// Checks the values against what the backends accept (loading from a
+    /// file or the environment checks each field already; this is for
+    /// settings built in code).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(MIN_RETENTION..=MAX_RETENTION).contains(&self.retention) {
-            return Err(ConfigError::field(
-                "retention",
-                "must be between 1 minute and 14 days",
-            ));
-        }
-        if !(1..=1000).contains(&self.max_deliveries) {
-            return Err(ConfigError::field(
-                "max_deliveries",
-                "must be between 1 and 1000",
-            ));
-        }
+        let field = |name, r: Result<(), &str>| r.map_err(|e| ConfigError::field(name, e));
+        field("retention", checked::retention_ok(self.retention))?;
+        field(
+            "max_deliveries",
+            checked::max_deliveries_ok(self.max_deliveries),
+        )?;
+        field("sqs_prefix", checked::prefix_ok(&self.sqs_prefix))?;
         if self.rollback_backoff > self.rollback_backoff_max
             || self.rollback_backoff_max > Duration::from_secs(12 * 3600)
         {
             return Err(ConfigError::field(
                 "rollback_backoff",
                 "must not exceed rollback_backoff_max, which must not exceed 12 hours",
-            ));
-        }
-        let prefix_ok = self.sqs_prefix.len() <= 16
-            && self
-                .sqs_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !prefix_ok {
-            return Err(ConfigError::field(
-                "sqs_prefix",
-                "at most 16 letters, digits or '-'",
             ));
         }
         Ok(())
@@ -128,6 +119,51 @@ impl Settings {
         self.rollback_backoff
             .saturating_mul(1 << doublings)
             .min(self.rollback_backoff_max)
+    }
+}
+
+/// Fields checked as they are read, so a bad value is a configuration error (exit 64).
+mod checked {
+    use std::time::Duration;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    use super::{MAX_RETENTION, MIN_RETENTION};
+
+    pub(super) fn retention_ok(d: Duration) -> Result<(), &'static str> {
+        (MIN_RETENTION..=MAX_RETENTION)
+            .contains(&d)
+            .then_some(())
+            .ok_or("must be between 1 minute and 14 days")
+    }
+
+    pub(super) fn max_deliveries_ok(n: u32) -> Result<(), &'static str> {
+        (1..=1000)
+            .contains(&n)
+            .then_some(())
+            .ok_or("must be between 1 and 1000")
+    }
+
+    pub(super) fn prefix_ok(p: &str) -> Result<(), &'static str> {
+        (p.len() <= 16 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            .then_some(())
+            .ok_or("at most 16 letters, digits or '-'")
+    }
+
+    pub(super) fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = humantime_serde::deserialize(d)?;
+        retention_ok(v).map(|()| v).map_err(D::Error::custom)
+    }
+
+    pub(super) fn max_deliveries<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let v = u32::deserialize(d)?;
+        max_deliveries_ok(v).map(|()| v).map_err(D::Error::custom)
+    }
+
+    pub(super) fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let v = String::deserialize(d)?;
+        prefix_ok(&v).map(|()| v).map_err(D::Error::custom)
     }
 }
 
@@ -149,5 +185,19 @@ mod tests {
             ..Settings::default()
         };
         assert!(bad.validate().is_err());
+        let read = |json: &str| serde_json::from_str::<Settings>(json);
+        assert_eq!(
+            read(r#"{"retention": "7d"}"#).unwrap().retention.as_secs(),
+            7 * 86400
+        );
+        for bad in [
+            r#"{"retention": "15d"}"#,
+            r#"{"max_deliveries": 0}"#,
+            r#"{"sqs_prefix": "no spaces"}"#,
+            r#"{"backend": "s3"}"#,
+        ] {
+            let e = read(bad).unwrap_err().to_string();
+            assert!(!e.is_empty(), "{bad}");
+        }
     }
 }
