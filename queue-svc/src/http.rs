@@ -18,7 +18,7 @@ use crate::api::{
     AckRequest, LeaseResponse, MAX_BATCH, MAX_LOCK_SECS, MAX_WAIT_SECS, PublishRequest,
     PublishResponse, QueueList, QueueSpec, RedriveResponse, RollbackRequest,
 };
-use crate::backend::Part;
+use crate::backend::{Part, QueueId};
 use crate::error::QueueError;
 use crate::service::{LeaseParams, Queues};
 
@@ -30,6 +30,20 @@ pub(crate) struct Api {
     pub queues: Arc<Queues>,
     pub tokens: TokenKey,
     pub shutdown: Shutdown,
+}
+
+impl Api {
+    /// The app's queue a request names, once its token may act on it with `scope`.
+    fn queue(
+        &self,
+        headers: &HeaderMap,
+        app: &str,
+        queue: &str,
+        scope: Scope,
+    ) -> Result<QueueId, ApiError> {
+        authorize(&self.tokens, headers, app, scope)?;
+        Ok(Queues::queue_id(app, queue)?)
+    }
 }
 
 /// The API's routes.
@@ -115,8 +129,7 @@ async fn declare(
     spec: Result<Json<QueueSpec>, JsonRejection>,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
-        let q = Queues::queue_id(&app, &queue)?;
+        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let spec = body(spec)?;
         Ok(Json(api.queues.declare(&q, spec).await?))
     };
@@ -129,8 +142,7 @@ async fn stats(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Read)?;
-        let q = Queues::queue_id(&app, &queue)?;
+        let q = api.queue(&headers, &app, &queue, Scope::Read)?;
         Ok(Json(api.queues.stats(&q).await?))
     };
     respond(&headers, result.await)
@@ -143,8 +155,7 @@ async fn publish(
     request: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
-        let q = Queues::queue_id(&app, &queue)?;
+        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let request = body(request)?;
         let ids = api.queues.publish(&q, request.messages).await?;
         Ok((StatusCode::CREATED, Json(PublishResponse { ids })))
@@ -158,8 +169,7 @@ async fn purge(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
-        let q = Queues::queue_id(&app, &queue)?;
+        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
         api.queues.purge(&q).await?;
         Ok(StatusCode::NO_CONTENT)
     };
@@ -208,8 +218,7 @@ async fn lease(
     params: Result<Query<LeaseQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
-        let q = Queues::queue_id(&app, &queue)?;
+        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let params = lease_params(query(params)?)?;
         // A long poll ends early on shutdown; anything it leased is redelivered after its lock.
         let messages = tokio::select! {
@@ -227,8 +236,7 @@ async fn redrive(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
-        let q = Queues::queue_id(&app, &queue)?;
+        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let moved = api.queues.redrive(&q).await?;
         Ok(Json(RedriveResponse { moved }))
     };

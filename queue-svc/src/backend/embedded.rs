@@ -186,6 +186,35 @@ impl Embedded {
         .await
     }
 
+    /// Makes a held lease's message visible `after` from now, with `update` applied.
+    async fn reschedule(
+        &self,
+        q: &QueueId,
+        part: Part,
+        handle: &str,
+        after: Duration,
+        update: impl FnOnce(&mut Meta) + Send + 'static,
+    ) -> Result<(), BackendError> {
+        let pk = part_key(q, part);
+        let handle = handle.to_string();
+        self.write(move |txn| {
+            let mut messages = txn.open_table(MESSAGES).map_err(err)?;
+            let mut schedule = txn.open_table(SCHEDULE).map_err(err)?;
+            let (id, mut meta) = held(&messages, &pk, &handle)?;
+            schedule
+                .remove((pk.as_str(), meta.visible_ms, id))
+                .map_err(err)?;
+            meta.visible_ms = now_ms() + after.as_millis() as u64;
+            update(&mut meta);
+            write_meta(&mut messages, &pk, id, &meta)?;
+            schedule
+                .insert((pk.as_str(), meta.visible_ms, id), ())
+                .map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Drops messages past their retention, oldest first, in every part.
     async fn sweep(&self) -> Result<u64, BackendError> {
         let retention = self.retention.as_millis() as u64;
@@ -480,31 +509,17 @@ impl QueueBackend for Embedded {
         q: &'a QueueId,
         part: Part,
         handle: &'a str,
-        id: &'a str,
+        _id: &'a str,
         delay: Duration,
         error: Option<String>,
     ) -> BoxFut<'a, ()> {
-        let _ = id;
         Box::pin(async move {
-            let pk = part_key(q, part);
-            let handle = handle.to_string();
-            self.write(move |txn| {
-                let mut messages = txn.open_table(MESSAGES).map_err(err)?;
-                let mut schedule = txn.open_table(SCHEDULE).map_err(err)?;
-                let (id, mut meta) = held(&messages, &pk, &handle)?;
-                schedule
-                    .remove((pk.as_str(), meta.visible_ms, id))
-                    .map_err(err)?;
-                meta.visible_ms = now_ms() + delay.as_millis() as u64;
+            self.reschedule(q, part, handle, delay, move |meta| {
+                // The lease ends here: its handle no longer acks.
                 meta.token = 0;
                 if error.is_some() {
                     meta.last_error = error;
                 }
-                write_meta(&mut messages, &pk, id, &meta)?;
-                schedule
-                    .insert((pk.as_str(), meta.visible_ms, id), ())
-                    .map_err(err)?;
-                Ok(())
             })
             .await?;
             self.wake.notify_waiters();
@@ -519,25 +534,7 @@ impl QueueBackend for Embedded {
         handle: &'a str,
         lock: Duration,
     ) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let pk = part_key(q, part);
-            let handle = handle.to_string();
-            self.write(move |txn| {
-                let mut messages = txn.open_table(MESSAGES).map_err(err)?;
-                let mut schedule = txn.open_table(SCHEDULE).map_err(err)?;
-                let (id, mut meta) = held(&messages, &pk, &handle)?;
-                schedule
-                    .remove((pk.as_str(), meta.visible_ms, id))
-                    .map_err(err)?;
-                meta.visible_ms = now_ms() + lock.as_millis() as u64;
-                write_meta(&mut messages, &pk, id, &meta)?;
-                schedule
-                    .insert((pk.as_str(), meta.visible_ms, id), ())
-                    .map_err(err)?;
-                Ok(())
-            })
-            .await
-        })
+        Box::pin(self.reschedule(q, part, handle, lock, |_| {}))
     }
 
     fn dead_letter<'a>(&'a self, q: &'a QueueId, msg: Received, reason: String) -> BoxFut<'a, ()> {

@@ -359,6 +359,27 @@ impl Sqs {
         Ok(out.messages.unwrap_or_default())
     }
 
+    /// Makes a leased message visible `after` from now (rollback, heartbeat).
+    async fn change_visibility(
+        &self,
+        q: &QueueId,
+        part: Part,
+        handle: &str,
+        after: Duration,
+        what: &str,
+    ) -> Result<(), BackendError> {
+        let url = self.url(q, part).await?;
+        self.client
+            .change_message_visibility()
+            .queue_url(url)
+            .receipt_handle(handle)
+            .visibility_timeout(ceil_secs(after))
+            .send()
+            .await
+            .map_err(|e| sdk_err(what, e))?;
+        Ok(())
+    }
+
     fn take_last_error(&self, id: &str) -> Option<String> {
         self.last_errors
             .lock()
@@ -526,15 +547,8 @@ impl QueueBackend for Sqs {
         error: Option<String>,
     ) -> BoxFut<'a, ()> {
         Box::pin(async move {
-            let url = self.url(q, part).await?;
-            self.client
-                .change_message_visibility()
-                .queue_url(url)
-                .receipt_handle(handle)
-                .visibility_timeout(ceil_secs(delay))
-                .send()
-                .await
-                .map_err(|e| sdk_err("rollback lease", e))?;
+            self.change_visibility(q, part, handle, delay, "rollback lease")
+                .await?;
             if let Some(error) = error {
                 let mut map = self.last_errors.lock().unwrap_or_else(|p| p.into_inner());
                 if map.len() >= LAST_ERRORS_MAX {
@@ -553,18 +567,7 @@ impl QueueBackend for Sqs {
         handle: &'a str,
         lock: Duration,
     ) -> BoxFut<'a, ()> {
-        Box::pin(async move {
-            let url = self.url(q, part).await?;
-            self.client
-                .change_message_visibility()
-                .queue_url(url)
-                .receipt_handle(handle)
-                .visibility_timeout(ceil_secs(lock))
-                .send()
-                .await
-                .map_err(|e| sdk_err("extend lease", e))?;
-            Ok(())
-        })
+        Box::pin(self.change_visibility(q, part, handle, lock, "extend lease"))
     }
 
     fn dead_letter<'a>(&'a self, q: &'a QueueId, msg: Received, reason: String) -> BoxFut<'a, ()> {
