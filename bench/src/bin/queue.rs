@@ -3,8 +3,9 @@
 //! embedded backend's figures.
 //!
 //! A cycle is a batch of 10 published, leased and acked (3 calls either way).
-//! Throughput runs `WORKERS` concurrent cycles for `PHASE`, each worker on its
-//! own queue; put and take latencies come from one message at a time.
+//! Throughput runs `WORKERS` concurrent cycles, each worker on its own queue,
+//! in phases that alternate between raw and queue-svc; put and take
+//! latencies come from one message at a time.
 
 use std::time::{Duration, Instant};
 
@@ -18,15 +19,30 @@ use queue_svc::{BackendKind, Config, Settings};
 use tokio::net::TcpListener;
 
 const WORKERS: usize = 8;
-const PHASE: Duration = Duration::from_secs(8);
+/// Each throughput phase; raw and queue-svc alternate `ROUNDS` times, so a
+/// change in the machine's load falls on both alike.
+const PHASE: Duration = Duration::from_secs(4);
+const ROUNDS: usize = 3;
 const SINGLES: usize = 200;
 const BATCH: usize = 10;
 const BODY: &str = r#"{"orderId":"A-1001","customer":"bench","total":4200,"items":[1,2,3]}"#;
 
-/// What one throughput phase measured.
+/// What throughput phases measured.
+#[derive(Default)]
 struct Run {
     msgs_per_s: f64,
     cycles: Latencies,
+    secs: f64,
+}
+
+impl Run {
+    /// Merges another phase: messages over the summed time.
+    fn add(&mut self, other: Run) {
+        let msgs = self.msgs_per_s * self.secs + other.msgs_per_s * other.secs;
+        self.secs += other.secs;
+        self.msgs_per_s = msgs / self.secs;
+        self.cycles.extend(other.cycles);
+    }
 }
 
 /// One publish → lease → ack cycle of a batch, on some queue.
@@ -58,6 +74,7 @@ async fn throughput<C: Cycle>(c: &C) -> Run {
     Run {
         msgs_per_s: (cycles.len() * BATCH) as f64 / secs,
         cycles,
+        secs,
     }
 }
 
@@ -276,7 +293,11 @@ async fn start_svc(backend: BackendKind, prefix: &str, data: &std::path::Path) -
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let client = Client::new(&base, "bench", &key.issue("bench", Scope::Worker, Duration::from_secs(3600)));
+    let client = Client::new(
+        &base,
+        "bench",
+        &key.issue("bench", Scope::Worker, Duration::from_secs(3600)),
+    );
     for w in 0..=WORKERS {
         client
             .declare(&queue_name(w), &QueueSpec::default())
@@ -302,7 +323,9 @@ fn report(name: &str, run: &Run, put: &Latencies, take: &Latencies) {
 #[tokio::main]
 async fn main() {
     let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL_SQS") else {
-        eprintln!("AWS_ENDPOINT_URL_SQS is not set: run bench/queue/run, which finds or starts the emulator");
+        eprintln!(
+            "AWS_ENDPOINT_URL_SQS is not set: run bench/queue/run, which finds or starts the emulator"
+        );
         std::process::exit(2);
     };
     let host = endpoint.split("://").nth(1).unwrap_or_default();
@@ -310,22 +333,35 @@ async fn main() {
         eprintln!("refusing to benchmark against {endpoint}: loopback emulators only");
         std::process::exit(2);
     }
-    let prefix = format!("bq{:08x}-", std::process::id() ^ Instant::now().elapsed().subsec_nanos());
+    let prefix = format!(
+        "bq{:08x}-",
+        std::process::id() ^ Instant::now().elapsed().subsec_nanos()
+    );
     let sqs = aws_sdk_sqs::Client::new(&common::aws::sdk_config().await);
     let data = tempfile::tempdir().expect("temp dir");
 
-    println!("queue benchmark: {WORKERS} workers x {PHASE:?} of 10-message publish/lease/ack cycles; {SINGLES} single puts and takes");
+    println!(
+        "queue benchmark: {WORKERS} workers x {PHASE:?} of 10-message publish/lease/ack cycles; {SINGLES} single puts and takes"
+    );
     let raw = Raw::new(sqs, &prefix).await;
     let (svc, svc_stop) = start_svc(BackendKind::Sqs, &prefix, &data.path().join("sqs")).await;
-    let (emb, emb_stop) = start_svc(BackendKind::Embedded, &prefix, &data.path().join("embedded")).await;
+    let (emb, emb_stop) = start_svc(
+        BackendKind::Embedded,
+        &prefix,
+        &data.path().join("embedded"),
+    )
+    .await;
 
     // Warm connections and the emulator's queues before measuring.
     raw.cycle(0).await;
     svc.cycle(0).await;
     emb.cycle(0).await;
 
-    let raw_run = throughput(&raw).await;
-    let svc_run = throughput(&svc).await;
+    let (mut raw_run, mut svc_run) = (Run::default(), Run::default());
+    for _ in 0..ROUNDS {
+        raw_run.add(throughput(&raw).await);
+        svc_run.add(throughput(&svc).await);
+    }
     let emb_run = throughput(&emb).await;
     let (raw_put, raw_take) = singles(&raw).await;
     let (svc_put, svc_take) = singles(&svc).await;

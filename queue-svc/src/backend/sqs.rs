@@ -2,10 +2,10 @@
 //!
 //! The SQS name is `{prefix}{app}_{queue, shortened}_{hash}` (SQS names allow
 //! neither `.` nor more than 80 characters), the DLQ the same with `_dlq`; the
-//! real names and the queue's settings are tags. A message's stored body
-//! travels as the binary attribute `fbody` beside its id (`fid`), whether it
-//! is sealed (`fsealed`) and when it was published (`fenq`); a dead letter
-//! also carries its delivery count (`fdeliv`) and last error (`ferr`).
+//! real names and the queue's settings are tags. A message's id, publish time
+//! and stored body travel in the SQS body (see [`encode_body`]); a dead letter
+//! also carries its delivery count (`fdeliv`) and last error (`ferr`) as
+//! message attributes.
 //! The service moves messages to the DLQ itself (not through a redrive
 //! policy), so a dead letter keeps its history.
 
@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, Message, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName, SendMessageBatchRequestEntry,
 };
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 
 use super::{
     BackendError, BoxFut, Counts, DEAD_RETENTION, Part, QueueBackend, QueueConfig, QueueId,
@@ -69,48 +70,64 @@ fn string_attr(value: impl Into<String>, kind: &str) -> MessageAttributeValue {
         .expect("data type is set")
 }
 
-fn binary_attr(bytes: Vec<u8>) -> MessageAttributeValue {
-    MessageAttributeValue::builder()
-        .data_type("Binary")
-        .binary_value(Blob::new(bytes))
-        .build()
-        .expect("data type is set")
+/// SQS accepts only these characters in a body.
+fn sqs_safe(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
+    })
 }
 
-/// The attributes a stored message travels with.
-fn attributes(m: &Stored) -> HashMap<String, MessageAttributeValue> {
-    HashMap::from([
-        ("fid".to_string(), string_attr(&m.id, "String")),
-        ("fbody".to_string(), binary_attr(m.body.clone())),
-        (
-            "fsealed".to_string(),
-            string_attr(if m.sealed { "1" } else { "0" }, "String"),
-        ),
-        (
-            "fenq".to_string(),
-            string_attr(m.enqueued_ms.to_string(), "Number"),
-        ),
-    ])
+/// The SQS body of a stored message: `f1 {id} {enqueued ms} {kind} {payload}`,
+/// where kind `t` is a plain body as is, `p` a plain body in base64 (it has
+/// characters SQS refuses) and `s` a sealed body in base64. Everything travels
+/// in the body, so a message costs SQS no more than a bare one.
+fn encode_body(m: &Stored) -> String {
+    let (kind, payload) = match std::str::from_utf8(&m.body) {
+        _ if m.sealed => ("s", B64.encode(&m.body)),
+        Ok(text) if sqs_safe(text) => ("t", text.to_string()),
+        _ => ("p", B64.encode(&m.body)),
+    };
+    format!("f1 {} {} {kind} {payload}", m.id, m.enqueued_ms)
 }
 
-fn attr<'m>(m: &'m Message, name: &str) -> Option<&'m MessageAttributeValue> {
-    m.message_attributes().and_then(|a| a.get(name))
+/// The stored message an SQS body carries.
+fn decode_body(body: &str) -> Option<Stored> {
+    let mut parts = body.splitn(5, ' ');
+    if parts.next()? != "f1" {
+        return None;
+    }
+    let id = parts.next()?.to_string();
+    let enqueued_ms = parts.next()?.parse().ok()?;
+    let kind = parts.next()?;
+    let payload = parts.next().unwrap_or_default();
+    let (body, sealed) = match kind {
+        "t" => (payload.as_bytes().to_vec(), false),
+        "p" => (B64.decode(payload).ok()?, false),
+        "s" => (B64.decode(payload).ok()?, true),
+        _ => return None,
+    };
+    Some(Stored {
+        id,
+        body,
+        sealed,
+        enqueued_ms,
+    })
 }
 
 fn attr_str<'m>(m: &'m Message, name: &str) -> Option<&'m str> {
-    attr(m, name).and_then(|v| v.string_value())
+    m.message_attributes()
+        .and_then(|a| a.get(name))
+        .and_then(|v| v.string_value())
 }
 
 /// A received SQS message as the fabric sees it.
 fn decode(m: &Message, part: Part) -> Result<Received, BackendError> {
-    let bad = |what: &str| BackendError::store(NAME, format!("message without {what}"));
-    let id = attr_str(m, "fid").ok_or_else(|| bad("fid"))?.to_string();
-    let body = attr(m, "fbody")
-        .and_then(|v| v.binary_value())
-        .ok_or_else(|| bad("fbody"))?
-        .as_ref()
-        .to_vec();
-    let receipt = m.receipt_handle().ok_or_else(|| bad("receipt handle"))?;
+    let bad = |what: &str| BackendError::store(NAME, format!("message {what}"));
+    let stored = decode_body(m.body().unwrap_or_default())
+        .ok_or_else(|| bad("body is not in the fabric's form"))?;
+    let receipt = m
+        .receipt_handle()
+        .ok_or_else(|| bad("without receipt handle"))?;
     let received: u32 = m
         .attributes()
         .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
@@ -123,14 +140,7 @@ fn decode(m: &Message, part: Part) -> Result<Received, BackendError> {
             .unwrap_or(0),
     };
     Ok(Received {
-        stored: Stored {
-            id,
-            body,
-            sealed: attr_str(m, "fsealed") == Some("1"),
-            enqueued_ms: attr_str(m, "fenq")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
-        },
+        stored,
         handle: receipt.to_string(),
         deliveries,
         last_error: attr_str(m, "ferr").map(str::to_string),
@@ -265,15 +275,18 @@ impl Sqs {
     ) -> Result<(), BackendError> {
         let mut entries = Vec::with_capacity(batch.len());
         for (i, (m, extra)) in batch.iter().enumerate() {
-            let mut attrs = attributes(m);
-            for (k, v) in extra {
-                let kind = if *k == "ferr" { "String" } else { "Number" };
-                attrs.insert(k.to_string(), string_attr(v, kind));
-            }
+            // Only a dead letter carries attributes: its delivery count and last error.
+            let attrs: HashMap<_, _> = extra
+                .iter()
+                .map(|(k, v)| {
+                    let kind = if *k == "ferr" { "String" } else { "Number" };
+                    (k.to_string(), string_attr(v, kind))
+                })
+                .collect();
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
-                .message_body("fabric")
-                .set_message_attributes(Some(attrs))
+                .message_body(encode_body(m))
+                .set_message_attributes((!attrs.is_empty()).then_some(attrs))
                 .build()
                 .map_err(|e| BackendError::store(NAME, e))?;
             entries.push(entry);
@@ -662,4 +675,34 @@ fn config_of(tags: &HashMap<String, String>) -> Option<QueueConfig> {
         encrypted: tags.get("fabric-encrypted")?.parse().ok()?,
         max_deliveries: tags.get("fabric-max-deliveries")?.parse().ok()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_round_trip_in_each_form() {
+        for (body, sealed, kind) in [
+            (b"{\"n\":1} with spaces".to_vec(), false, " t "),
+            (b"nul \0 refused by SQS".to_vec(), false, " p "),
+            (vec![1, 0, 255, 32], true, " s "),
+            (Vec::new(), false, " t "),
+        ] {
+            let m = Stored {
+                id: "0193-x".into(),
+                body: body.clone(),
+                sealed,
+                enqueued_ms: 42,
+            };
+            let text = encode_body(&m);
+            assert!(text.contains(kind) && sqs_safe(&text), "{text}");
+            let back = decode_body(&text).unwrap();
+            assert_eq!(
+                (back.id.as_str(), back.body, back.sealed, back.enqueued_ms),
+                ("0193-x", body, sealed, 42)
+            );
+        }
+        assert!(decode_body("a bare message").is_none());
+    }
 }
