@@ -1,0 +1,419 @@
+//! The client workers use: plain calls, a publisher that coalesces concurrent
+//! publishes into batches, and a consumer whose leases keep their lock alive.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::Stream;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{
+    AckRequest, AckResponse, LeaseResponse, LeasedMessage, MAX_BATCH, NewMessage, PublishRequest,
+    PublishResponse, QueueList, QueueSpec, QueueStats, RedriveResponse, RollbackRequest,
+};
+
+/// How long the publisher waits for more publishes to join a batch.
+pub const COALESCE_WINDOW: Duration = Duration::from_millis(1);
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The service answered with an error.
+    #[error("{status} {kind}: {message}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error type (`VALIDATION`, `NOT_FOUND`, `LEASE_LOST`, ...).
+        kind: String,
+        /// The service's message.
+        message: String,
+    },
+    /// The service could not be reached or answered nonsense.
+    #[error("queue-svc: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The HTTP status, when the service answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+impl From<reqwest::Error> for ClientError {
+    fn from(e: reqwest::Error) -> Self {
+        ClientError::Transport(e.to_string())
+    }
+}
+
+/// A lease call's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// At most this many messages (1 to 10).
+    pub max: usize,
+    /// Wait up to this long for a message (at most 20 s).
+    pub wait: Duration,
+    /// Lock each message this long before it is delivered again.
+    pub lock: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions {
+            max: MAX_BATCH,
+            wait: Duration::from_secs(20),
+            lock: Duration::from_secs(30),
+        }
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// A client for one app's queues.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    app: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `app` at `base_url` (`http://host:port`), with the app's token.
+    pub fn new(base_url: &str, app: &str, token: &str) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_string(),
+            app: app.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}/v1/apps/{}{path}", self.base, self.app))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let resp = req.send().await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+        Err(ClientError::Api {
+            status,
+            kind: text("error"),
+            message: text("message"),
+        })
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut req = self.request(method, path);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Ok(self.send(req).await?.json().await?)
+    }
+
+    async fn call_empty(&self, req: RequestBuilder) -> Result<(), ClientError> {
+        let resp = self.send(req).await?;
+        debug_assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        Ok(())
+    }
+
+    /// Declares `queue` (idempotent).
+    pub async fn declare(&self, queue: &str, spec: &QueueSpec) -> Result<QueueStats, ClientError> {
+        self.call(Method::PUT, &format!("/queues/{queue}"), Some(spec))
+            .await
+    }
+
+    /// Publishes up to ten bodies in one call; their ids, in order.
+    pub async fn publish_batch(
+        &self,
+        queue: &str,
+        bodies: Vec<String>,
+    ) -> Result<Vec<String>, ClientError> {
+        let request = PublishRequest {
+            messages: bodies.into_iter().map(|body| NewMessage { body }).collect(),
+        };
+        let r: PublishResponse = self
+            .call(
+                Method::POST,
+                &format!("/queues/{queue}/messages"),
+                Some(&request),
+            )
+            .await?;
+        Ok(r.ids)
+    }
+
+    async fn lease_from(
+        &self,
+        queue: &str,
+        opts: LeaseOptions,
+        dlq: bool,
+    ) -> Result<Vec<LeasedMessage>, ClientError> {
+        let req = self
+            .request(Method::POST, &format!("/queues/{queue}/leases"))
+            .query(&[
+                ("max", opts.max.to_string()),
+                ("wait", secs(opts.wait)),
+                ("lock", secs(opts.lock)),
+                ("dlq", dlq.to_string()),
+            ]);
+        let r: LeaseResponse = self.send(req).await?.json().await?;
+        Ok(r.messages)
+    }
+
+    /// Leases messages of `queue` (a long poll).
+    pub async fn lease(
+        &self,
+        queue: &str,
+        opts: LeaseOptions,
+    ) -> Result<Vec<LeasedMessage>, ClientError> {
+        self.lease_from(queue, opts, false).await
+    }
+
+    /// Leases dead letters of `queue`, to inspect their history or drop them with an ack.
+    pub async fn lease_dead(
+        &self,
+        queue: &str,
+        opts: LeaseOptions,
+    ) -> Result<Vec<LeasedMessage>, ClientError> {
+        self.lease_from(queue, opts, true).await
+    }
+
+    /// Acknowledges one lease: the message is gone.
+    pub async fn ack(&self, lease_id: &str) -> Result<(), ClientError> {
+        self.call_empty(self.request(Method::DELETE, &format!("/leases/{lease_id}")))
+            .await
+    }
+
+    /// Acknowledges up to ten leases in one call.
+    pub async fn ack_batch(&self, lease_ids: Vec<String>) -> Result<AckResponse, ClientError> {
+        let request = AckRequest { leases: lease_ids };
+        self.call(Method::POST, "/acks", Some(&request)).await
+    }
+
+    /// Gives a lease back: the message is delivered again after a back-off.
+    pub async fn rollback(&self, lease_id: &str, error: Option<&str>) -> Result<(), ClientError> {
+        let body = RollbackRequest {
+            error: error.map(str::to_string),
+        };
+        let req = self
+            .request(Method::POST, &format!("/leases/{lease_id}/rollback"))
+            .json(&body);
+        self.call_empty(req).await
+    }
+
+    /// Extends a lease's lock to `lock` from now.
+    pub async fn extend(&self, lease_id: &str, lock: Duration) -> Result<(), ClientError> {
+        let req = self
+            .request(Method::POST, &format!("/leases/{lease_id}/extend"))
+            .query(&[("lock", secs(lock))]);
+        self.call_empty(req).await
+    }
+
+    /// One queue's counts.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/queues/{queue}"), None)
+            .await
+    }
+
+    /// Every queue of the app, with its counts.
+    pub async fn list(&self) -> Result<Vec<QueueStats>, ClientError> {
+        let r: QueueList = self.call::<(), _>(Method::GET, "/queues", None).await?;
+        Ok(r.queues)
+    }
+
+    /// Deletes every message of `queue` (not its dead letters).
+    pub async fn purge(&self, queue: &str) -> Result<(), ClientError> {
+        self.call_empty(self.request(Method::DELETE, &format!("/queues/{queue}/messages")))
+            .await
+    }
+
+    /// Moves every dead letter of `queue` back to it; how many.
+    pub async fn redrive(&self, queue: &str) -> Result<u64, ClientError> {
+        let r: RedriveResponse = self
+            .call::<(), _>(Method::POST, &format!("/queues/{queue}/dlq/redrive"), None)
+            .await?;
+        Ok(r.moved)
+    }
+
+    /// A publisher for `queue` that batches concurrent publishes. Must be
+    /// created inside a Tokio runtime; its task ends when every clone is dropped.
+    pub fn publisher(&self, queue: &str) -> Publisher {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(coalesce(self.clone(), queue.to_string(), rx));
+        Publisher { tx }
+    }
+
+    /// A consumer of `queue` whose leases extend their lock while held.
+    pub fn consumer(&self, queue: &str, opts: LeaseOptions) -> Consumer {
+        Consumer {
+            client: self.clone(),
+            queue: queue.to_string(),
+            opts,
+            buffer: VecDeque::new(),
+        }
+    }
+}
+
+type Pending = (String, oneshot::Sender<Result<String, ClientError>>);
+
+/// Publishes to one queue; concurrent publishes share calls of up to ten messages.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Publisher {
+    /// Publishes `body` and returns its id once it is stored.
+    pub async fn publish(&self, body: impl Into<String>) -> Result<String, ClientError> {
+        let (done, result) = oneshot::channel();
+        let closed = || ClientError::Transport("publisher stopped".into());
+        self.tx
+            .send((body.into(), done))
+            .await
+            .map_err(|_| closed())?;
+        result.await.map_err(|_| closed())?
+    }
+}
+
+/// Gathers publishes for up to [`COALESCE_WINDOW`] or ten messages, then sends them as one call.
+async fn coalesce(client: Client, queue: String, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + COALESCE_WINDOW;
+        while batch.len() < MAX_BATCH {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(p) => batch.push(p),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let (client, queue) = (client.clone(), queue.clone());
+        // Sent in its own task, so the next batch gathers meanwhile.
+        tokio::spawn(async move {
+            let (bodies, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            match client.publish_batch(&queue, bodies).await {
+                Ok(ids) => {
+                    for (w, id) in waiters.into_iter().zip(ids) {
+                        let _ = w.send(Ok(id));
+                    }
+                }
+                Err(e) => {
+                    for w in waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Leases messages of one queue, one at a time, fetching them in batches.
+pub struct Consumer {
+    client: Client,
+    queue: String,
+    opts: LeaseOptions,
+    buffer: VecDeque<Lease>,
+}
+
+impl Consumer {
+    /// The next lease; long-polls until a message arrives.
+    pub async fn next(&mut self) -> Result<Lease, ClientError> {
+        loop {
+            if let Some(lease) = self.buffer.pop_front() {
+                return Ok(lease);
+            }
+            let messages = self.client.lease(&self.queue, self.opts).await?;
+            self.buffer.extend(
+                messages
+                    .into_iter()
+                    .map(|m| Lease::start(self.client.clone(), m, self.opts.lock)),
+            );
+        }
+    }
+
+    /// The consumer as an endless stream of leases.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Lease, ClientError>> {
+        futures::stream::unfold(self, |mut c| async move {
+            let next = c.next().await;
+            Some((next, c))
+        })
+    }
+}
+
+/// A leased message whose lock is extended in the background until it is
+/// acked, rolled back or dropped (a dropped lease is delivered again after its lock).
+pub struct Lease {
+    message: LeasedMessage,
+    client: Client,
+    heartbeat: tokio::task::AbortHandle,
+}
+
+impl Lease {
+    fn start(client: Client, message: LeasedMessage, lock: Duration) -> Self {
+        let (c, id) = (client.clone(), message.lease_id.clone());
+        let heartbeat = tokio::spawn(async move {
+            // Extend well before the lock runs out: every third of it.
+            let every = (lock / 3).max(Duration::from_millis(300));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = c.extend(&id, lock).await {
+                    tracing::warn!(error = %e, "lease heartbeat failed; stopping it");
+                    if e.status().is_some() {
+                        return;
+                    }
+                }
+            }
+        })
+        .abort_handle();
+        Lease {
+            message,
+            client,
+            heartbeat,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &LeasedMessage {
+        &self.message
+    }
+
+    /// Acknowledges the message: it is gone.
+    pub async fn ack(self) -> Result<(), ClientError> {
+        self.heartbeat.abort();
+        self.client.ack(&self.message.lease_id).await
+    }
+
+    /// Gives the message back, with why: delivered again after a back-off.
+    pub async fn rollback(self, error: Option<&str>) -> Result<(), ClientError> {
+        self.heartbeat.abort();
+        self.client.rollback(&self.message.lease_id, error).await
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}

@@ -1,0 +1,103 @@
+//! At rest: what SQS and the embedded file hold for an encrypted queue is
+//! ciphertext; for a plain queue (the control) the plaintext is there.
+
+mod support;
+
+use queue_svc::BackendKind;
+use queue_svc::api::QueueSpec;
+use support::{Service, settings};
+
+/// The encrypted queue's body: it must never be found at rest.
+const SECRET: &str = "card=4111-1111-1111-1111;holder=alice@example.com";
+/// The plain queue's body: the control, found at rest, so the search works.
+const VISIBLE: &str = "card=5500-0000-0000-0004;holder=bob@example.com";
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn publish(svc: &Service, queue: &str, encrypted: bool, body: &str) {
+    let c = svc.client("vault");
+    let spec = QueueSpec {
+        encrypted,
+        max_deliveries: None,
+    };
+    c.declare(queue, &spec).await.unwrap();
+    c.publish_batch(queue, vec![body.to_string()])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn embedded_file_holds_no_plaintext_of_an_encrypted_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(settings(BackendKind::Embedded), dir.path(), None).await;
+    publish(&svc, "sealed", true, SECRET).await;
+    publish(&svc, "plain", false, VISIBLE).await;
+    svc.stop().await;
+
+    let raw = std::fs::read(dir.path().join(queue_svc::EMBEDDED_FILE)).unwrap();
+    assert!(
+        contains(&raw, VISIBLE.as_bytes()),
+        "control: a plain queue's body is stored as is"
+    );
+    for needle in [SECRET, "alice@example.com", "4111-1111"] {
+        assert!(
+            !contains(&raw, needle.as_bytes()),
+            "{needle:?} of the encrypted queue is in the file"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqs_messages_hold_no_plaintext_of_an_encrypted_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(BackendKind::Sqs);
+    let svc = Service::start(settings.clone(), dir.path(), None).await;
+    publish(&svc, "sealed", true, SECRET).await;
+    publish(&svc, "plain", false, VISIBLE).await;
+
+    let sqs = aws_sdk_sqs::Client::new(&common::aws::sdk_config().await);
+    let urls = sqs
+        .list_queues()
+        .queue_name_prefix(&settings.sqs_prefix)
+        .send()
+        .await
+        .unwrap()
+        .queue_urls
+        .unwrap_or_default();
+    let mut seen = std::collections::BTreeMap::new();
+    for url in urls.iter().filter(|u| !u.ends_with("_dlq")) {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .message_attribute_names("All")
+            .visibility_timeout(0)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages() {
+            // Everything SQS holds for the message: body and every attribute.
+            let mut raw = m.body().unwrap_or_default().as_bytes().to_vec();
+            for (name, v) in m.message_attributes().into_iter().flatten() {
+                raw.extend_from_slice(name.as_bytes());
+                raw.extend_from_slice(v.string_value().unwrap_or_default().as_bytes());
+                raw.extend_from_slice(v.binary_value().map(|b| b.as_ref()).unwrap_or_default());
+            }
+            seen.insert(url.clone(), raw);
+        }
+    }
+    assert_eq!(seen.len(), 2, "one message per queue: {urls:?}");
+    assert!(
+        seen.values().any(|raw| contains(raw, VISIBLE.as_bytes())),
+        "control: a plain queue's body travels as is"
+    );
+    for needle in [SECRET, "alice@example.com", "4111-1111"] {
+        assert!(
+            seen.values().all(|raw| !contains(raw, needle.as_bytes())),
+            "{needle:?} of the encrypted queue reached SQS"
+        );
+    }
+    svc.stop().await;
+}
