@@ -341,7 +341,8 @@ async fn main() {
     let data = tempfile::tempdir().expect("temp dir");
 
     println!(
-        "queue benchmark: {WORKERS} workers x {PHASE:?} of 10-message publish/lease/ack cycles; {SINGLES} single puts and takes"
+        "queue benchmark: {WORKERS} workers, {ROUNDS} alternating rounds of {PHASE:?} of \
+         10-message publish/lease/ack cycles; {SINGLES} single puts and takes"
     );
     let raw = Raw::new(sqs, &prefix).await;
     let (svc, svc_stop) = start_svc(BackendKind::Sqs, &prefix, &data.path().join("sqs")).await;
