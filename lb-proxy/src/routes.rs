@@ -183,7 +183,7 @@ pub struct Table {
 pub enum Target {
     /// Any ready worker of the app.
     App(Arc<AppRoute>),
-    /// Worker `index` of the app only (its direct URL).
+    /// Worker `index` of the app only (its direct URL); the table lists it.
     Worker(Arc<AppRoute>, u32),
 }
 
@@ -200,7 +200,10 @@ impl Table {
         let (app, n) = label.rsplit_once('-')?;
         let n: u32 = n.parse().ok()?;
         let app = self.apps.get(app)?;
-        Some(Target::Worker(app.clone(), n))
+        app.workers
+            .iter()
+            .any(|w| w.index == n)
+            .then(|| Target::Worker(app.clone(), n))
     }
 }
 
@@ -300,10 +303,6 @@ mod tests {
             t.resolve("orders-0.fabric.localhost", d),
             Some(Target::Worker(_, 0))
         ));
-        assert!(matches!(
-            t.resolve("orders-7.fabric.localhost", d),
-            Some(Target::Worker(_, 7))
-        ));
         for bad in [
             "billing.fabric.localhost",
             "x.orders.fabric.localhost",
@@ -311,6 +310,7 @@ mod tests {
             "fabric.localhost",
             "ordersfabric.localhost",
             "orders-x.fabric.localhost",
+            "orders-7.fabric.localhost",
         ] {
             assert!(t.resolve(bad, d).is_none(), "{bad}");
         }
