@@ -34,6 +34,7 @@ async fn up_serves_every_component_and_stops_on_sigint() {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = fabric();
     cmd.arg("up").arg("--data-dir").arg(data.path());
+    cmd.args(["--proxy-port", "0"]);
     let mut up = Proc::spawn(cmd);
     up.wait_for_line(WAIT, |s, l| {
         s == Stream::Stdout && l.contains("Press Ctrl-C")
@@ -94,6 +95,7 @@ async fn up_serves_every_component_and_stops_on_sigint() {
     // A second start keeps the keys of the first.
     let mut cmd = fabric();
     cmd.arg("up").arg("--data-dir").arg(data.path());
+    cmd.args(["--proxy-port", "0"]);
     let mut again = Proc::spawn(cmd);
     again.wait_for_line(WAIT, |s, l| {
         s == Stream::Stdout && l.contains("Press Ctrl-C")
