@@ -1,6 +1,6 @@
 //! The static route file: reloaded whole when its modification time or size changes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -8,13 +8,13 @@ use common::shutdown::Shutdown;
 
 use crate::routes::{RouteError, RouteTable, Routes};
 
-fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
 /// Loads the file once; an error here stops the proxy from starting.
-pub fn load(path: &PathBuf, routes: &Routes) -> Result<(), RouteError> {
+pub fn load(path: &Path, routes: &Routes) -> Result<(), RouteError> {
     routes.replace(RouteTable::from_file(path)?)
 }
 
