@@ -262,3 +262,93 @@ async fn shutdown_lets_requests_in_flight_finish() {
     proxy.task.await.unwrap().unwrap();
     assert!(reqwest::get(url).await.is_err(), "closed after the drain");
 }
+
+/// Sends GETs until `pred` holds for `run` answers in a row (at most 400 requests, 10 s).
+async fn until_steady(proxy: &Proxy, run: usize, pred: impl Fn(&str) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut streak = 0;
+    for _ in 0..400 {
+        let body = get(proxy, "orders.fabric.localhost", "/")
+            .await
+            .text()
+            .await
+            .unwrap();
+        streak = if pred(&body) { streak + 1 } else { 0 };
+        if streak >= run {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never steady");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never {run} answers in a row");
+}
+
+#[tokio::test]
+async fn active_probes_take_an_unready_worker_out_and_bring_it_back() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start(lb_proxy::Settings {
+        health_interval: Duration::from_millis(50),
+        health_rise: 2,
+        health_fall: 2,
+        ..settings()
+    })
+    .await;
+    proxy
+        .put_routes(table(
+            "orders",
+            &[(0, a.addr, "ready"), (1, b.addr, "ready")],
+        ))
+        .await;
+    // a answers requests fine but says it is not ready: only probes can see that.
+    a.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    until_steady(&proxy, 40, |b| b == "b GET /").await;
+    a.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    until_steady(&proxy, 1, |b| b == "a GET /").await;
+}
+
+#[tokio::test]
+async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.json");
+    let write = |t: serde_json::Value| std::fs::write(&file, t.to_string()).unwrap();
+    write(table("orders", &[(0, a.addr, "ready")]));
+    let proxy = Proxy::start(lb_proxy::Settings {
+        routes_file: Some(file.clone()),
+        routes_reload: Duration::from_millis(50),
+        ..settings()
+    })
+    .await;
+    assert_eq!(
+        get(&proxy, "orders.fabric.localhost", "/")
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "a GET /"
+    );
+    write(table(
+        "orders",
+        &[(0, b.addr, "ready"), (1, a.addr, "draining")],
+    ));
+    until_steady(&proxy, 1, |body| body == "b GET /").await;
+    std::fs::write(&file, "{ not json").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(&proxy, "orders.fabric.localhost", "/")
+                .await
+                .text()
+                .await
+                .unwrap(),
+            "b GET /"
+        );
+    }
+    let shown: serde_json::Value = reqwest::get(proxy.admin_url("/routes"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["apps"]["orders"]["workers"][1]["state"], "draining");
+}

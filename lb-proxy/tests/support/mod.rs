@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,6 +61,8 @@ pub async fn count(mut body: Incoming) -> Result<u64, hyper::Error> {
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// Whether `/readyz` answers 200 (else 503).
+    pub ready: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -70,8 +72,15 @@ impl Drop for Backend {
     }
 }
 
-async fn answer(name: &'static str, req: Request<Incoming>) -> Response<Body> {
+async fn answer(name: &'static str, ready: bool, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path == "/readyz" {
+        let mut r = text(if ready { "ready" } else { "not ready" });
+        if !ready {
+            *r.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return r;
+    }
     if path == "/count" {
         let n = count(req.into_body()).await.unwrap_or(u64::MAX);
         return text(n.to_string());
@@ -97,17 +106,21 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
-        let h = hits.clone();
+        let ready = Arc::new(AtomicBool::new(true));
+        let (h, r) = (hits.clone(), ready.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let h = h.clone();
+                let (h, r) = (h.clone(), r.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        h.fetch_add(1, Ordering::Relaxed);
-                        async move { Ok::<_, Infallible>(answer(name, req).await) }
+                        if req.uri().path() != "/readyz" {
+                            h.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let ready = r.load(Ordering::Relaxed);
+                        async move { Ok::<_, Infallible>(answer(name, ready, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -115,7 +128,12 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, hits, task }
+        Backend {
+            addr,
+            hits,
+            ready,
+            task,
+        }
     }
 
     pub fn hits(&self) -> u64 {
