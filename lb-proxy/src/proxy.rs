@@ -77,7 +77,8 @@ impl Proxy {
     /// Answers one client request; never fails (errors become JSON answers).
     pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
         let id = headers::request_id(req.headers());
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        // Cheap clones (shared bytes), kept for the log line.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut app = None;
         let result = self.route(req, conn, &id, &mut app).await;
         let metrics = app.as_ref().map_or(&self.unrouted, |a| &a.metrics);
@@ -85,14 +86,14 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(
-                    request_id = ?id, %method, path, peer = %conn.peer,
+                    request_id = ?id, %method, path = uri.path(), peer = %conn.peer,
                     origin = ?e.origin(), error = %e, "request failed"
                 );
                 error_response(&e, &id)
             }
         };
         metrics.answered(resp.status().as_u16());
-        tracing::debug!(request_id = ?id, %method, path, status = resp.status().as_u16(), "answered");
+        tracing::debug!(request_id = ?id, %method, path = uri.path(), status = resp.status().as_u16(), "answered");
         resp.headers_mut().insert(&X_REQUEST_ID, id);
         resp
     }

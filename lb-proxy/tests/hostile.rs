@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{Backend, Proxy, settings, table};
+use support::{one_worker, settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,11 +39,7 @@ async fn read_to_close(s: &mut TcpStream) -> String {
 
 #[tokio::test]
 async fn every_smuggling_shape_is_refused_before_reaching_a_worker() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(settings()).await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
+    let (a, proxy) = one_worker(settings()).await;
     let head = "POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\n";
     let shapes = [
         (
@@ -98,11 +94,7 @@ async fn every_smuggling_shape_is_refused_before_reaching_a_worker() {
 
 #[tokio::test]
 async fn a_smuggled_second_request_is_refused_after_a_clean_first() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(settings()).await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
+    let (a, proxy) = one_worker(settings()).await;
     let wire = "GET /first HTTP/1.1\r\nHost: orders.fabric.localhost\r\n\r\n\
                 POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     let answer = exchange(proxy.http, wire.as_bytes()).await;
@@ -115,16 +107,12 @@ async fn a_smuggled_second_request_is_refused_after_a_clean_first() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_are_413_and_heads_over_it_431() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(lb_proxy::Settings {
+    let (a, proxy) = one_worker(lb_proxy::Settings {
         max_body_bytes: 1000,
         max_header_bytes: 16 * 1024,
         ..settings()
     })
     .await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
     let client = reqwest::Client::new();
     let r = client
         .post(proxy.url("/count"))
@@ -168,15 +156,11 @@ async fn bodies_over_the_limit_are_413_and_heads_over_it_431() {
 
 #[tokio::test]
 async fn clients_too_slow_with_their_head_or_body_are_cut_off() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(lb_proxy::Settings {
+    let (_a, proxy) = one_worker(lb_proxy::Settings {
         idle_timeout: Duration::from_millis(500),
         ..settings()
     })
     .await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
 
     // Half a head, then nothing: the connection is closed.
     let mut s = TcpStream::connect(proxy.http).await.unwrap();

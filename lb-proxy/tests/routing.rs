@@ -5,18 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Backend, Proxy, dead_address, get, settings, table};
+use support::{
+    Backend, Proxy, dead_address, get, get_text, one_worker, settings, table, two_workers,
+};
 
 #[tokio::test]
 async fn apps_balance_over_ready_workers_and_direct_urls_reach_one() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let proxy = Proxy::start(settings()).await;
-    proxy
-        .put_routes(table(
-            "orders",
-            &[(0, a.addr, "ready"), (1, b.addr, "ready")],
-        ))
-        .await;
+    let (a, b, proxy) = two_workers(settings()).await;
     for _ in 0..40 {
         let r = get(&proxy, "orders.fabric.localhost", "/x").await;
         assert_eq!(r.status(), 200);
@@ -34,7 +29,7 @@ async fn apps_balance_over_ready_workers_and_direct_urls_reach_one() {
         ("ORDERS-1.fabric.localhost", "b"),
     ] {
         for _ in 0..5 {
-            let body = get(&proxy, host, "/").await.text().await.unwrap();
+            let body = get_text(&proxy, host, "/").await;
             assert_eq!(body, format!("{want} GET /"), "{host}");
         }
     }
@@ -92,11 +87,7 @@ async fn unknown_hosts_are_404_and_apps_without_ready_workers_503() {
 
 #[tokio::test]
 async fn requests_carry_forwarding_headers_and_lose_hop_by_hop_ones() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(settings()).await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
+    let (_a, proxy) = one_worker(settings()).await;
     let r = reqwest::Client::new()
         .get(proxy.url("/"))
         .header("host", "orders.fabric.localhost")
@@ -212,18 +203,11 @@ async fn route_swaps_under_load_drop_no_request() {
 
 #[tokio::test]
 async fn a_slow_worker_is_a_504_and_is_not_retried() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let proxy = Proxy::start(lb_proxy::Settings {
+    let (a, b, proxy) = two_workers(lb_proxy::Settings {
         first_byte_timeout: Duration::from_millis(300),
         ..settings()
     })
     .await;
-    proxy
-        .put_routes(table(
-            "orders",
-            &[(0, a.addr, "ready"), (1, b.addr, "ready")],
-        ))
-        .await;
     let r = get(&proxy, "orders.fabric.localhost", "/sleep/10000").await;
     assert_eq!(r.status(), 504);
     let body: serde_json::Value = r.json().await.unwrap();
@@ -233,11 +217,7 @@ async fn a_slow_worker_is_a_504_and_is_not_retried() {
 
 #[tokio::test]
 async fn shutdown_lets_requests_in_flight_finish() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(settings()).await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
+    let (a, proxy) = one_worker(settings()).await;
     let url = proxy.url("/sleep/700");
     let slow = tokio::spawn(async move {
         reqwest::Client::new()
@@ -268,11 +248,7 @@ async fn until_steady(proxy: &Proxy, run: usize, pred: impl Fn(&str) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut streak = 0;
     for _ in 0..400 {
-        let body = get(proxy, "orders.fabric.localhost", "/")
-            .await
-            .text()
-            .await
-            .unwrap();
+        let body = get_text(proxy, "orders.fabric.localhost", "/").await;
         streak = if pred(&body) { streak + 1 } else { 0 };
         if streak >= run {
             return;
@@ -285,20 +261,13 @@ async fn until_steady(proxy: &Proxy, run: usize, pred: impl Fn(&str) -> bool) {
 
 #[tokio::test]
 async fn active_probes_take_an_unready_worker_out_and_bring_it_back() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let proxy = Proxy::start(lb_proxy::Settings {
+    let (a, _b, proxy) = two_workers(lb_proxy::Settings {
         health_interval: Duration::from_millis(50),
         health_rise: 2,
         health_fall: 2,
         ..settings()
     })
     .await;
-    proxy
-        .put_routes(table(
-            "orders",
-            &[(0, a.addr, "ready"), (1, b.addr, "ready")],
-        ))
-        .await;
     // a answers requests fine but says it is not ready: only probes can see that.
     a.ready.store(false, std::sync::atomic::Ordering::Relaxed);
     until_steady(&proxy, 40, |b| b == "b GET /").await;
@@ -320,11 +289,7 @@ async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
     })
     .await;
     assert_eq!(
-        get(&proxy, "orders.fabric.localhost", "/")
-            .await
-            .text()
-            .await
-            .unwrap(),
+        get_text(&proxy, "orders.fabric.localhost", "/").await,
         "a GET /"
     );
     write(table(
@@ -336,11 +301,7 @@ async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..10 {
         assert_eq!(
-            get(&proxy, "orders.fabric.localhost", "/")
-                .await
-                .text()
-                .await
-                .unwrap(),
+            get_text(&proxy, "orders.fabric.localhost", "/").await,
             "b GET /"
         );
     }

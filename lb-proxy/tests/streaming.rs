@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use support::{Backend, Proxy, count, generated, settings, table};
+use support::{count, generated, one_worker, settings};
 
 const SIZE: u64 = 100 * 1024 * 1024;
 
@@ -22,11 +22,7 @@ fn memory(field: &str) -> u64 {
 
 #[tokio::test]
 async fn a_hundred_mebibytes_each_way_with_memory_bounded() {
-    let a = Backend::start("a").await;
-    let proxy = Proxy::start(settings()).await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
+    let (_a, proxy) = one_worker(settings()).await;
     let client: Client<_, http_body_util::combinators::BoxBody<Bytes, std::io::Error>> =
         Client::builder(TokioExecutor::new()).build_http();
     // Warm up, so the baseline includes the proxy's buffers and pools.

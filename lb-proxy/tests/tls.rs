@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
-use support::{Backend, Proxy, settings, table};
+use support::{Proxy, one_worker, settings, two_workers};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -20,8 +20,9 @@ struct Tls {
     settings: lb_proxy::Settings,
 }
 
-/// A certificate for `*.fabric.localhost` in files, and a client that trusts only it.
-fn tls() -> Tls {
+/// A certificate for `*.fabric.localhost` in files, and a client that trusts
+/// only it and offers `alpn`.
+fn tls(alpn: &[&[u8]]) -> Tls {
     let ck = rcgen::generate_simple_self_signed(vec!["*.fabric.localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -37,7 +38,7 @@ fn tls() -> Tls {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Tls {
         connector: TlsConnector::from(Arc::new(config)),
         settings: lb_proxy::Settings {
@@ -86,15 +87,8 @@ async fn fetch(proxy: &Proxy, tls: &Tls, sni: &str, host: &str) -> (Version, Sta
 
 #[tokio::test]
 async fn https_routes_by_sni_over_http2() {
-    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
-    let tls = tls();
-    let proxy = Proxy::start(tls.settings.clone()).await;
-    proxy
-        .put_routes(table(
-            "orders",
-            &[(0, a.addr, "ready"), (1, b.addr, "ready")],
-        ))
-        .await;
+    let tls = tls(&[b"h2", b"http/1.1"]);
+    let (_a, _b, proxy) = two_workers(tls.settings.clone()).await;
 
     let (version, status, body) = fetch(
         &proxy,
@@ -137,29 +131,8 @@ async fn https_routes_by_sni_over_http2() {
 
 #[tokio::test]
 async fn http11_clients_use_tls_too() {
-    let a = Backend::start("a").await;
-    let mut tls = tls();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates({
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(tls.settings.tls_cert_file.as_ref().unwrap()).unwrap();
-        use rustls::pki_types::pem::PemObject;
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        roots
-    })
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tls.connector = TlsConnector::from(Arc::new(config));
-    let proxy = Proxy::start(tls.settings.clone()).await;
-    proxy
-        .put_routes(table("orders", &[(0, a.addr, "ready")]))
-        .await;
+    let tls = tls(&[b"http/1.1"]);
+    let (_a, proxy) = one_worker(tls.settings.clone()).await;
     let (version, status, body) = fetch(
         &proxy,
         &tls,

@@ -256,3 +256,31 @@ pub async fn get(proxy: &Proxy, host: &str, path: &str) -> reqwest::Response {
         .await
         .unwrap()
 }
+
+/// Backends `a` and `b`, and a proxy with `settings` routing app `orders` to both, ready.
+pub async fn two_workers(settings: Settings) -> (Backend, Backend, Proxy) {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let proxy = Proxy::start(settings).await;
+    proxy
+        .put_routes(table(
+            "orders",
+            &[(0, a.addr, "ready"), (1, b.addr, "ready")],
+        ))
+        .await;
+    (a, b, proxy)
+}
+
+/// Backend `a`, and a proxy with `settings` routing app `orders` to it.
+pub async fn one_worker(settings: Settings) -> (Backend, Proxy) {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(settings).await;
+    proxy
+        .put_routes(table("orders", &[(0, a.addr, "ready")]))
+        .await;
+    (a, proxy)
+}
+
+/// The body of a GET to the proxy for `host`.
+pub async fn get_text(proxy: &Proxy, host: &str, path: &str) -> String {
+    get(proxy, host, path).await.text().await.unwrap()
+}
