@@ -107,3 +107,28 @@ impl Default for Settings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Serialized, Toml};
+
+    #[test]
+    fn settings_read_from_toml_beside_their_defaults() {
+        let toml = "domain = \"apps.example\"\nbalance = \"round-robin\"\n\
+                    first_byte_timeout = \"5s\"\ntls_listen = \"127.0.0.1:8443\"\n";
+        let s: Settings = figment::Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(toml))
+            .extract()
+            .unwrap();
+        assert_eq!(s.domain, "apps.example");
+        assert_eq!(s.balance, Balance::RoundRobin);
+        assert_eq!(s.first_byte_timeout, Duration::from_secs(5));
+        assert_eq!(s.tls_listen.map(|a| a.port()), Some(8443));
+        assert_eq!(s.proxy_listen.port(), 8080);
+        let bad = figment::Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string("balance = \"random\"\n"))
+            .extract::<Settings>();
+        assert!(bad.is_err());
+    }
+}
