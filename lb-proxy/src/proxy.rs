@@ -210,7 +210,15 @@ impl Proxy {
                     after: self.settings.first_byte_timeout,
                 },
             };
-            if err.ejects() && ep.health.eject(self.settings.eject_for) {
+            // Never the app's last usable worker: a single worker hit by a
+            // benign race (a pooled connection closing) must not turn into
+            // 503s for `eject_for`; a truly dead one still fails its probes.
+            let others = app
+                .workers
+                .iter()
+                .enumerate()
+                .any(|(j, w)| j != i && w.available());
+            if err.ejects() && others && ep.health.eject(self.settings.eject_for) {
                 app.metrics.ejections.inc();
                 tracing::warn!(app = %ep.app, worker = ep.index, addr = %ep.address, error = %err, "worker ejected");
             }

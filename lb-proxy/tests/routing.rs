@@ -313,3 +313,18 @@ async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
         .unwrap();
     assert_eq!(shown["apps"]["orders"]["workers"][1]["state"], "draining");
 }
+
+#[tokio::test]
+async fn a_lone_worker_is_not_ejected_so_its_failures_stay_502s() {
+    let dead = dead_address().await;
+    let proxy = Proxy::start(settings()).await;
+    proxy
+        .put_routes(table("orders", &[(0, dead, "ready")]))
+        .await;
+    for _ in 0..3 {
+        let r = get(&proxy, "orders.fabric.localhost", "/").await;
+        assert_eq!(r.status(), 502);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "BAD_GATEWAY");
+    }
+}
