@@ -51,7 +51,8 @@ pub enum BodyError {
     Superseded,
 }
 
-struct Shared {
+/// What the attempts of one request share.
+pub struct Shared {
     incoming: Mutex<Incoming>,
     attempt: AtomicU64,
     sent: AtomicBool,
@@ -60,33 +61,42 @@ struct Shared {
     idle: Duration,
 }
 
-/// The client's request body, shareable across attempts until its first byte leaves.
+/// The client's request body, shareable across attempts until its first
+/// byte leaves; nothing to share when the request has no body.
 #[derive(Clone)]
-pub struct Replayable(Arc<Shared>);
+pub struct Replayable(Option<Arc<Shared>>);
 
 impl Replayable {
     /// Wraps `incoming` with a `limit` in bytes and an `idle` timeout.
     pub fn new(incoming: Incoming, limit: u64, idle: Duration) -> Self {
-        Replayable(Arc::new(Shared {
+        if incoming.is_end_stream() {
+            return Replayable(None);
+        }
+        Replayable(Some(Arc::new(Shared {
             incoming: Mutex::new(incoming),
             attempt: AtomicU64::new(0),
             sent: AtomicBool::new(false),
             received: AtomicU64::new(0),
             limit,
             idle,
-        }))
+        })))
     }
 
     /// Whether any body byte has been handed to a worker's connection.
     pub fn sent(&self) -> bool {
-        self.0.sent.load(Ordering::Acquire)
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.sent.load(Ordering::Acquire))
     }
 
     /// A body for the next attempt; earlier attempts' bodies stop yielding.
     pub fn attempt(&self) -> RequestBody {
-        let attempt = self.0.attempt.fetch_add(1, Ordering::AcqRel) + 1;
-        RequestBody {
-            shared: self.0.clone(),
+        let Some(shared) = &self.0 else {
+            return RequestBody::Empty;
+        };
+        let attempt = shared.attempt.fetch_add(1, Ordering::AcqRel) + 1;
+        RequestBody::Streamed {
+            shared: shared.clone(),
             attempt,
             idle: None,
         }
@@ -94,10 +104,18 @@ impl Replayable {
 }
 
 /// One attempt's view of the client's body.
-pub struct RequestBody {
-    shared: Arc<Shared>,
-    attempt: u64,
-    idle: Option<Pin<Box<Sleep>>>,
+pub enum RequestBody {
+    /// The request has no body.
+    Empty,
+    /// The client's body, streamed.
+    Streamed {
+        /// Shared by every attempt.
+        shared: Arc<Shared>,
+        /// This attempt's number.
+        attempt: u64,
+        /// The idle timer, from the first wait on.
+        idle: Option<Pin<Box<Sleep>>>,
+    },
 }
 
 impl Body for RequestBody {
@@ -105,11 +123,18 @@ impl Body for RequestBody {
     type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let shared = self.shared.clone();
-        if shared.attempt.load(Ordering::Acquire) != self.attempt {
+        let RequestBody::Streamed {
+            shared,
+            attempt,
+            idle,
+        } = self.get_mut()
+        else {
+            return Poll::Ready(None);
+        };
+        if shared.attempt.load(Ordering::Acquire) != *attempt {
             return Poll::Ready(Some(Err(BodyError::Superseded)));
         }
         let polled = {
@@ -132,7 +157,7 @@ impl Body for RequestBody {
                         shared.sent.store(true, Ordering::Release);
                     }
                 }
-                if let Some(idle) = self.idle.as_mut() {
+                if let Some(idle) = idle.as_mut() {
                     let at = tokio::time::Instant::now() + shared.idle;
                     idle.as_mut().reset(at);
                 }
@@ -142,9 +167,7 @@ impl Body for RequestBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let after = shared.idle;
-                let idle = self
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+                let idle = idle.get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
                 ready!(idle.as_mut().poll(cx));
                 Poll::Ready(Some(Err(BodyError::Idle { after })))
             }
@@ -152,19 +175,25 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.shared
-            .incoming
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_end_stream()
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Streamed { shared, .. } => shared
+                .incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.shared
-            .incoming
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .size_hint()
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Streamed { shared, .. } => shared
+                .incoming
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .size_hint(),
+        }
     }
 }
 

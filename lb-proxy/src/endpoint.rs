@@ -16,6 +16,8 @@ pub struct Endpoint {
     pub index: u32,
     /// Where it listens, `host:port`.
     pub address: String,
+    /// The same, parsed once for every request's URI.
+    pub authority: hyper::http::uri::Authority,
     /// Whether it takes new requests.
     pub state: WorkerState,
     /// Health shared by every table that lists this address.

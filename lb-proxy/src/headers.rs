@@ -1,7 +1,6 @@
 //! Header hygiene: the request's host, hop-by-hop headers stripped both ways,
 //! `X-Forwarded-*` and `Forwarded` added, and the request id.
 
-use std::fmt::Write;
 use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -77,10 +76,13 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::rng().random();
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{n:032x}");
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = [0u8; 32];
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Who asked and how: added to the request sent to a worker.

@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, Version};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -158,7 +159,11 @@ impl Proxy {
         app: &AppRoute,
         body: Replayable,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut tried = Tried::default();
         let mut last = None;
         for attempt in 0..self.settings.max_attempts.max(1) {
@@ -180,13 +185,15 @@ impl Proxy {
             *req.method_mut() = parts.method.clone();
             *req.version_mut() = Version::HTTP_11;
             *req.headers_mut() = parts.headers.clone();
-            *req.uri_mut() = format!("http://{}{path}", ep.address).parse().map_err(
-                |e: hyper::http::uri::InvalidUri| ProxyError::Connect {
-                    addr: ep.address.clone(),
-                    timed_out: false,
-                    source: e.into(),
-                },
-            )?;
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri.authority = Some(ep.authority.clone());
+            uri.path_and_query = Some(path.clone());
+            *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ProxyError::Connect {
+                addr: ep.address.clone(),
+                timed_out: false,
+                source: e.into(),
+            })?;
             let in_flight = ep.health.start();
             let started = Instant::now();
             let err = match tokio::time::timeout(

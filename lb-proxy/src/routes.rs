@@ -131,9 +131,11 @@ impl RouteTable {
                 if !seen.insert(w.index) {
                     return Err(invalid(format!("worker index {} appears twice", w.index)));
                 }
-                if w.address
-                    .rsplit_once(':')
-                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                let authority_ok = w.address.parse::<hyper::http::uri::Authority>().is_ok();
+                if !authority_ok
+                    || w.address
+                        .rsplit_once(':')
+                        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
                 {
                     return Err(invalid(format!(
                         "worker {}: address {:?} is not host:port",
@@ -240,19 +242,22 @@ impl Routes {
             let mut workers: Vec<Arc<Endpoint>> = app
                 .workers
                 .iter()
-                .map(|w| {
+                .filter_map(|w| {
+                    // Validated above; a worker that still does not parse is left out.
+                    let authority = w.address.parse().ok()?;
                     let h = health
                         .get(&w.address)
                         .cloned()
                         .unwrap_or_else(|| Arc::new(Health::new()));
                     kept.insert(w.address.clone(), h.clone());
-                    Arc::new(Endpoint {
+                    Some(Arc::new(Endpoint {
                         app: name.clone(),
                         index: w.index,
                         address: w.address.clone(),
+                        authority,
                         state: w.state,
                         health: h,
-                    })
+                    }))
                 })
                 .collect();
             workers.sort_by_key(|w| w.index);
