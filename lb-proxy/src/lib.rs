@@ -19,6 +19,7 @@ pub mod routes;
 mod server;
 pub mod settings;
 pub mod smuggle;
+mod threads;
 pub mod tls;
 mod watch;
 
@@ -60,6 +61,9 @@ pub enum Error {
     /// The admin server failed.
     #[error("admin port: {0}")]
     Admin(std::io::Error),
+    /// The data threads could not start.
+    #[error("data path threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// The sockets the proxy serves.
@@ -122,22 +126,44 @@ pub async fn serve(config: Config, listeners: Listeners, shutdown: Shutdown) -> 
         Some(l) => Some((l, tls::acceptor(&settings)?)),
         None => None,
     };
-    let proxy = Arc::new(proxy::Proxy::new(
-        settings.clone(),
-        routes.clone(),
-        &metrics,
-    ));
-    let connections = TaskTracker::new();
-    let server = server::Server::new(&settings, proxy, connections.clone(), shutdown.clone());
     shutdown.spawn(
         "lb-proxy-health",
         health::probe_loop(settings.clone(), routes.clone(), shutdown.clone()),
     );
-    let mut loops = vec![tokio::spawn(
-        server.clone().accept_loop(listeners.http, None),
-    )];
-    if let Some((l, acceptor)) = tls {
-        loops.push(tokio::spawn(server.accept_loop(l, Some(acceptor))));
+    let connections = TaskTracker::new();
+    let mut loops = Vec::new();
+    let mut threads = Vec::new();
+    if settings.data_threads == 0 {
+        let proxy = Arc::new(proxy::Proxy::new(
+            settings.clone(),
+            routes.clone(),
+            &metrics,
+        ));
+        let server = server::Server::new(&settings, proxy, connections.clone(), shutdown.clone());
+        loops.push(tokio::spawn(
+            server.clone().accept_loop(listeners.http, None),
+        ));
+        if let Some((l, acceptor)) = tls {
+            loops.push(tokio::spawn(server.accept_loop(l, Some(acceptor))));
+        }
+    } else {
+        let https = match tls {
+            Some((l, a)) => Some((l.into_std().map_err(Error::Threads)?, a)),
+            None => None,
+        };
+        let sockets = threads::Sockets {
+            http: listeners.http.into_std().map_err(Error::Threads)?,
+            https,
+        };
+        threads = threads::start(
+            settings.data_threads,
+            &settings,
+            &routes,
+            &metrics,
+            &sockets,
+            &shutdown,
+        )
+        .map_err(Error::Threads)?;
     }
     readiness.set_ready();
     let router = admin::router(readiness.clone(), Arc::new(registry), routes);
@@ -149,6 +175,9 @@ pub async fn serve(config: Config, listeners: Listeners, shutdown: Shutdown) -> 
             Ok(Err(e)) => tracing::error!(error = %e, "data listener failed"),
             Err(e) => tracing::error!(error = %e, "data listener panicked"),
         }
+    }
+    for t in threads {
+        let _ = t.await;
     }
     connections.close();
     if tokio::time::timeout(shutdown.grace(), connections.wait())

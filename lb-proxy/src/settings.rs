@@ -39,6 +39,10 @@ pub struct Settings {
     pub routes_reload: Duration,
     /// How a request picks a worker: `p2c` or `round-robin`.
     pub balance: Balance,
+    /// Threads serving the data path, each a single-threaded runtime with its
+    /// own upstream pool (default: one per CPU); `0` serves it on the
+    /// process's shared runtime.
+    pub data_threads: usize,
     /// Longest wait for a TCP connection to a worker.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -89,6 +93,7 @@ impl Default for Settings {
             routes_file: None,
             routes_reload: Duration::from_secs(2),
             balance: Balance::P2c,
+            data_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             connect_timeout: Duration::from_secs(2),
             first_byte_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

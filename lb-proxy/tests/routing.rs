@@ -11,7 +11,12 @@ use support::{
 
 #[tokio::test]
 async fn apps_balance_over_ready_workers_and_direct_urls_reach_one() {
-    let (a, b, proxy) = two_workers(settings()).await;
+    // On the shared runtime; the other tests run the data path on its own threads.
+    let (a, b, proxy) = two_workers(lb_proxy::Settings {
+        data_threads: 0,
+        ..settings()
+    })
+    .await;
     for _ in 0..40 {
         let r = get(&proxy, "orders.fabric.localhost", "/x").await;
         assert_eq!(r.status(), 200);

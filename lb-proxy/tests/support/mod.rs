@@ -229,10 +229,13 @@ impl Proxy {
     }
 }
 
-/// Settings for tests: no active probes (tests drive health themselves), short timeouts.
+/// Settings for tests: no active probes (tests drive health themselves),
+/// short timeouts, the data path on two threads of its own (the failover
+/// tests in `tests/` use the shared runtime).
 pub fn settings() -> Settings {
     Settings {
         health_interval: Duration::ZERO,
+        data_threads: 2,
         connect_timeout: Duration::from_secs(2),
         ..Settings::default()
     }
