@@ -52,7 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             component.name()
         ));
         let (config, sd) = (config.clone(), shutdown.clone());
-        if let (Component::LbProxy, Some(http)) = (component, proxy_listener.take()) {
+        if let Some(http) = proxy_listener.take_if(|_| component == Component::LbProxy) {
             let settings = lb_proxy::Settings {
                 proxy_listen: proxy_addr,
                 domain: args.domain.clone(),
