@@ -59,6 +59,25 @@ async fn up_serves_every_component_and_stops_on_sigint() {
             .unwrap();
         assert!(metrics.contains("fabric_build_info"), "{metrics}");
     }
+    // The load balancer's data port is the one asked for (any free one), and routes.
+    let data_addr = up
+        .lines_of(Stream::Stdout)
+        .iter()
+        .find_map(|l| l.strip_prefix("Apps answer through the load balancer on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the data port is printed")
+        .to_string();
+    assert!(
+        !data_addr.ends_with(":8080"),
+        "--proxy-port 0 honoured: {data_addr}"
+    );
+    let r = client
+        .get(format!("http://{data_addr}/"))
+        .header("host", "nope.fabric.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     for name in ["queue-svc", "objectstore-svc", "control-plane", "lb-proxy"] {
         assert!(
             up.lines_of(Stream::Stdout).iter().any(|l| l.contains(name)),
