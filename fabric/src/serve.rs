@@ -26,14 +26,6 @@ pub enum Component {
 }
 
 impl Component {
-    /// Every component, in start order.
-    pub const ALL: [Component; 4] = [
-        Component::QueueSvc,
-        Component::ObjectstoreSvc,
-        Component::ControlPlane,
-        Component::LbProxy,
-    ];
-
     /// The component's name.
     pub fn name(self) -> &'static str {
         match self {

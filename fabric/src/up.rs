@@ -1,5 +1,6 @@
 //! `fabric up`: every component of the fabric in this process, on loopback, until Ctrl-C.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,12 +19,18 @@ pub struct Args {
     /// Deploy the demo app (examples/hello.yaml, two workers) once the fabric is up.
     #[arg(long)]
     demo: bool,
+    /// Port of the load balancer's data path: apps answer at `{app}.{domain}:PORT`.
+    #[arg(long, env = "FABRIC_PROXY_PORT", default_value_t = 8080)]
+    proxy_port: u16,
+    /// The domain apps answer under.
+    #[arg(long, env = "FABRIC_DOMAIN", default_value = "fabric.localhost")]
+    domain: String,
 }
 
 /// The demo app `--demo` deploys.
 const DEMO: &str = include_str!("../../examples/hello.yaml");
 
-async fn deploy_demo(url: &str, key: &str) -> anyhow::Result<()> {
+async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<()> {
     let client = control_plane::client::Client::new(url, key);
     let req = control_plane::model::DeployRequest {
         name: None,
@@ -34,16 +41,16 @@ async fn deploy_demo(url: &str, key: &str) -> anyhow::Result<()> {
         encrypt_queues: false,
     };
     let app = client.deploy(&req).await?;
+    let name = &app.app.name;
     println!(
-        "Demo app {} v{} is serving on {}/{} workers:",
-        app.app.name, app.app.version, app.ready, app.app.workers
+        "Demo app {name} v{} is serving on {}/{} workers:",
+        app.app.version, app.ready, app.app.workers
     );
-    for w in client.workers(&app.app.name).await? {
-        println!(
-            "  {:<8} AZ {}  curl http://{}/hello/you",
-            w.id, w.az, w.address
-        );
+    println!("  {name:<8}       curl {}/hello/you", app.url);
+    for w in client.workers(name).await? {
+        println!("  {:<8} AZ {}  curl {}/hello/you", w.id, w.az, w.url);
     }
+    println!("  (any client: curl -H 'Host: {name}.<domain>' http://{proxy}/hello/you)");
     Ok(())
 }
 
@@ -59,27 +66,49 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
 
     let shutdown = Shutdown::new(Duration::from_secs(10));
     shutdown.on_signals();
+    // The data path binds first, so a taken port stops `up` before anything starts.
+    let proxy_http = TcpListener::bind((config.listen.ip(), args.proxy_port))
+        .await
+        .map_err(|e| anyhow::anyhow!("lb-proxy: cannot listen on port {}: {e}", args.proxy_port))?;
+    let proxy_addr = proxy_http.local_addr()?;
     let mut lines = Vec::new();
-    for component in Component::ALL
-        .into_iter()
-        .filter(|c| *c != Component::ControlPlane)
-    {
+    for component in [Component::QueueSvc, Component::ObjectstoreSvc] {
         let listener = TcpListener::bind(config.listen).await?;
-        let addr = listener.local_addr()?;
-        lines.push(format!(
-            "  {:<16} http://{addr}  (/healthz /readyz /metrics)",
-            component.name()
-        ));
+        lines.push(ops_line(component.name(), listener.local_addr()?));
         let (config, sd) = (config.clone(), shutdown.clone());
         shutdown.spawn(component.name(), async move {
             component.run_with(&config, listener, sd).await
         });
     }
 
+    let proxy_admin = TcpListener::bind(config.listen).await?;
+    let admin_addr = proxy_admin.local_addr()?;
+    lines.push(ops_line(lb_proxy::NAME, admin_addr));
+    {
+        let settings = lb_proxy::Settings {
+            proxy_listen: proxy_addr,
+            domain: args.domain.clone(),
+            ..lb_proxy::Settings::default()
+        };
+        let listeners = lb_proxy::Listeners {
+            admin: proxy_admin,
+            http: proxy_http,
+            https: None,
+        };
+        let (config, sd) = (config.with_settings(settings), shutdown.clone());
+        shutdown.spawn(lb_proxy::NAME, async move {
+            lb_proxy::serve(config, listeners, sd).await
+        });
+    }
+
     let listener = TcpListener::bind(config.listen).await?;
     let cp_url = format!("http://{}", listener.local_addr()?);
     let cp_config = config.with_settings(control_plane::Settings {
-        azs: args.azs,
+        azs: args.azs.clone(),
+        domain: args.domain.clone(),
+        proxy_port: proxy_addr.port(),
+        // Every route change goes to the load balancer at once.
+        routes_push: vec![format!("http://{admin_addr}/routes")],
         ..Default::default()
     });
     let admin_key = control_plane::admin_key(&data_dir)?;
@@ -101,16 +130,20 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     for line in &lines {
         println!("{line}");
     }
+    println!(
+        "Apps answer through the load balancer on {proxy_addr} as {{app}}.{} (or with that Host header).",
+        args.domain
+    );
     println!("Admin API key: {admin_key}");
     if args.demo
-        && let Err(e) = deploy_demo(&cp_url, &admin_key).await
+        && let Err(e) = deploy_demo(&cp_url, &admin_key, proxy_addr).await
     {
         eprintln!("fabric: the demo app did not deploy: {e}");
     }
     println!("Other `fabric` commands on this machine find this fabric by themselves, e.g.:");
     println!("  fabric apps deploy examples/hello.yaml --workers 2 --size 0.1");
-    println!("Apps run on transient queues for now: persistent queues, the object store and");
-    println!("routing through the load balancer are being built. Press Ctrl-C to stop.");
+    println!("Apps run on transient queues for now: persistent queues and the object store are");
+    println!("not wired into workers yet. Press Ctrl-C to stop.");
     shutdown.triggered().await;
     let clean = shutdown.drain().await;
     let _ = std::fs::remove_file(&url_file);
@@ -119,4 +152,8 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         if clean { "" } else { " (grace period expired)" }
     );
     Ok(())
+}
+
+fn ops_line(name: &str, addr: SocketAddr) -> String {
+    format!("  {name:<16} http://{addr}  (/healthz /readyz /metrics)")
 }

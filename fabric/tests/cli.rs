@@ -33,12 +33,30 @@ fn urls(lines: &[&str]) -> Vec<String> {
 async fn up_serves_every_component_and_stops_on_sigint() {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = fabric();
-    cmd.arg("up").arg("--data-dir").arg(data.path());
+    cmd.arg("up")
+        .arg("--demo")
+        .arg("--data-dir")
+        .arg(data.path());
+    cmd.args(["--proxy-port", "0"]);
     let mut up = Proc::spawn(cmd);
     up.wait_for_line(WAIT, |s, l| {
         s == Stream::Stdout && l.contains("Press Ctrl-C")
     });
-    let urls = urls(&up.lines_of(Stream::Stdout));
+    let stdout = up.lines_of(Stream::Stdout);
+    assert!(
+        stdout
+            .iter()
+            .any(|l| l.contains("Demo app hello v1 is serving on 2/2 workers")),
+        "{stdout:#?}"
+    );
+    let (demo, components): (Vec<&str>, Vec<&str>) =
+        stdout.iter().partition(|l| l.contains("curl "));
+    assert_eq!(
+        urls(&demo).len(),
+        3,
+        "the app's URL and one per worker: {demo:#?}"
+    );
+    let urls = urls(&components);
     assert_eq!(urls.len(), 4, "one URL per component: {:?}", up.seen);
 
     let client = reqwest::Client::new();
@@ -58,6 +76,64 @@ async fn up_serves_every_component_and_stops_on_sigint() {
             .unwrap();
         assert!(metrics.contains("fabric_build_info"), "{metrics}");
     }
+    // The load balancer's data port is the one asked for (any free one), and routes.
+    let data_addr = up
+        .lines_of(Stream::Stdout)
+        .iter()
+        .find_map(|l| l.strip_prefix("Apps answer through the load balancer on "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the data port is printed")
+        .to_string();
+    assert!(
+        !data_addr.ends_with(":8080"),
+        "--proxy-port 0 honoured: {data_addr}"
+    );
+    let r = client
+        .get(format!("http://{data_addr}/"))
+        .header("host", "nope.fabric.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The demo app answers through the load balancer, balanced and per worker.
+    for host in ["hello", "hello-1", "hello-2"] {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let r = client
+                .get(format!("http://{data_addr}/hello/you"))
+                .header("host", format!("{host}.fabric.localhost"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["message"], "hello, you");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{host}: {}",
+                r.status()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for file in ["admin.key", "control-plane.url"] {
+        assert!(data.path().join(file).is_file(), "{file}");
+    }
+    let listed = fabric()
+        .args(["workers", "hello", "--output", "json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let workers: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let worker_pids: Vec<i32> = workers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap() as i32)
+        .collect();
+    assert_eq!(worker_pids.len(), 2, "{workers}");
     for name in ["queue-svc", "objectstore-svc", "control-plane", "lb-proxy"] {
         assert!(
             up.lines_of(Stream::Stdout).iter().any(|l| l.contains(name)),
@@ -84,6 +160,12 @@ async fn up_serves_every_component_and_stops_on_sigint() {
             .iter()
             .any(|l| l.contains("stopped"))
     );
+    for pid in worker_pids {
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+            "worker {pid} left behind"
+        );
+    }
     for url in &urls {
         assert!(
             client.get(format!("{url}/healthz")).send().await.is_err(),
@@ -94,6 +176,7 @@ async fn up_serves_every_component_and_stops_on_sigint() {
     // A second start keeps the keys of the first.
     let mut cmd = fabric();
     cmd.arg("up").arg("--data-dir").arg(data.path());
+    cmd.args(["--proxy-port", "0"]);
     let mut again = Proc::spawn(cmd);
     again.wait_for_line(WAIT, |s, l| {
         s == Stream::Stdout && l.contains("Press Ctrl-C")

@@ -1,0 +1,302 @@
+//! The data path for one request: check, route, pick a worker, forward,
+//! retry when that is safe, answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::balance::{self, Tried};
+use crate::body::{BodyError, Replayable, RequestBody, ResponseBody, Tracked, full};
+use crate::error::{ProxyError, RetrySafety, find_cause, is_timeout};
+use crate::headers::{self, ForwardedFor, X_REQUEST_ID};
+use crate::metrics::{AppMetrics, Metrics, NO_APP};
+use crate::routes::{AppRoute, Routes, Target};
+use crate::settings::Settings;
+use crate::smuggle::Verdict;
+
+/// What the proxy knows of one client connection.
+pub struct Conn {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The TLS server name, lower case, when the connection is TLS.
+    pub sni: Option<String>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The smuggling checks' findings for this connection.
+    pub verdict: Arc<Verdict>,
+    /// Requests seen so far on it.
+    pub served: AtomicU64,
+}
+
+/// The proxy's shared state: settings, the live route table, the upstream pool.
+pub struct Proxy {
+    settings: Settings,
+    routes: Arc<Routes>,
+    client: Client<HttpConnector, RequestBody>,
+    unrouted: AppMetrics,
+}
+
+/// The upstream connection pool: HTTP/1.1 keep-alive to every worker.
+fn upstream_client(s: &Settings) -> Client<HttpConnector, RequestBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(s.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(s.pool_idle_timeout)
+        .pool_max_idle_per_host(s.pool_max_idle_per_worker)
+        .build(connector)
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl Proxy {
+    /// A proxy over `routes`.
+    pub fn new(settings: Settings, routes: Arc<Routes>, metrics: &Metrics) -> Self {
+        Proxy {
+            client: upstream_client(&settings),
+            settings,
+            routes,
+            unrouted: metrics.app(NO_APP),
+        }
+    }
+
+    /// Answers one client request; never fails (errors become JSON answers).
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
+        let id = headers::request_id(req.headers());
+        // Cheap clones (shared bytes), kept for the log line.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let mut app = None;
+        let result = self.route(req, conn, &id, &mut app).await;
+        let metrics = app.as_ref().map_or(&self.unrouted, |a| &a.metrics);
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(
+                    request_id = ?id, %method, path = uri.path(), peer = %conn.peer,
+                    origin = ?e.origin(), error = %e, "request failed"
+                );
+                error_response(&e, &id)
+            }
+        };
+        metrics.answered(resp.status().as_u16());
+        tracing::debug!(request_id = ?id, %method, path = uri.path(), status = resp.status().as_u16(), "answered");
+        resp.headers_mut().insert(&X_REQUEST_ID, id);
+        resp
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        conn: &Conn,
+        id: &HeaderValue,
+        app_out: &mut Option<Arc<AppRoute>>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let n = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(reason) = conn.verdict.refuses(n) {
+            return Err(ProxyError::Smuggling { reason });
+        }
+        let (mut parts, body) = req.into_parts();
+        let host = headers::request_host(&parts).ok_or(ProxyError::NoHost)?;
+        if let Some(sni) = &conn.sni
+            && *sni != host
+        {
+            return Err(ProxyError::Misdirected {
+                sni: sni.clone(),
+                host,
+            });
+        }
+        let table = self.routes.load();
+        let target = table
+            .resolve(&host, &self.settings.domain)
+            .ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        let app = match &target {
+            Target::App(a) | Target::Worker(a, _) => a.clone(),
+        };
+        *app_out = Some(app.clone());
+
+        let limit = self.settings.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+
+        let host_value = match parts.headers.get(header::HOST) {
+            Some(h) => h.clone(),
+            None => HeaderValue::from_str(&host).map_err(|_| ProxyError::NoHost)?,
+        };
+        let fwd = ForwardedFor {
+            client: conn.peer.ip(),
+            proto: if conn.tls { "https" } else { "http" },
+            host: &host_value,
+        };
+        headers::to_upstream(&mut parts.headers, &fwd, id);
+        let body = Replayable::new(body, limit, self.settings.idle_timeout);
+        self.forward(&parts, &target, &app, body).await
+    }
+
+    async fn forward(
+        &self,
+        parts: &hyper::http::request::Parts,
+        target: &Target,
+        app: &AppRoute,
+        body: Replayable,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut tried = Tried::default();
+        let mut last = None;
+        for attempt in 0..self.settings.max_attempts.max(1) {
+            let picked = match target {
+                Target::App(a) => balance::pick(a, self.settings.balance, tried),
+                Target::Worker(a, n) => a
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .find(|(i, w)| w.index == *n && w.health.usable() && tried.is_untried(*i))
+                    .map(|(i, w)| (i, w.clone())),
+            };
+            let Some((i, ep)) = picked else { break };
+            tried.add(i);
+            if attempt > 0 {
+                app.metrics.retries.inc();
+            }
+            let mut req = Request::new(body.attempt());
+            *req.method_mut() = parts.method.clone();
+            *req.version_mut() = Version::HTTP_11;
+            *req.headers_mut() = parts.headers.clone();
+            let mut uri = hyper::http::uri::Parts::default();
+            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri.authority = Some(ep.authority.clone());
+            uri.path_and_query = Some(path.clone());
+            *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ProxyError::Connect {
+                addr: ep.address.clone(),
+                timed_out: false,
+                source: e.into(),
+            })?;
+            let in_flight = ep.health.start();
+            let started = Instant::now();
+            let err = match tokio::time::timeout(
+                self.settings.first_byte_timeout,
+                self.client.request(req),
+            )
+            .await
+            {
+                Ok(Ok(resp)) => {
+                    app.metrics.latency.observe(started.elapsed().as_secs_f64());
+                    let (mut rparts, rbody) = resp.into_parts();
+                    headers::strip_hop_by_hop(&mut rparts.headers);
+                    return Ok(Response::from_parts(
+                        rparts,
+                        Tracked::boxed(rbody, in_flight),
+                    ));
+                }
+                Ok(Err(e)) => classify(e, &ep.address, body.sent()),
+                Err(_) => ProxyError::FirstByteTimeout {
+                    addr: ep.address.clone(),
+                    after: self.settings.first_byte_timeout,
+                },
+            };
+            // Never the app's last usable worker: a single worker hit by a
+            // benign race (a pooled connection closing) must not turn into
+            // 503s for `eject_for`; a truly dead one still fails its probes.
+            let others = app
+                .workers
+                .iter()
+                .enumerate()
+                .any(|(j, w)| j != i && w.available());
+            if err.ejects() && others && ep.health.eject(self.settings.eject_for) {
+                app.metrics.ejections.inc();
+                tracing::warn!(app = %ep.app, worker = ep.index, addr = %ep.address, error = %err, "worker ejected");
+            }
+            let again = match err.retry() {
+                RetrySafety::Any => true,
+                RetrySafety::Idempotent => idempotent(&parts.method) && !body.sent(),
+                RetrySafety::Never => false,
+            };
+            if !again {
+                return Err(err);
+            }
+            tracing::debug!(app = %ep.app, worker = ep.index, error = %err, "trying another worker");
+            last = Some(err);
+        }
+        Err(last.unwrap_or_else(|| ProxyError::NoReadyWorker {
+            what: match target {
+                Target::App(a) => format!("app {}", a.name),
+                Target::Worker(a, n) => format!("app {} worker {n}", a.name),
+            },
+        }))
+    }
+}
+
+/// Turns an upstream client error into a typed one, by the error's types.
+fn classify(e: hyper_util::client::legacy::Error, addr: &str, body_sent: bool) -> ProxyError {
+    if let Some(b) = find_cause::<BodyError>(&e) {
+        return match b {
+            BodyError::TooLarge { limit } => ProxyError::BodyTooLarge { limit: *limit },
+            BodyError::Idle { after } => ProxyError::ClientIdle { after: *after },
+            BodyError::Client(h) => ProxyError::ClientBody {
+                reason: h.to_string(),
+            },
+            BodyError::Superseded => ProxyError::Upstream {
+                addr: addr.into(),
+                body_sent: true,
+                source: e.into(),
+            },
+        };
+    }
+    if e.is_connect() {
+        return ProxyError::Connect {
+            addr: addr.into(),
+            timed_out: is_timeout(&e),
+            source: e.into(),
+        };
+    }
+    ProxyError::Upstream {
+        addr: addr.into(),
+        body_sent,
+        source: e.into(),
+    }
+}
+
+/// The JSON answer for `e`.
+pub fn error_response(e: &ProxyError, id: &HeaderValue) -> Response<ResponseBody> {
+    let mut api = e.to_api();
+    if let Ok(id) = id.to_str() {
+        api = api.with_correlation_id(id);
+    }
+    let mut resp = Response::new(full(api.body()));
+    *resp.status_mut() = api.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if matches!(e, ProxyError::NoReadyWorker { .. }) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if e.origin() == crate::error::Origin::Downstream {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,366 @@
+//! The route table: apps and their workers, as published, and its compiled,
+//! live form held in an `ArcSwap` and swapped whole.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::endpoint::{Endpoint, Health};
+use crate::metrics::{AppMetrics, Metrics};
+
+/// Most workers one app may list (the balancer tracks tried workers in a 64-bit mask).
+pub const MAX_WORKERS: usize = 64;
+
+/// Whether a worker takes new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Takes new requests.
+    Ready,
+    /// Finishes the requests it has, takes no new ones (but still answers its direct URL).
+    Draining,
+}
+
+/// One worker of an app, as the control plane publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerRoute {
+    /// The worker's number within its app: `{app}-{index}.{domain}` reaches it alone.
+    pub index: u32,
+    /// Where the worker listens, `host:port`.
+    pub address: String,
+    /// Whether it takes new requests.
+    pub state: WorkerState,
+}
+
+/// One app's workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRouteSpec {
+    /// The app's workers.
+    pub workers: Vec<WorkerRoute>,
+}
+
+/// The whole route table, as published: replaced whole, never patched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    /// The publisher's version of the table, for logs and the admin API.
+    #[serde(default)]
+    pub version: u64,
+    /// Apps by name.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppRouteSpec>,
+}
+
+/// A route table that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The file could not be read.
+    #[error("route file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not a route table.
+    #[error("route table {origin}: {reason}")]
+    Parse {
+        /// Where the table came from.
+        origin: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// The table parses but says something impossible.
+    #[error("route table: app {app:?}: {reason}")]
+    Invalid {
+        /// The app at fault.
+        app: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl RouteTable {
+    /// Reads a table from a `.toml` file, or JSON otherwise.
+    pub fn from_file(path: &Path) -> Result<Self, RouteError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RouteError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        let table: RouteTable = if path.extension().is_some_and(|e| e == "toml") {
+            toml_from_str(&text, &origin)?
+        } else {
+            serde_json::from_str(&text).map_err(|e| RouteError::Parse {
+                origin,
+                reason: e.to_string(),
+            })?
+        };
+        table.validate()?;
+        Ok(table)
+    }
+
+    /// Checks names, addresses and indexes.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        for (app, spec) in &self.apps {
+            let invalid = |reason: String| RouteError::Invalid {
+                app: app.clone(),
+                reason,
+            };
+            let name_ok = !app.is_empty()
+                && app
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !name_ok {
+                return Err(invalid(
+                    "an app name is lower-case letters, digits and '-'".into(),
+                ));
+            }
+            if spec.workers.len() > MAX_WORKERS {
+                return Err(invalid(format!("more than {MAX_WORKERS} workers")));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for w in &spec.workers {
+                if !seen.insert(w.index) {
+                    return Err(invalid(format!("worker index {} appears twice", w.index)));
+                }
+                let authority_ok = w.address.parse::<hyper::http::uri::Authority>().is_ok();
+                if !authority_ok
+                    || w.address
+                        .rsplit_once(':')
+                        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(invalid(format!(
+                        "worker {}: address {:?} is not host:port",
+                        w.index, w.address
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// TOML through figment, which the workspace already uses for configuration.
+fn toml_from_str(text: &str, origin: &str) -> Result<RouteTable, RouteError> {
+    use figment::providers::{Format, Toml};
+    figment::Figment::from(Toml::string(text))
+        .extract()
+        .map_err(|e| RouteError::Parse {
+            origin: origin.into(),
+            reason: e.to_string().replace('\n', " "),
+        })
+}
+
+/// One app's live route: its workers, in index order, with their counters.
+#[derive(Debug)]
+pub struct AppRoute {
+    /// The app's name.
+    pub name: String,
+    /// Every worker, ready or draining.
+    pub workers: Vec<Arc<Endpoint>>,
+    /// Round-robin position.
+    pub next: AtomicUsize,
+    /// The app's metric handles.
+    pub metrics: AppMetrics,
+}
+
+/// The compiled table requests read: one `Arc` load per request.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Apps by name.
+    pub apps: HashMap<String, Arc<AppRoute>>,
+    /// The table as published.
+    pub spec: RouteTable,
+}
+
+/// What a request's host resolved to.
+pub enum Target {
+    /// Any ready worker of the app.
+    App(Arc<AppRoute>),
+    /// Worker `index` of the app only (its direct URL); the table lists it.
+    Worker(Arc<AppRoute>, u32),
+}
+
+impl Table {
+    /// Resolves a host name (no port, lower case) under `domain`.
+    pub fn resolve(&self, host: &str, domain: &str) -> Option<Target> {
+        let label = host.strip_suffix(domain)?.strip_suffix('.')?;
+        if label.contains('.') {
+            return None;
+        }
+        if let Some(app) = self.apps.get(label) {
+            return Some(Target::App(app.clone()));
+        }
+        let (app, n) = label.rsplit_once('-')?;
+        let n: u32 = n.parse().ok()?;
+        let app = self.apps.get(app)?;
+        app.workers
+            .iter()
+            .any(|w| w.index == n)
+            .then(|| Target::Worker(app.clone(), n))
+    }
+}
+
+/// The live table, swapped whole; health state outlives swaps, keyed by address.
+pub struct Routes {
+    live: ArcSwap<Table>,
+    health: Mutex<HashMap<String, Arc<Health>>>,
+    metrics: Metrics,
+}
+
+impl Routes {
+    /// An empty table.
+    pub fn new(metrics: Metrics) -> Self {
+        Routes {
+            live: ArcSwap::from_pointee(Table::default()),
+            health: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The table now.
+    pub fn load(&self) -> Arc<Table> {
+        self.live.load_full()
+    }
+
+    /// Replaces the whole table. Workers already known keep their health and
+    /// in-flight counts; requests under way keep the table they started with.
+    pub fn replace(&self, spec: RouteTable) -> Result<(), RouteError> {
+        spec.validate()?;
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = HashMap::new();
+        let mut apps = HashMap::new();
+        for (name, app) in &spec.apps {
+            let mut workers: Vec<Arc<Endpoint>> = app
+                .workers
+                .iter()
+                .filter_map(|w| {
+                    // Validated above; a worker that still does not parse is left out.
+                    let authority = w.address.parse().ok()?;
+                    let h = health
+                        .get(&w.address)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Health::new()));
+                    kept.insert(w.address.clone(), h.clone());
+                    Some(Arc::new(Endpoint {
+                        app: name.clone(),
+                        index: w.index,
+                        address: w.address.clone(),
+                        authority,
+                        state: w.state,
+                        health: h,
+                    }))
+                })
+                .collect();
+            workers.sort_by_key(|w| w.index);
+            apps.insert(
+                name.clone(),
+                Arc::new(AppRoute {
+                    name: name.clone(),
+                    workers,
+                    next: AtomicUsize::new(0),
+                    metrics: self.metrics.app(name),
+                }),
+            );
+        }
+        *health = kept;
+        let version = spec.version;
+        let count = apps.len();
+        self.live.store(Arc::new(Table { apps, spec }));
+        tracing::info!(version, apps = count, "route table replaced");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(json: &str) -> Routes {
+        let routes = Routes::new(Metrics::default());
+        routes.replace(serde_json::from_str(json).unwrap()).unwrap();
+        routes
+    }
+
+    #[test]
+    fn hosts_resolve_to_apps_and_direct_workers() {
+        let r = table(
+            r#"{"apps":{"orders":{"workers":[{"index":0,"address":"127.0.0.1:1","state":"ready"}]},
+                "my-app":{"workers":[]}}}"#,
+        );
+        let t = r.load();
+        let d = "fabric.localhost";
+        assert!(
+            matches!(t.resolve("orders.fabric.localhost", d), Some(Target::App(a)) if a.name == "orders")
+        );
+        assert!(
+            matches!(t.resolve("my-app.fabric.localhost", d), Some(Target::App(a)) if a.name == "my-app")
+        );
+        assert!(matches!(
+            t.resolve("orders-0.fabric.localhost", d),
+            Some(Target::Worker(_, 0))
+        ));
+        for bad in [
+            "billing.fabric.localhost",
+            "x.orders.fabric.localhost",
+            "orders.fabric.localhost.evil",
+            "fabric.localhost",
+            "ordersfabric.localhost",
+            "orders-x.fabric.localhost",
+            "orders-7.fabric.localhost",
+        ] {
+            assert!(t.resolve(bad, d).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn health_survives_a_swap_and_bad_tables_are_refused() {
+        let r = table(
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"127.0.0.1:1","state":"ready"}]}}}"#,
+        );
+        let before = r.load().apps["a"].workers[0].health.clone();
+        r.replace(
+            serde_json::from_str(
+                r#"{"version":2,"apps":{"b":{"workers":[{"index":3,"address":"127.0.0.1:1","state":"draining"}]}}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let t = r.load();
+        assert!(Arc::ptr_eq(&before, &t.apps["b"].workers[0].health));
+        assert_eq!(t.spec.version, 2);
+        for bad in [
+            r#"{"apps":{"A":{"workers":[]}}}"#,
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"nohost","state":"ready"}]}}}"#,
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","state":"ready"},{"index":0,"address":"h:2","state":"ready"}]}}}"#,
+        ] {
+            let spec: RouteTable = serde_json::from_str(bad).unwrap();
+            assert!(r.replace(spec).is_err(), "{bad}");
+        }
+        assert_eq!(r.load().spec.version, 2, "a refused table changes nothing");
+    }
+
+    #[test]
+    fn toml_tables_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.toml");
+        std::fs::write(
+            &path,
+            "version = 4\n[[apps.orders.workers]]\nindex = 1\naddress = \"127.0.0.1:9\"\nstate = \"ready\"\n",
+        )
+        .unwrap();
+        let t = RouteTable::from_file(&path).unwrap();
+        assert_eq!(t.version, 4);
+        assert_eq!(t.apps["orders"].workers[0].index, 1);
+        std::fs::write(&path, "version = \"x\"\n").unwrap();
+        assert!(RouteTable::from_file(&path).is_err());
+    }
+}

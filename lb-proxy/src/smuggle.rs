@@ -1,0 +1,365 @@
+//! Request-smuggling checks on the raw HTTP/1 bytes of a client connection.
+//!
+//! hyper already refuses differing duplicate `Content-Length`, obs-fold and
+//! malformed chunk sizes, but it quietly accepts `Content-Length` together
+//! with `Transfer-Encoding` (dropping the length), which a server behind
+//! another proxy could read the other way. This reader follows the message
+//! framing of the bytes the client sends and records the first request whose
+//! head is ambiguous; the proxy answers that request 400 and closes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The first ambiguous request of a connection: its number (from 1) and why.
+#[derive(Debug, Default)]
+pub struct Verdict(Mutex<Option<(u64, &'static str)>>);
+
+impl Verdict {
+    /// Why request number `n` (from 1) must be refused, if it must.
+    pub fn refuses(&self, n: u64) -> Option<&'static str> {
+        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((bad, reason)) if bad <= n => Some(reason),
+            _ => None,
+        }
+    }
+
+    fn flag(&self, n: u64, reason: &'static str) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.is_none() {
+            *v = Some((n.max(1), reason));
+        }
+    }
+}
+
+/// Largest head line followed; beyond it hyper's own limit answers 431.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before a request line.
+    Start,
+    /// Header lines.
+    Head,
+    /// A body of known length.
+    Fixed(u64),
+    /// A chunk-size line.
+    Size,
+    /// Chunk data.
+    Data(u64),
+    /// The CRLF after chunk data.
+    DataEnd,
+    /// Trailer lines after the last chunk.
+    Trailer,
+    /// No longer following (HTTP/2, an upgrade, or bytes hyper will refuse anyway).
+    Off,
+}
+
+/// Follows HTTP/1 framing over the bytes of one connection.
+#[derive(Debug)]
+pub struct Tracker {
+    state: State,
+    line: Vec<u8>,
+    requests: u64,
+    lengths: Vec<Vec<u8>>,
+    chunked: bool,
+    obs_fold: bool,
+    upgrade: bool,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            state: State::Start,
+            line: Vec::new(),
+            requests: 0,
+            lengths: Vec::new(),
+            chunked: false,
+            obs_fold: false,
+            upgrade: false,
+        }
+    }
+}
+
+impl Tracker {
+    /// Feeds bytes read from the client.
+    pub fn feed(&mut self, mut bytes: &[u8], verdict: &Verdict) {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Off => return,
+                State::Fixed(n) | State::Data(n) => {
+                    let take = (bytes.len() as u64).min(n);
+                    bytes = &bytes[take as usize..];
+                    let left = n - take;
+                    self.state = match (self.state, left) {
+                        (State::Fixed(_), 0) => State::Start,
+                        (State::Fixed(_), _) => State::Fixed(left),
+                        (_, 0) => State::DataEnd,
+                        _ => State::Data(left),
+                    };
+                }
+                _ => {
+                    let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                        Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                        None => (bytes, &[][..], false),
+                    };
+                    self.line.extend_from_slice(part);
+                    bytes = rest;
+                    if self.line.len() > MAX_LINE {
+                        self.state = State::Off;
+                        return;
+                    }
+                    if complete {
+                        let mut line = std::mem::take(&mut self.line);
+                        if line.last() == Some(&b'\r') {
+                            line.pop();
+                        }
+                        self.on_line(&line, verdict);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_line(&mut self, line: &[u8], verdict: &Verdict) {
+        match self.state {
+            State::Start if line.is_empty() => {}
+            State::Start => {
+                if line.starts_with(b"PRI * HTTP/2") {
+                    self.state = State::Off;
+                    return;
+                }
+                self.requests += 1;
+                self.lengths.clear();
+                self.chunked = false;
+                self.obs_fold = false;
+                self.upgrade = line.starts_with(b"CONNECT ");
+                self.state = State::Head;
+            }
+            State::Head if line.is_empty() => self.end_of_head(verdict),
+            State::Head => {
+                if line[0] == b' ' || line[0] == b'\t' {
+                    self.obs_fold = true;
+                    return;
+                }
+                let Some(colon) = line.iter().position(|&b| b == b':') else {
+                    return;
+                };
+                let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    self.lengths
+                        .extend(value.split(|&b| b == b',').map(|v| trim(v).to_vec()));
+                } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                    self.chunked = true;
+                } else if name.eq_ignore_ascii_case(b"upgrade") {
+                    self.upgrade = true;
+                }
+            }
+            State::Size => {
+                let size = line.split(|&b| b == b';').next().map(trim).unwrap_or(&[]);
+                match parse_hex(size) {
+                    Some(0) => self.state = State::Trailer,
+                    Some(n) => self.state = State::Data(n),
+                    None => {
+                        verdict.flag(self.requests, "malformed chunk size");
+                        self.state = State::Off;
+                    }
+                }
+            }
+            State::DataEnd if line.is_empty() => self.state = State::Size,
+            State::DataEnd => {
+                verdict.flag(self.requests, "chunk data longer than its size");
+                self.state = State::Off;
+            }
+            State::Trailer if line.is_empty() => self.state = State::Start,
+            State::Trailer => {}
+            State::Fixed(_) | State::Data(_) | State::Off => {}
+        }
+    }
+
+    fn end_of_head(&mut self, verdict: &Verdict) {
+        let n = self.requests;
+        if self.obs_fold {
+            verdict.flag(n, "obs-fold (a header line continued on the next line)");
+        }
+        if self.chunked && !self.lengths.is_empty() {
+            verdict.flag(n, "Content-Length together with Transfer-Encoding");
+        }
+        if self.lengths.windows(2).any(|w| w[0] != w[1]) {
+            verdict.flag(n, "differing Content-Length headers");
+        }
+        self.state = if self.upgrade {
+            State::Off
+        } else if self.chunked {
+            State::Size
+        } else {
+            match self.lengths.first() {
+                None => State::Start,
+                Some(v) => match std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    Some(0) => State::Start,
+                    Some(len) => State::Fixed(len),
+                    None => State::Off,
+                },
+            }
+        };
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+fn parse_hex(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 15 || !b.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok()
+}
+
+/// A client connection whose incoming bytes pass through a [`Tracker`].
+pub struct Inspected<S> {
+    inner: S,
+    tracker: Tracker,
+    verdict: std::sync::Arc<Verdict>,
+}
+
+impl<S> Inspected<S> {
+    /// Follows `inner`'s bytes, recording into `verdict`; `off` for HTTP/2 connections.
+    pub fn new(inner: S, verdict: std::sync::Arc<Verdict>, off: bool) -> Self {
+        let mut tracker = Tracker::default();
+        if off {
+            tracker.state = State::Off;
+        }
+        Inspected {
+            inner,
+            tracker,
+            verdict,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Inspected<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.tracker.state != State::Off {
+            this.tracker.feed(&buf.filled()[before..], &this.verdict);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Inspected<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict_of(chunks: &[&[u8]]) -> Verdict {
+        let (mut t, v) = (Tracker::default(), Verdict::default());
+        for c in chunks {
+            t.feed(c, &v);
+        }
+        v
+    }
+
+    #[test]
+    fn clean_pipelines_pass_in_any_split() {
+        let wire: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n11;ext=1\r\nContent-Length: 9\r\n0\r\nX-T: 1\r\n\r\n\
+GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in 1..wire.len() {
+            let v = verdict_of(&[&wire[..split], &wire[split..]]);
+            assert_eq!(v.refuses(u64::MAX), None, "split at {split}");
+        }
+    }
+
+    #[test]
+    fn each_ambiguous_shape_is_flagged_on_its_request() {
+        let cases: [(&[u8], &str); 5] = [
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                "Content-Length together with Transfer-Encoding",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+                "Content-Length together with Transfer-Encoding",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd",
+                "differing Content-Length headers",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  continued\r\n\r\n",
+                "obs-fold (a header line continued on the next line)",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                "malformed chunk size",
+            ),
+        ];
+        for (wire, reason) in cases {
+            let v = verdict_of(&[wire]);
+            assert_eq!(v.refuses(1), None, "the first request is clean: {reason}");
+            assert_eq!(v.refuses(2), Some(reason));
+        }
+    }
+
+    #[test]
+    fn http2_and_upgrades_are_not_followed() {
+        let v = verdict_of(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00Content-Length: 1\r\n"]);
+        assert_eq!(v.refuses(u64::MAX), None);
+        let v = verdict_of(&[
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nbinary\r\n stuff\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]);
+        assert_eq!(v.refuses(u64::MAX), None);
+    }
+}

@@ -1,0 +1,184 @@
+//! Hostile and broken clients: smuggling shapes, oversized bodies and heads,
+//! clients too slow to send their headers or their body. Raw bytes over TCP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::{one_worker, settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Writes `wire`, then reads until the proxy closes (at most 10 s).
+async fn exchange(addr: SocketAddr, wire: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(wire).await.unwrap();
+    read_to_close(&mut s).await
+}
+
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the proxy kept the connection open: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn every_smuggling_shape_is_refused_before_reaching_a_worker() {
+    let (a, proxy) = one_worker(settings()).await;
+    let head = "POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\n";
+    let shapes = [
+        (
+            "CL then TE",
+            format!(
+                "{head}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "TE then CL",
+            format!(
+                "{head}Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "differing CL",
+            format!("{head}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ),
+        (
+            "CL list",
+            format!("{head}Content-Length: 5, 6\r\n\r\nhello!"),
+        ),
+        (
+            "obs-fold",
+            format!("{head}X-A: 1\r\n continued\r\nContent-Length: 5\r\n\r\nhello"),
+        ),
+        (
+            "bad chunk size",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk size with a sign",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n"),
+        ),
+    ];
+    for (name, wire) in &shapes {
+        let answer = exchange(proxy.http, wire.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{name}: {answer}");
+    }
+    assert_eq!(a.hits(), 0, "no ambiguous request reached the worker");
+    // The same connection shape without ambiguity goes through.
+    let ok = exchange(
+        proxy.http,
+        format!("{head}Content-Length: 5\r\nConnection: close\r\n\r\nhello").as_bytes(),
+    )
+    .await;
+    assert!(
+        ok.starts_with("HTTP/1.1 200") && ok.ends_with("\r\n\r\n5"),
+        "{ok}"
+    );
+}
+
+#[tokio::test]
+async fn a_smuggled_second_request_is_refused_after_a_clean_first() {
+    let (a, proxy) = one_worker(settings()).await;
+    let wire = "GET /first HTTP/1.1\r\nHost: orders.fabric.localhost\r\n\r\n\
+                POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let answer = exchange(proxy.http, wire.as_bytes()).await;
+    let first = answer.find("HTTP/1.1 200").expect(&answer);
+    let second = answer.find("HTTP/1.1 400").expect(&answer);
+    assert!(first < second, "{answer}");
+    assert!(answer.contains("AMBIGUOUS_REQUEST"), "{answer}");
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_413_and_heads_over_it_431() {
+    let (a, proxy) = one_worker(lb_proxy::Settings {
+        max_body_bytes: 1000,
+        max_header_bytes: 16 * 1024,
+        ..settings()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(proxy.url("/count"))
+        .header("host", "orders.fabric.localhost")
+        .body(vec![b'x'; 1001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "PAYLOAD_TOO_LARGE");
+    assert_eq!(a.hits(), 0, "refused on its declared length");
+
+    // A chunked body has no declared length: it is cut off as it crosses the limit.
+    let chunk = "x".repeat(600);
+    let wire = format!(
+        "POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+         258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = exchange(proxy.http, wire.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    let big = "v".repeat(20 * 1024);
+    let wire = format!("GET / HTTP/1.1\r\nHost: orders.fabric.localhost\r\nX-Big: {big}\r\n\r\n");
+    let answer = exchange(proxy.http, wire.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let r = client
+        .post(proxy.url("/count"))
+        .header("host", "orders.fabric.localhost")
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "1000",
+        "a body at the limit passes"
+    );
+}
+
+#[tokio::test]
+async fn clients_too_slow_with_their_head_or_body_are_cut_off() {
+    let (_a, proxy) = one_worker(lb_proxy::Settings {
+        idle_timeout: Duration::from_millis(500),
+        ..settings()
+    })
+    .await;
+
+    // Half a head, then nothing: the connection is closed.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: orders.fab")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+
+    // A whole head, part of the body, then nothing: 408 with the JSON body.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("CLIENT_TIMEOUT"), "{answer}");
+}
