@@ -406,3 +406,41 @@ impl ObjectStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::envelope::MasterKey;
+
+    #[tokio::test]
+    async fn a_value_that_does_not_open_is_an_error_for_that_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::embedded(&dir.path().join("o.redb")).unwrap();
+        let ours = ObjectStore::new(backend.clone(), Keyring::single(MasterKey::generate()));
+        let other = ObjectStore::new(backend, Keyring::single(MasterKey::generate()));
+        ours.put("orders", "s", "k", b"v", None, Precondition::None)
+            .await
+            .unwrap();
+        let err = other.get("orders", "s", "k").await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unreadable { ref key, source: OpenError::Rejected } if key == "k"),
+            "{err:?}"
+        );
+        other
+            .put("orders", "s", "k2", b"w", None, Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(other.get("orders", "s", "k2").await.unwrap().value, b"w");
+        assert_eq!(ours.get("orders", "s", "k").await.unwrap().value, b"v");
+    }
+
+    #[test]
+    fn ttls_are_bounded() {
+        assert!(check_ttl(Duration::ZERO).is_err());
+        assert!(check_ttl(MAX_TTL + Duration::from_millis(1)).is_err());
+        assert_eq!(check_ttl(Duration::from_millis(1)).unwrap(), 1);
+        assert!(check_key("").is_err());
+        assert!(check_key(&"x".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert!(check_key(&"é".repeat(MAX_KEY_BYTES / 2)).is_ok());
+    }
+}

@@ -674,6 +674,22 @@ impl DynamoDb {
         Err(malformed(&id.name, "lease kept changing hands"))
     }
 
+    /// A conditional update of a lease still held by `holder` with `token`;
+    /// `None` when it is not (lapsed, released or taken over).
+    async fn update_held(
+        &self,
+        op: &'static str,
+        id: &LeaseId,
+        (holder, token, now): (&str, u64, Millis),
+        update: &str,
+        value: (&str, AttributeValue),
+    ) -> Result<Option<Item>> {
+        let _item = self.locks.lock(&format!("l#{}", id.app), &id.name).await;
+        let values = vec![(":h", s(holder)), (":t", n(token)), (":now", n(now)), value];
+        self.update_lease(op, id, update, "#h = :h AND #t = :t AND #x > :now", values)
+            .await
+    }
+
     async fn renew_lease(
         &self,
         id: LeaseId,
@@ -682,19 +698,14 @@ impl DynamoDb {
         ttl_ms: u64,
         now: Millis,
     ) -> Result<LeaseOutcome> {
-        let _item = self.locks.lock(&format!("l#{}", id.app), &id.name).await;
+        let held = (holder.as_str(), token, now);
         let item = self
-            .update_lease(
+            .update_held(
                 "renew lease",
                 &id,
+                held,
                 "SET #x = :exp",
-                "#h = :h AND #t = :t AND #x > :now",
-                vec![
-                    (":h", s(&holder)),
-                    (":t", n(token)),
-                    (":exp", n(now + ttl_ms)),
-                    (":now", n(now)),
-                ],
+                (":exp", n(now + ttl_ms)),
             )
             .await?;
         Ok(match item.as_ref().and_then(lease_of) {
@@ -710,19 +721,14 @@ impl DynamoDb {
         token: u64,
         now: Millis,
     ) -> Result<LeaseOutcome> {
-        let _item = self.locks.lock(&format!("l#{}", id.app), &id.name).await;
+        let held = (holder.as_str(), token, now);
         let item = self
-            .update_lease(
+            .update_held(
                 "release lease",
                 &id,
+                held,
                 "SET #x = :zero REMOVE #h",
-                "#h = :h AND #t = :t AND #x > :now",
-                vec![
-                    (":h", s(&holder)),
-                    (":t", n(token)),
-                    (":zero", n(0)),
-                    (":now", n(now)),
-                ],
+                (":zero", n(0)),
             )
             .await?;
         Ok(match item {

@@ -392,7 +392,7 @@ impl StoreBackend for Embedded {
         now: Millis,
     ) -> BoxFuture<'_, Result<LeaseOutcome>> {
         self.lease_txn("renew", id, move |current| match current {
-            Some(cur) if cur.holder == holder && cur.token == token && cur.expires_at > now => {
+            Some(cur) if cur.held_by(&holder, token, now) => {
                 let next = LeaseState {
                     expires_at: now + ttl_ms,
                     ..cur
@@ -411,7 +411,7 @@ impl StoreBackend for Embedded {
         now: Millis,
     ) -> BoxFuture<'_, Result<LeaseOutcome>> {
         self.lease_txn("release", id, move |current| match current {
-            Some(cur) if cur.holder == holder && cur.token == token && cur.expires_at > now => {
+            Some(cur) if cur.held_by(&holder, token, now) => {
                 let next = LeaseState {
                     holder: String::new(),
                     expires_at: 0,

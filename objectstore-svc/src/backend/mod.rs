@@ -164,6 +164,13 @@ pub(crate) struct LeaseState {
     pub expires_at: Millis,
 }
 
+impl LeaseState {
+    /// Whether this is `holder`'s acquisition `token`, still live at `now`.
+    pub fn held_by(&self, holder: &str, token: u64, now: Millis) -> bool {
+        self.holder == holder && self.token == token && self.expires_at > now
+    }
+}
+
 /// How a lease operation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LeaseOutcome {
