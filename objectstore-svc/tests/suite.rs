@@ -436,14 +436,15 @@ async fn one_lease_holder_at_a_time_and_takeover_fences(h: Harness) {
 
     // Takeover after expiry: the new holder's token is larger, the old one is fenced off.
     let takeover = unique("lock");
+    // Long enough to outlast the calls below however slow; shortened by the renewal.
     let a = h
         .client
-        .acquire(&takeover, "a", Duration::from_millis(300))
+        .acquire(&takeover, "a", Duration::from_secs(60))
         .await
         .unwrap();
     let again = h
         .client
-        .acquire(&takeover, "a", Duration::from_millis(300))
+        .acquire(&takeover, "a", Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(
