@@ -45,10 +45,19 @@ impl Shutdown {
     }
 
     /// Triggers shutdown on the first SIGINT or SIGTERM.
+    ///
+    /// The handlers are installed before this returns, so a signal that
+    /// arrives right after (say, once a "ready" line is printed) is caught
+    /// rather than killing the process.
     pub fn on_signals(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
         let this = self.clone();
         tokio::spawn(async move {
-            let signal = wait_for_signal().await;
+            let signal = wait_for_signal(signals).await;
             tracing::info!(signal, "shutdown signal received; draining");
             this.trigger();
         });
@@ -84,12 +93,13 @@ impl Shutdown {
     }
 }
 
-async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
+async fn wait_for_signal(
+    signals: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+) -> &'static str {
+    match signals {
         (Ok(mut int), Ok(mut term)) => tokio::select! {
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",

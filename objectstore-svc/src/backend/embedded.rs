@@ -1,0 +1,459 @@
+//! The embedded backend: redb, one crash-safe file; every write is one durable transaction.
+//!
+//! Tables, each keyed by a tuple so that redb orders and compares it (no
+//! hand-written encoding): `meta` and `data` by (app, store, key), `leases`
+//! by (app, lease name). A value's metadata and bytes change in the same
+//! transaction, and a compare-and-set reads and writes inside it, so redb's
+//! single writer makes every condition atomic.
+//!
+//! Writes are group-committed: one writer thread takes every write waiting
+//! for it, applies them in order in one transaction and commits once (one
+//! fsync), then answers each. A write is acknowledged only after its commit.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::{
+    BackendError, Condition, Entry, LeaseId, LeaseOutcome, LeaseState, Millis, ObjectId, Page,
+    Record, Removed, Result, StoreBackend, Written, live,
+};
+
+type ObjectKey<'a> = (&'a str, &'a str, &'a str);
+/// (etag, plaintext size, expiry in ms or 0 for none)
+type Meta<'a> = (&'a str, u64, u64);
+/// (holder, fencing token, expiry in ms; 0 once released)
+type Lease<'a> = (&'a str, u64, u64);
+
+const META: TableDefinition<ObjectKey, Meta> = TableDefinition::new("objectstore_meta");
+const DATA: TableDefinition<ObjectKey, &[u8]> = TableDefinition::new("objectstore_data");
+const LEASES: TableDefinition<(&str, &str), Lease> = TableDefinition::new("objectstore_leases");
+
+/// The most writes one transaction takes.
+const MAX_BATCH: usize = 256;
+
+/// Reports a write's outcome once its transaction committed (`Ok`) or failed.
+type Done = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+/// A write applied inside a shared transaction: whether it succeeded, and its report.
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Done) + Send>;
+
+pub(crate) struct Embedded {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+}
+
+fn err(op: &'static str) -> impl Fn(redb::Error) -> BackendError {
+    move |e| BackendError::Embedded {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// The writer thread: batches waiting writes into one transaction each.
+fn writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Dropping the jobs unapplied tells each waiting caller.
+                tracing::error!(error = %e, writes = batch.len(), "embedded store cannot begin a write");
+                continue;
+            }
+        };
+        let mut all_ok = true;
+        let mut reports = Vec::with_capacity(batch.len());
+        for job in batch {
+            let (ok, done) = job(&txn);
+            all_ok &= ok;
+            reports.push((ok, done));
+        }
+        let committed = if all_ok {
+            txn.commit().map_err(|e| e.to_string())
+        } else {
+            // A write failed half-way: none of the batch may land.
+            let _ = txn.abort();
+            Err("aborted with a failed write of the same batch".to_string())
+        };
+        for (ok, done) in reports {
+            done(if ok { committed.clone() } else { Ok(()) });
+        }
+    }
+}
+
+fn exp_from(raw: u64) -> Option<Millis> {
+    (raw != 0).then_some(raw)
+}
+
+impl Embedded {
+    pub fn open(file: &Path) -> Result<Self> {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err("open")(e.into()))?;
+        }
+        let db = Database::create(file).map_err(|e| err("open")(e.into()))?;
+        // Create the tables up front so that readers never find them missing.
+        let txn = db.begin_write().map_err(|e| err("open")(e.into()))?;
+        {
+            txn.open_table(META).map_err(|e| err("open")(e.into()))?;
+            txn.open_table(DATA).map_err(|e| err("open")(e.into()))?;
+            txn.open_table(LEASES).map_err(|e| err("open")(e.into()))?;
+        }
+        txn.commit().map_err(|e| err("open")(e.into()))?;
+        let db = Arc::new(db);
+        let (jobs, queue) = mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("objectstore-writer".into())
+            .spawn(move || writer(writer_db, queue))
+            .map_err(|e| BackendError::Embedded {
+                op: "open",
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Embedded { db, jobs })
+    }
+
+    /// Applies `f` in the writer's next transaction; answers once it committed.
+    fn write<T, F>(&self, op: &'static str, f: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> std::result::Result<T, redb::Error> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |txn| match f(txn) {
+            Ok(value) => (
+                true,
+                Box::new(move |committed| {
+                    let _ = tx.send(
+                        committed
+                            .map(|()| value)
+                            .map_err(|message| BackendError::Embedded { op, message }),
+                    );
+                }),
+            ),
+            Err(e) => {
+                let e = err(op)(e);
+                (
+                    false,
+                    Box::new(move |_| {
+                        let _ = tx.send(Err(e));
+                    }),
+                )
+            }
+        });
+        let sent = self.jobs.send(job).is_ok();
+        async move {
+            let gone = || BackendError::Embedded {
+                op,
+                message: "the write was not applied (see the service log)".into(),
+            };
+            if !sent {
+                return Err(gone());
+            }
+            rx.await.map_err(|_| gone())?
+        }
+        .boxed()
+    }
+
+    /// Runs blocking redb work off the async threads.
+    fn blocking<T, F>(&self, op: &'static str, f: F) -> BoxFuture<'_, Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> std::result::Result<T, redb::Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        async move {
+            match tokio::task::spawn_blocking(move || f(&db)).await {
+                Ok(r) => r.map_err(err(op)),
+                Err(join) => Err(BackendError::Malformed {
+                    what: op.to_string(),
+                    reason: format!("worker task failed: {join}"),
+                }),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Whether the live record's etag satisfies `cond`.
+fn satisfied(cond: &Condition, current: Option<&str>) -> bool {
+    match cond {
+        Condition::Always => true,
+        Condition::IfAbsent => current.is_none(),
+        Condition::IfMatch(etag) => current == Some(etag.as_str()),
+    }
+}
+
+impl StoreBackend for Embedded {
+    fn get(&self, id: ObjectId, now: Millis) -> BoxFuture<'_, Result<Option<Record>>> {
+        self.blocking("get", move |db| {
+            let txn = db.begin_read()?;
+            let key = (id.app.as_str(), id.store.as_str(), id.key.as_str());
+            let meta = txn.open_table(META)?;
+            let Some(m) = meta.get(key)? else {
+                return Ok(None);
+            };
+            let (etag, size, exp) = m.value();
+            let expires_at = exp_from(exp);
+            if !live(expires_at, now) {
+                return Ok(None);
+            }
+            let data = txn.open_table(DATA)?;
+            let sealed = data
+                .get(key)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            Ok(Some(Record {
+                sealed,
+                etag: etag.to_string(),
+                size,
+                expires_at,
+            }))
+        })
+    }
+
+    fn put(
+        &self,
+        id: ObjectId,
+        record: Record,
+        cond: Condition,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Written>> {
+        self.write("put", move |txn| {
+            let key = (id.app.as_str(), id.store.as_str(), id.key.as_str());
+            let outcome = {
+                let mut meta = txn.open_table(META)?;
+                let current = meta.get(key)?.and_then(|m| {
+                    let (etag, _, exp) = m.value();
+                    live(exp_from(exp), now).then(|| etag.to_string())
+                });
+                if !satisfied(&cond, current.as_deref()) {
+                    Written::ConditionFailed
+                } else {
+                    meta.insert(
+                        key,
+                        (
+                            record.etag.as_str(),
+                            record.size,
+                            record.expires_at.unwrap_or(0),
+                        ),
+                    )?;
+                    txn.open_table(DATA)?
+                        .insert(key, record.sealed.as_slice())?;
+                    if current.is_some() {
+                        Written::Replaced
+                    } else {
+                        Written::Created
+                    }
+                }
+            };
+            Ok(outcome)
+        })
+    }
+
+    fn delete(&self, id: ObjectId, cond: Condition, now: Millis) -> BoxFuture<'_, Result<Removed>> {
+        self.write("delete", move |txn| {
+            let key = (id.app.as_str(), id.store.as_str(), id.key.as_str());
+            let outcome = {
+                let mut meta = txn.open_table(META)?;
+                let found = meta.get(key)?.map(|m| {
+                    let (etag, _, exp) = m.value();
+                    (etag.to_string(), live(exp_from(exp), now))
+                });
+                let current = found.as_ref().filter(|(_, l)| *l).map(|(e, _)| e.as_str());
+                if !satisfied(&cond, current) || cond == Condition::IfAbsent {
+                    Removed::ConditionFailed
+                } else {
+                    if found.is_some() {
+                        meta.remove(key)?;
+                        txn.open_table(DATA)?.remove(key)?;
+                    }
+                    if current.is_some() {
+                        Removed::Deleted
+                    } else {
+                        Removed::Absent
+                    }
+                }
+            };
+            Ok(outcome)
+        })
+    }
+
+    fn list(
+        &self,
+        app: String,
+        store: String,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<Page>> {
+        self.blocking("list", move |db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let start = match &after {
+                Some(a) if a.as_str() >= prefix.as_str() => {
+                    Bound::Excluded((app.as_str(), store.as_str(), a.as_str()))
+                }
+                _ => Bound::Included((app.as_str(), store.as_str(), prefix.as_str())),
+            };
+            let mut page = Page::default();
+            for item in meta.range::<ObjectKey>((start, Bound::Unbounded))? {
+                let (k, m) = item?;
+                let (a, s, key) = k.value();
+                if a != app || s != store || !key.starts_with(prefix.as_str()) {
+                    break;
+                }
+                if page.entries.len() == limit {
+                    page.next = page.entries.last().map(|e| e.key.clone());
+                    break;
+                }
+                let (etag, size, exp) = m.value();
+                if live(exp_from(exp), now) {
+                    page.entries.push(Entry {
+                        key: key.to_string(),
+                        etag: etag.to_string(),
+                        size,
+                        expires_at: exp_from(exp),
+                    });
+                }
+            }
+            Ok(page)
+        })
+    }
+
+    fn stats(&self, app: String, store: String, now: Millis) -> BoxFuture<'_, Result<(u64, u64)>> {
+        self.blocking("stats", move |db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let (mut keys, mut bytes) = (0, 0);
+            let from = (app.as_str(), store.as_str(), "");
+            for item in meta.range::<ObjectKey>(from..)? {
+                let (k, m) = item?;
+                let (a, s, _) = k.value();
+                if a != app || s != store {
+                    break;
+                }
+                let (_, size, exp) = m.value();
+                if live(exp_from(exp), now) {
+                    keys += 1;
+                    bytes += size;
+                }
+            }
+            Ok((keys, bytes))
+        })
+    }
+
+    fn acquire(
+        &self,
+        id: LeaseId,
+        holder: String,
+        ttl_ms: u64,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<LeaseOutcome>> {
+        self.lease_txn("acquire", id, move |current| match current {
+            Some(cur) if cur.expires_at > now && cur.holder != holder => {
+                (LeaseOutcome::Held(cur), None)
+            }
+            Some(cur) if cur.expires_at > now => {
+                let next = LeaseState {
+                    expires_at: now + ttl_ms,
+                    ..cur
+                };
+                (LeaseOutcome::Granted(next.clone()), Some(next))
+            }
+            other => {
+                let next = LeaseState {
+                    holder,
+                    token: other.map_or(0, |c| c.token) + 1,
+                    expires_at: now + ttl_ms,
+                };
+                (LeaseOutcome::Granted(next.clone()), Some(next))
+            }
+        })
+    }
+
+    fn renew(
+        &self,
+        id: LeaseId,
+        holder: String,
+        token: u64,
+        ttl_ms: u64,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<LeaseOutcome>> {
+        self.lease_txn("renew", id, move |current| match current {
+            Some(cur) if cur.held_by(&holder, token, now) => {
+                let next = LeaseState {
+                    expires_at: now + ttl_ms,
+                    ..cur
+                };
+                (LeaseOutcome::Granted(next.clone()), Some(next))
+            }
+            _ => (LeaseOutcome::Lost, None),
+        })
+    }
+
+    fn release(
+        &self,
+        id: LeaseId,
+        holder: String,
+        token: u64,
+        now: Millis,
+    ) -> BoxFuture<'_, Result<LeaseOutcome>> {
+        self.lease_txn("release", id, move |current| match current {
+            Some(cur) if cur.held_by(&holder, token, now) => {
+                let next = LeaseState {
+                    holder: String::new(),
+                    expires_at: 0,
+                    ..cur
+                };
+                (LeaseOutcome::Released, Some(next))
+            }
+            _ => (LeaseOutcome::Lost, None),
+        })
+    }
+}
+
+impl Embedded {
+    /// Reads a lease, decides, and writes the new state (if any) in one transaction.
+    fn lease_txn<F>(
+        &self,
+        op: &'static str,
+        id: LeaseId,
+        decide: F,
+    ) -> BoxFuture<'_, Result<LeaseOutcome>>
+    where
+        F: FnOnce(Option<LeaseState>) -> (LeaseOutcome, Option<LeaseState>) + Send + 'static,
+    {
+        self.write(op, move |txn| {
+            let key = (id.app.as_str(), id.name.as_str());
+            let outcome = {
+                let mut leases = txn.open_table(LEASES)?;
+                let current = leases.get(key)?.map(|l| {
+                    let (holder, token, expires_at) = l.value();
+                    LeaseState {
+                        holder: holder.to_string(),
+                        token,
+                        expires_at,
+                    }
+                });
+                let (outcome, next) = decide(current);
+                if let Some(n) = next {
+                    leases.insert(key, (n.holder.as_str(), n.token, n.expires_at))?;
+                }
+                outcome
+            };
+            Ok(outcome)
+        })
+    }
+}

@@ -1,0 +1,297 @@
+//! The client workers use: every object store operation for one app, over HTTP.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{Method, RequestBuilder, StatusCode, Url, header};
+
+use crate::api::{CORRELATION_HEADER, EXPIRES_AT_HEADER};
+pub use crate::api::{ErrorBody, KeyPage, Lease, LeaseRequest, ObjectInfo, PutResult, StoreStats};
+pub use crate::store::Precondition;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not complete (connection, timeout, unreadable answer).
+    #[error("object store request failed: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The service refused or failed the request.
+    #[error("object store answered {status}: {} ({})", body.error, body.message)]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The base URL cannot carry paths.
+    #[error("object store URL {0} cannot be a base")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// An `If-Match` / `If-None-Match` condition did not hold (412).
+    pub fn is_precondition_failed(&self) -> bool {
+        self.status() == Some(412)
+    }
+
+    /// A lease is held by another, or ours was lost (409).
+    pub fn is_conflict(&self) -> bool {
+        self.status() == Some(409)
+    }
+}
+
+/// A value as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The value.
+    pub value: Bytes,
+    /// Its ETag (for `If-Match`).
+    pub etag: String,
+    /// When it expires (Unix ms), if it does.
+    pub expires_at: Option<u64>,
+}
+
+/// How to write a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Expire the key after this long.
+    pub ttl: Option<Duration>,
+    /// Write only if this holds.
+    pub precondition: Precondition,
+}
+
+/// An object store client for one app. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    app: String,
+    token: String,
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+impl Client {
+    /// A client of the service at `base` (`http://host:port`) for `app`, with its app `token`.
+    pub fn new(base: &str, app: &str, token: &str) -> Result<Self> {
+        Self::with_http(reqwest::Client::new(), base, app, token)
+    }
+
+    /// The same, sharing an existing HTTP client's connection pool.
+    pub fn with_http(http: reqwest::Client, base: &str, app: &str, token: &str) -> Result<Self> {
+        let base = Url::parse(base).map_err(|_| ClientError::BadUrl(base.to_string()))?;
+        if base.cannot_be_a_base() {
+            return Err(ClientError::BadUrl(base.to_string()));
+        }
+        Ok(Client {
+            http,
+            base,
+            app: app.to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// The app this client acts for.
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty()
+                .extend(["v1", "apps", self.app.as_str()])
+                .extend(segments);
+        }
+        url
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        self.http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .header(CORRELATION_HEADER, uuid::Uuid::new_v4().to_string())
+    }
+
+    /// Sends and turns a refusal into [`ClientError::Api`].
+    async fn send(req: RequestBuilder) -> Result<reqwest::Response> {
+        let response = req.send().await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(ErrorBody {
+            error: "HTTP".to_string(),
+            message: text,
+            correlation_id: None,
+        });
+        Err(ClientError::Api { status, body })
+    }
+
+    /// The value under `key`, or `None` when there is none (or it expired).
+    pub async fn get(&self, store: &str, key: &str) -> Result<Option<Fetched>> {
+        let url = self.url(&["stores", store, "keys", key]);
+        match Self::send(self.request(Method::GET, url)).await {
+            Ok(r) => {
+                let etag = r
+                    .headers()
+                    .get(header::ETAG)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim_matches('"').to_string())
+                    .unwrap_or_default();
+                let expires_at = r
+                    .headers()
+                    .get(EXPIRES_AT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                Ok(Some(Fetched {
+                    value: r.bytes().await?,
+                    etag,
+                    expires_at,
+                }))
+            }
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` under `key`.
+    pub async fn put(
+        &self,
+        store: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+        options: &PutOptions,
+    ) -> Result<PutResult> {
+        let mut url = self.url(&["stores", store, "keys", key]);
+        if let Some(ttl) = options.ttl {
+            url.query_pairs_mut()
+                .append_pair("ttl", &format!("{}ms", ttl.as_millis()));
+        }
+        let mut req = self.request(Method::PUT, url).body(value.into());
+        req = with_precondition(req, &options.precondition);
+        Ok(Self::send(req).await?.json().await?)
+    }
+
+    /// Writes `value` only if `key` has no live value; false when it has one.
+    pub async fn put_if_absent(
+        &self,
+        store: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+    ) -> Result<bool> {
+        let options = PutOptions {
+            precondition: Precondition::IfAbsent,
+            ..PutOptions::default()
+        };
+        match self.put(store, key, value, &options).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_precondition_failed() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `key` (if its ETag matches, with [`Precondition::IfMatch`]); false when absent.
+    pub async fn delete(
+        &self,
+        store: &str,
+        key: &str,
+        precondition: &Precondition,
+    ) -> Result<bool> {
+        let url = self.url(&["stores", store, "keys", key]);
+        let req = with_precondition(self.request(Method::DELETE, url), precondition);
+        match Self::send(req).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status() == Some(StatusCode::NOT_FOUND.as_u16()) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One page of the keys starting with `prefix`, after `cursor`, at most `limit`.
+    pub async fn list(
+        &self,
+        store: &str,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<KeyPage> {
+        let mut url = self.url(&["stores", store, "keys"]);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("prefix", prefix);
+            if let Some(c) = cursor {
+                q.append_pair("cursor", c);
+            }
+            if let Some(l) = limit {
+                q.append_pair("limit", &l.to_string());
+            }
+        }
+        Ok(Self::send(self.request(Method::GET, url))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// A store's live keys and bytes.
+    pub async fn stats(&self, store: &str) -> Result<StoreStats> {
+        let url = self.url(&["stores", store]);
+        Ok(Self::send(self.request(Method::GET, url))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Acquires the lease `name` for `holder`; a 409 ([`ClientError::is_conflict`]) when held.
+    pub async fn acquire(&self, name: &str, holder: &str, ttl: Duration) -> Result<Lease> {
+        let body = LeaseRequest {
+            holder: holder.to_string(),
+            ttl,
+            token: None,
+        };
+        let req = self
+            .request(Method::POST, self.url(&["leases", name]))
+            .json(&body);
+        Ok(Self::send(req).await?.json().await?)
+    }
+
+    /// Renews `lease` for `ttl` from now; a 409 when it was lost.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease> {
+        let body = LeaseRequest {
+            holder: lease.holder.clone(),
+            ttl,
+            token: Some(lease.token),
+        };
+        let url = self.url(&["leases", &lease.name]);
+        Ok(Self::send(self.request(Method::PUT, url).json(&body))
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// Releases `lease`; a 409 when it was already lost.
+    pub async fn release(&self, lease: &Lease) -> Result<()> {
+        let mut url = self.url(&["leases", &lease.name]);
+        url.query_pairs_mut()
+            .append_pair("holder", &lease.holder)
+            .append_pair("token", &lease.token.to_string());
+        Self::send(self.request(Method::DELETE, url)).await?;
+        Ok(())
+    }
+}
+
+fn with_precondition(req: RequestBuilder, pre: &Precondition) -> RequestBuilder {
+    match pre {
+        Precondition::None => req,
+        Precondition::IfAbsent => req.header(header::IF_NONE_MATCH, "*"),
+        Precondition::IfMatch(etag) => req.header(header::IF_MATCH, format!("\"{etag}\"")),
+    }
+}
