@@ -53,8 +53,8 @@ async fn up_serves_every_component_and_stops_on_sigint() {
         stdout.iter().partition(|l| l.contains("curl "));
     assert_eq!(
         urls(&demo).len(),
-        3,
-        "the app's URL and one per worker: {demo:#?}"
+        4,
+        "the app's URL, one per worker, and the Host-header form: {demo:#?}"
     );
     let urls = urls(&components);
     assert_eq!(urls.len(), 4, "one URL per component: {:?}", up.seen);

@@ -72,6 +72,7 @@ impl Fabric {
         cmd.arg("up")
             .arg("--data-dir")
             .arg(data)
+            .args(["--proxy-port", "0"])
             .env("RUST_LOG", "info");
         let mut proc = Proc::spawn(cmd);
         proc.wait_for_line(START, |s, l| {
