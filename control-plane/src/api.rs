@@ -167,7 +167,9 @@ async fn deploy(
     common::app::validate_app_name(&name).map_err(|e| bad(e.to_string()))?;
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
-    if let Some(existing) = api.registry.app(&name).map_err(internal)?
+    // The registry is read once: the owner decides both the refusal and the record.
+    let existing = api.registry.app(&name).map_err(internal)?;
+    if let Some(existing) = &existing
         && existing.tenant != tenant
         && tenant != ADMIN
     {
@@ -177,11 +179,7 @@ async fn deploy(
             format!("app name {name} is taken"),
         ));
     }
-    let owner = api
-        .registry
-        .app(&name)
-        .map_err(internal)?
-        .map_or(tenant, |a| a.tenant);
+    let owner = existing.map_or(tenant, |a| a.tenant);
     let record = AppRecord {
         name,
         tenant: owner,
