@@ -17,6 +17,30 @@ pub const MASTER_KEY_FILE: &str = "master.key";
 /// The fabric secret's file name in the data directory.
 pub const SECRET_FILE: &str = "fabric.secret";
 
+/// A secret setting (an app token): read like a string, never shown by `Debug`,
+/// so printing a configuration cannot leak it into a log.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
 /// Loads (or, in the data directory, creates) the master keyring.
 pub fn keyring<S>(config: &ServiceConfig<S>) -> Result<Keyring, ConfigError> {
     let field = |e: crate::envelope::KeyError| ConfigError(e.to_string());

@@ -189,6 +189,20 @@ impl Client {
         self.lease_from(queue, opts, false).await
     }
 
+    /// Leases messages of `queue` (a long poll), each with its lock kept
+    /// alive until it is acked, rolled back or dropped.
+    pub async fn lease_held(
+        &self,
+        queue: &str,
+        opts: LeaseOptions,
+    ) -> Result<Vec<Lease>, ClientError> {
+        let messages = self.lease(queue, opts).await?;
+        Ok(messages
+            .into_iter()
+            .map(|m| Lease::start(self.clone(), m, opts.lock))
+            .collect())
+    }
+
     /// Leases dead letters of `queue`, to inspect their history or drop them with an ack.
     pub async fn lease_dead(
         &self,
@@ -344,12 +358,8 @@ impl Consumer {
             if let Some(lease) = self.buffer.pop_front() {
                 return Ok(lease);
             }
-            let messages = self.client.lease(&self.queue, self.opts).await?;
-            self.buffer.extend(
-                messages
-                    .into_iter()
-                    .map(|m| Lease::start(self.client.clone(), m, self.opts.lock)),
-            );
+            let leases = self.client.lease_held(&self.queue, self.opts).await?;
+            self.buffer.extend(leases);
         }
     }
 

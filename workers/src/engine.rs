@@ -11,7 +11,8 @@ use crate::error::{ErrorType, FlowError};
 use crate::event::Event;
 use crate::manifest::{App, Flow, Step};
 use crate::metrics::Metrics;
-use crate::queues::TransientQueues;
+use crate::queues::Queues;
+use crate::store::{Admission, Claim, Gathered, Stores};
 
 /// The HTTP response a flow chose with `respond`.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,13 +32,21 @@ pub struct Exec {
     pub event: Event,
     /// The response set by `respond`, if any.
     pub reply: Option<Reply>,
+    /// Set by `idempotent` on a duplicate and by `aggregate` on a member that
+    /// does not complete its group: the flow ends here as a success.
+    pub stopped: bool,
+    /// `idempotent` claims to settle when the flow ends.
+    claims: Vec<Claim>,
+    /// The flow the event started in: it scopes idempotency keys and groups.
+    flow: String,
 }
 
 /// Everything a flow needs at run time. Shared by every source of the worker.
 pub struct Engine {
     app: Arc<App>,
     flows: HashMap<String, Arc<Flow>>,
-    queues: TransientQueues,
+    queues: Queues,
+    stores: Option<Stores>,
     http: reqwest::Client,
     metrics: Metrics,
 }
@@ -45,8 +54,9 @@ pub struct Engine {
 type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), FlowError>> + Send + 'a>>;
 
 impl Engine {
-    /// An engine for `app`, publishing to `queues`.
-    pub fn new(app: Arc<App>, queues: TransientQueues, metrics: Metrics) -> Self {
+    /// An engine for `app`, publishing to `queues`, keeping state in `stores`
+    /// (needed when the app uses the object store; see [`App::uses_store`]).
+    pub fn new(app: Arc<App>, queues: Queues, stores: Option<Stores>, metrics: Metrics) -> Self {
         let flows = app
             .flows
             .iter()
@@ -56,6 +66,7 @@ impl Engine {
             app,
             flows,
             queues,
+            stores,
             http: reqwest::Client::new(),
             metrics,
         }
@@ -71,16 +82,46 @@ impl Engine {
         &self.metrics
     }
 
-    /// The transient queues.
-    pub fn queues(&self) -> &TransientQueues {
+    /// The app's queues.
+    pub fn queues(&self) -> &Queues {
         &self.queues
     }
 
-    /// Runs `flow` on `event`, recording its latency and outcome.
+    /// The app's stores, when the worker has the object store.
+    pub fn stores(&self) -> Option<&Stores> {
+        self.stores.as_ref()
+    }
+
+    fn store(&self) -> Result<&Stores, FlowError> {
+        // Checked at start: an app that uses the store does not start without one.
+        self.stores
+            .as_ref()
+            .ok_or_else(|| FlowError::new(ErrorType::Store, "this worker has no object store"))
+    }
+
+    /// Runs `flow` on `event`, recording its latency and outcome. When the
+    /// flow ends, its `idempotent` claims are settled: done on success (a
+    /// failure to record that fails the flow, so a queue message is tried
+    /// again), released on failure.
     pub async fn run(&self, flow: &Flow, event: Event) -> Result<Exec, FlowError> {
         let started = std::time::Instant::now();
-        let mut exec = Exec { event, reply: None };
-        let result = self.steps(&flow.steps, &mut exec).await;
+        let mut exec = Exec {
+            event,
+            reply: None,
+            stopped: false,
+            claims: Vec::new(),
+            flow: flow.name.clone(),
+        };
+        let mut result = self.steps(&flow.steps, &mut exec).await;
+        let claims = std::mem::take(&mut exec.claims);
+        if let Ok(stores) = self.store() {
+            for claim in &claims {
+                match &result {
+                    Ok(()) => result = stores.settle(claim).await,
+                    Err(_) => stores.release(claim).await,
+                }
+            }
+        }
         self.metrics
             .flow_finished(&flow.name, started.elapsed(), result.as_ref().err());
         result.map(|()| exec)
@@ -89,6 +130,9 @@ impl Engine {
     fn steps<'a>(&'a self, steps: &'a [Step], exec: &'a mut Exec) -> StepFuture<'a> {
         Box::pin(async move {
             for step in steps {
+                if exec.stopped {
+                    break;
+                }
                 self.step(step, exec).await?;
             }
             Ok(())
@@ -97,6 +141,7 @@ impl Engine {
 
     async fn step(&self, step: &Step, exec: &mut Exec) -> Result<(), FlowError> {
         let props = &self.app.properties;
+        let key_of = |e: &crate::expr::Expr, exec: &Exec| e.eval_text(&exec.event, props);
         match step {
             Step::Log(e) => {
                 let text = e.eval_text(&exec.event, props)?;
@@ -208,6 +253,81 @@ impl Engine {
                     };
                 }
                 exec.event.payload = self.http_call(req, &url).await?;
+            }
+            Step::Store {
+                store,
+                key,
+                value,
+                ttl,
+            } => {
+                let key = key_of(key, exec)?;
+                let value = match value {
+                    Some(v) => v.eval(&exec.event, props)?,
+                    None => exec.event.payload.clone(),
+                };
+                self.store()?.put(store, &key, &value, *ttl).await?;
+            }
+            Step::Retrieve {
+                store,
+                key,
+                default,
+                target,
+            } => {
+                let key = key_of(key, exec)?;
+                let value = match (self.store()?.get(store, &key).await?, default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => d.eval(&exec.event, props)?,
+                    (None, None) => {
+                        return Err(FlowError::new(
+                            ErrorType::NotFound,
+                            format!("no key {key:?} in store {store:?}"),
+                        ));
+                    }
+                };
+                match target {
+                    Some(name) => {
+                        exec.event.vars.insert(name.clone(), value);
+                    }
+                    None => exec.event.payload = value,
+                }
+            }
+            Step::Remove { store, key } => {
+                let key = key_of(key, exec)?;
+                self.store()?.remove(store, &key).await?;
+            }
+            Step::Idempotent { key, ttl } => {
+                let key = key_of(key, exec)?;
+                let flow = exec.flow.clone();
+                match self
+                    .store()?
+                    .claim(&flow, &key, &exec.event.id, *ttl)
+                    .await?
+                {
+                    Admission::Proceed(claim) => exec.claims.push(claim),
+                    Admission::Duplicate => {
+                        tracing::info!(correlation_id = %exec.event.correlation_id, key, "duplicate; stopped");
+                        exec.stopped = true;
+                    }
+                }
+            }
+            Step::Aggregate { key, size, ttl } => {
+                let key = key_of(key, exec)?;
+                let flow = exec.flow.clone();
+                let gathered = self
+                    .store()?
+                    .gather(
+                        &flow,
+                        &key,
+                        &exec.event.id,
+                        &exec.event.payload,
+                        *size,
+                        *ttl,
+                    )
+                    .await?;
+                match gathered {
+                    Gathered::Complete(members) => exec.event.payload = Value::Array(members),
+                    Gathered::Held => exec.stopped = true,
+                }
             }
         }
         Ok(())

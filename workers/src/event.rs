@@ -14,16 +14,21 @@ pub struct Event {
     pub vars: Map<String, Value>,
     /// Follows the event through queues and into logs and error bodies.
     pub correlation_id: String,
+    /// Names this event for `idempotent` and `aggregate`: a queue message's
+    /// id (the same on every delivery), a schedule's tick, else unique.
+    pub id: String,
 }
 
 impl Event {
     /// A new event with a fresh correlation id.
     pub fn new(payload: Value, attributes: Value) -> Self {
+        let correlation_id = uuid::Uuid::new_v4().to_string();
         Event {
             payload,
             attributes,
             vars: Map::new(),
-            correlation_id: uuid::Uuid::new_v4().to_string(),
+            id: correlation_id.clone(),
+            correlation_id,
         }
     }
 }

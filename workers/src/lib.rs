@@ -12,31 +12,38 @@ pub mod event;
 pub mod expr;
 pub mod manifest;
 pub mod metrics;
+pub mod persistent;
+pub mod primary;
 pub mod queues;
 pub mod size;
 pub mod source;
+pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::config::ServiceConfig;
 use common::http::{Readiness, ops_router, serve};
+use common::secrets::Secret;
 use common::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
-use crate::manifest::{App, Source};
+use crate::manifest::App;
 use crate::metrics::Metrics;
-use crate::queues::TransientQueues;
+use crate::persistent::PersistentQueues;
+use crate::queues::{Queues, TransientQueues};
 use crate::size::WorkerSize;
+use crate::store::Stores;
 
 /// The component's name in logs and metrics.
 pub const NAME: &str = "worker";
 
 /// A worker's own settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
     /// The app manifest (YAML) this worker runs (`FABRIC_MANIFEST`).
@@ -45,6 +52,46 @@ pub struct Settings {
     pub app: Option<String>,
     /// The worker size in vCores: 0.1, 0.2, 1, 2, 4, 8 or 16 (`FABRIC_SIZE`; default 1).
     pub size: WorkerSize,
+    /// Names this worker in logs, schedule events and the primary lease
+    /// (`FABRIC_WORKER_ID`; default the app's name and the process id).
+    pub worker_id: Option<String>,
+    /// Use queue-svc for the app's queues instead of this worker's memory
+    /// (`FABRIC_PERSISTENT_QUEUES`).
+    pub persistent_queues: bool,
+    /// Seal persistent queue messages at rest (`FABRIC_ENCRYPT_QUEUES`).
+    pub encrypt_queues: bool,
+    /// queue-svc's base URL (`FABRIC_QUEUE_URL`), needed with persistent queues.
+    pub queue_url: Option<String>,
+    /// objectstore-svc's base URL (`FABRIC_OBJECTSTORE_URL`), needed by apps
+    /// with store processors or schedules.
+    pub objectstore_url: Option<String>,
+    /// The app's token for both services (`FABRIC_APP_TOKEN`).
+    pub app_token: Option<Secret>,
+    /// TTL of the primary lease: a dead primary's schedules move to another
+    /// worker within it (`FABRIC_PRIMARY_TTL`, 1s to 5m).
+    #[serde(with = "humantime_serde")]
+    pub primary_ttl: Duration,
+    /// How long to wait for queue-svc at start before giving up (`FABRIC_BACKING_WAIT`).
+    #[serde(with = "humantime_serde")]
+    pub backing_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            manifest: PathBuf::new(),
+            app: None,
+            size: WorkerSize::default(),
+            worker_id: None,
+            persistent_queues: false,
+            encrypt_queues: false,
+            queue_url: None,
+            objectstore_url: None,
+            app_token: None,
+            primary_ttl: Duration::from_secs(10),
+            backing_wait: Duration::from_secs(20),
+        }
+    }
 }
 
 /// The worker's configuration.
@@ -72,6 +119,9 @@ pub enum StartError {
     /// A setting is invalid.
     #[error("{0}")]
     Setting(String),
+    /// queue-svc refused or did not answer while the app's queues were declared.
+    #[error("queue-svc: {0}")]
+    Queues(#[from] queue_svc::client::ClientError),
     /// Serving failed.
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
@@ -90,6 +140,53 @@ impl Settings {
             common::app::validate_app_name(name).map_err(|e| StartError::Setting(e.to_string()))?;
         }
         Ok(app)
+    }
+
+    fn token(&self) -> Result<&str, StartError> {
+        self.app_token.as_ref().map(Secret::expose).ok_or_else(|| {
+            StartError::Setting("FABRIC_APP_TOKEN is needed to reach the fabric's services".into())
+        })
+    }
+
+    /// The object store client, when the app needs one.
+    fn stores(&self, app: &App, name: &str) -> Result<Option<Stores>, StartError> {
+        if !app.uses_store() {
+            return Ok(None);
+        }
+        let url = self.objectstore_url.as_deref().ok_or_else(|| {
+            StartError::Setting(
+                "the app uses the object store (a store processor or a schedule): \
+                 set FABRIC_OBJECTSTORE_URL and FABRIC_APP_TOKEN"
+                    .into(),
+            )
+        })?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&self.primary_ttl) {
+            return Err(StartError::Setting("primary_ttl must be 1s to 5m".into()));
+        }
+        let client = objectstore_svc::client::Client::new(url, name, self.token()?)
+            .map_err(|e| StartError::Setting(format!("objectstore_url: {e}")))?;
+        Ok(Some(Stores::new(client)))
+    }
+
+    /// The app's queues: in queue-svc (declared there first) or in memory.
+    async fn queues(&self, app: &App, name: &str, capacity: usize) -> Result<Queues, StartError> {
+        let consumed: Vec<(String, u32)> =
+            app.queues().map(|(q, max)| (q.to_string(), max)).collect();
+        if !self.persistent_queues {
+            return Ok(Queues::Transient(TransientQueues::new(
+                consumed.iter().map(|(q, _)| q.as_str()),
+                capacity,
+            )));
+        }
+        let url = self
+            .queue_url
+            .as_deref()
+            .ok_or_else(|| StartError::Setting("persistent queues need FABRIC_QUEUE_URL".into()))?;
+        let client = queue_svc::client::Client::new(url, name, self.token()?);
+        let queues =
+            PersistentQueues::declare(client, &consumed, self.encrypt_queues, self.backing_wait)
+                .await?;
+        Ok(Queues::Persistent(queues))
     }
 }
 
@@ -110,19 +207,36 @@ pub async fn run(
         .clone()
         .or_else(|| app.name.clone())
         .unwrap_or_else(|| "app".into());
+    let settings = &config.settings;
+    let worker_id = settings
+        .worker_id
+        .clone()
+        .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
     let readiness = Readiness::new("starting flows");
     let metrics = Metrics::new();
-    let queue_names: Vec<&str> = app
-        .flows
-        .iter()
-        .filter_map(|f| match &f.source {
-            Some(Source::Queue { name, .. }) => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
-    let queues = TransientQueues::new(queue_names, size.concurrency * 8);
-    let engine = Arc::new(Engine::new(app.clone(), queues, metrics.clone()));
+    let stores = settings.stores(&app, &name)?;
+    let queues = settings.queues(&app, &name, size.concurrency * 8).await?;
+    let engine = Arc::new(Engine::new(
+        app.clone(),
+        queues,
+        stores.clone(),
+        metrics.clone(),
+    ));
     source::queue::start(&engine, &shutdown);
+    if let Some(stores) = &stores
+        && app
+            .flows
+            .iter()
+            .any(|f| matches!(f.source, Some(manifest::Source::Schedule(_))))
+    {
+        let primary = primary::start(
+            stores.client().clone(),
+            worker_id.clone(),
+            settings.primary_ttl,
+            &shutdown,
+        );
+        source::schedule::start(&engine, &primary, &worker_id, &shutdown);
+    }
     let limits = source::http::Limits {
         slots: Arc::new(Semaphore::new(size.concurrency)),
         max_body: size.max_payload(),
@@ -130,7 +244,14 @@ pub async fn run(
     let router = source::http::router(engine, limits)
         .merge(ops_router(readiness.clone(), metrics.registry()));
     readiness.set_ready();
-    tracing::info!(app = %name, size = %size, flows = app.flows.len(), "worker started");
+    tracing::info!(
+        app = %name,
+        worker = %worker_id,
+        size = %size,
+        flows = app.flows.len(),
+        persistent_queues = settings.persistent_queues,
+        "worker started"
+    );
     serve(NAME, listener, router, readiness, shutdown).await?;
     Ok(())
 }

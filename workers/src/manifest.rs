@@ -81,6 +81,10 @@ enum SourceDef {
         #[serde(rename = "max-deliveries", default = "five")]
         max_deliveries: u32,
     },
+    Schedule {
+        every: Option<Text>,
+        cron: Option<Text>,
+    },
 }
 
 fn one() -> usize {
@@ -136,6 +140,31 @@ enum StepDef {
         headers: BTreeMap<String, Text>,
         timeout: Option<Text>,
     },
+    Store {
+        store: Text,
+        key: Text,
+        value: Option<Text>,
+        ttl: Option<Text>,
+    },
+    Retrieve {
+        store: Text,
+        key: Text,
+        default: Option<Text>,
+        target: Option<Text>,
+    },
+    Remove {
+        store: Text,
+        key: Text,
+    },
+    Idempotent {
+        key: Text,
+        ttl: Option<Text>,
+    },
+    Aggregate {
+        key: Text,
+        size: Spanned<u32>,
+        ttl: Option<Text>,
+    },
 }
 
 fn get() -> Text {
@@ -182,6 +211,26 @@ impl App {
     pub fn flow(&self, name: &str) -> Option<&Arc<Flow>> {
         self.flows.iter().find(|f| f.name == name)
     }
+
+    /// Whether the app needs the object store: a store processor, or a
+    /// schedule (which runs only on the primary worker, elected there).
+    pub fn uses_store(&self) -> bool {
+        self.flows.iter().any(|f| {
+            matches!(f.source, Some(Source::Schedule(_))) || f.steps.iter().any(Step::uses_store)
+        })
+    }
+
+    /// The queues the app's flows consume, with their delivery limits.
+    pub fn queues(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.flows.iter().filter_map(|f| match &f.source {
+            Some(Source::Queue {
+                name,
+                max_deliveries,
+                ..
+            }) => Some((name.as_str(), *max_deliveries)),
+            _ => None,
+        })
+    }
 }
 
 /// One flow.
@@ -216,7 +265,36 @@ pub enum Source {
         /// Deliveries before a message goes to the dead-letter queue.
         max_deliveries: u32,
     },
+    /// A timer, run on the app's primary worker only.
+    Schedule(Trigger),
 }
+
+/// When a `schedule` source fires.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// At every multiple of this period since the Unix epoch, so every
+    /// worker of the app agrees on the ticks.
+    Every(Duration),
+    /// At the times of a cron expression (seconds first), in UTC.
+    Cron {
+        /// The expression as written.
+        expr: String,
+        /// The parsed schedule.
+        schedule: Box<cron::Schedule>,
+    },
+}
+
+impl PartialEq for Trigger {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Trigger::Every(a), Trigger::Every(b)) => a == b,
+            (Trigger::Cron { expr: a, .. }, Trigger::Cron { expr: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Trigger {}
 
 /// How a flow's events are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +378,78 @@ pub enum Step {
         /// How long to wait for the whole response.
         timeout: Duration,
     },
+    /// Writes a value to one of the app's stores.
+    Store {
+        /// The store.
+        store: String,
+        /// The key.
+        key: Expr,
+        /// The value, when not the payload.
+        value: Option<Expr>,
+        /// Expire the key after this long.
+        ttl: Option<Duration>,
+    },
+    /// Reads a value: into the payload, or into `$vars.<target>`.
+    Retrieve {
+        /// The store.
+        store: String,
+        /// The key.
+        key: Expr,
+        /// The value when the key is absent; without one, absence is `NOT_FOUND`.
+        default: Option<Expr>,
+        /// The variable to set instead of the payload.
+        target: Option<String>,
+    },
+    /// Deletes a key (absent is fine).
+    Remove {
+        /// The store.
+        store: String,
+        /// The key.
+        key: Expr,
+    },
+    /// Lets an event with this key through once; a duplicate stops the flow
+    /// as a success.
+    Idempotent {
+        /// The key.
+        key: Expr,
+        /// How long the key is remembered.
+        ttl: Duration,
+    },
+    /// Collects events into groups of `size` held in the object store; the
+    /// event that completes a group goes on with the group's payloads, the
+    /// others stop as a success.
+    Aggregate {
+        /// The group's key.
+        key: Expr,
+        /// Members per group.
+        size: u32,
+        /// How long a group is kept.
+        ttl: Duration,
+    },
+}
+
+impl Step {
+    /// Whether this step, or one inside it, needs the object store.
+    fn uses_store(&self) -> bool {
+        match self {
+            Step::Store { .. }
+            | Step::Retrieve { .. }
+            | Step::Remove { .. }
+            | Step::Idempotent { .. }
+            | Step::Aggregate { .. } => true,
+            Step::Choice { when, otherwise } => {
+                when.iter().any(|(_, s)| s.iter().any(Step::uses_store))
+                    || otherwise.iter().any(Step::uses_store)
+            }
+            Step::Try { steps, on_error } => {
+                steps.iter().any(Step::uses_store)
+                    || on_error
+                        .iter()
+                        .any(|h| h.steps.iter().any(Step::uses_store))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One `on-error` handler.
@@ -317,6 +467,12 @@ pub struct OnError {
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_CONCURRENCY: usize = 1024;
+/// The longest a stored key lives (the object store's own limit).
+const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long `idempotent` and `aggregate` remember a key unless told.
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+const MIN_EVERY: Duration = Duration::from_millis(100);
+const MAX_GROUP: u32 = 1000;
 /// Paths every worker serves itself.
 const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
@@ -411,6 +567,10 @@ impl Checker {
                         return Err(at(name, "max-deliveries must be 1 to 1000"));
                     }
                 }
+                Some(SourceDef::Schedule { .. }) => {
+                    let source = flow.value.source.as_ref().expect("matched above");
+                    trigger(source)?;
+                }
                 None => {}
             }
         }
@@ -441,6 +601,9 @@ impl Checker {
                 }
             };
             let source = f.source.map(|s| match s.value {
+                SourceDef::Schedule { .. } => {
+                    Source::Schedule(trigger(&s).expect("checked when the checker was made"))
+                }
                 SourceDef::Http { method, path } => Source::Http {
                     method: method.value.to_ascii_uppercase(),
                     path: path.value,
@@ -589,7 +752,115 @@ impl Checker {
                     }
                 },
             },
+            StepDef::Store {
+                store,
+                key,
+                value,
+                ttl,
+            } => Step::Store {
+                store: store_name(store)?,
+                key: expr(&key)?,
+                value: value.as_ref().map(expr).transpose()?,
+                ttl: ttl.as_ref().map(key_ttl).transpose()?,
+            },
+            StepDef::Retrieve {
+                store,
+                key,
+                default,
+                target,
+            } => Step::Retrieve {
+                store: store_name(store)?,
+                key: expr(&key)?,
+                default: default.as_ref().map(expr).transpose()?,
+                target: match target {
+                    Some(t) if t.value.is_empty() || t.value == "error" => {
+                        return Err(at(&t, "a target needs a name other than \"error\""));
+                    }
+                    t => t.map(|t| t.value),
+                },
+            },
+            StepDef::Remove { store, key } => Step::Remove {
+                store: store_name(store)?,
+                key: expr(&key)?,
+            },
+            StepDef::Idempotent { key, ttl } => Step::Idempotent {
+                key: expr(&key)?,
+                ttl: ttl
+                    .as_ref()
+                    .map(key_ttl)
+                    .transpose()?
+                    .unwrap_or(DEFAULT_KEY_TTL),
+            },
+            StepDef::Aggregate { key, size, ttl } => {
+                if size.value < 1 || size.value > MAX_GROUP {
+                    return Err(at(&size, format!("size must be 1 to {MAX_GROUP}")));
+                }
+                Step::Aggregate {
+                    key: expr(&key)?,
+                    size: size.value,
+                    ttl: ttl
+                        .as_ref()
+                        .map(key_ttl)
+                        .transpose()?
+                        .unwrap_or(DEFAULT_KEY_TTL),
+                }
+            }
         })
+    }
+}
+
+/// A store named in a manifest: a valid resource name not starting with `_`
+/// (those are the runtime's own: idempotency keys, groups, schedule ticks).
+fn store_name(name: Text) -> Result<String, ManifestError> {
+    common::app::validate_resource_name("store", &name.value)
+        .map_err(|e| at(&name, e.to_string()))?;
+    if name.value.starts_with('_') {
+        return Err(at(
+            &name,
+            "store names starting with '_' are reserved for the runtime",
+        ));
+    }
+    Ok(name.value)
+}
+
+fn key_ttl(text: &Text) -> Result<Duration, ManifestError> {
+    let d = humantime_duration(text)?;
+    if d < Duration::from_secs(1) || d > MAX_TTL {
+        return Err(at(text, "ttl must be 1s to 30d"));
+    }
+    Ok(d)
+}
+
+/// The trigger of a `schedule` source: exactly one of `every` and `cron`.
+fn trigger(source: &Spanned<SourceDef>) -> Result<Trigger, ManifestError> {
+    let SourceDef::Schedule { every, cron } = &source.value else {
+        return Err(at(source, "not a schedule"));
+    };
+    match (every, cron) {
+        (Some(every), None) => {
+            let d = humantime_duration(every)?;
+            if d < MIN_EVERY || d > MAX_TTL {
+                return Err(at(every, "every must be 100ms to 30d"));
+            }
+            Ok(Trigger::Every(d))
+        }
+        (None, Some(text)) => {
+            // A classic five-field expression runs at second 0.
+            let fields = text.value.split_whitespace().count();
+            let full = if fields == 5 {
+                format!("0 {}", text.value)
+            } else {
+                text.value.clone()
+            };
+            let schedule = full
+                .parse::<cron::Schedule>()
+                .map_err(|e| at(text, format!("cron expression {:?}: {e}", text.value)))?;
+            Ok(Trigger::Cron {
+                expr: text.value.clone(),
+                schedule: Box::new(schedule),
+            })
+        }
+        _ => Err(at(source, "a schedule needs exactly one of every and cron")),
     }
 }
 

@@ -29,8 +29,8 @@ async fn worker(manifest: &str) -> Worker {
         data_dir: dir.path().to_path_buf(),
         settings: workers::Settings {
             manifest: path,
-            app: None,
             size: "0.2".parse().unwrap(),
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -1,4 +1,5 @@
-//! What starts flows: HTTP requests and queue messages.
+//! What starts flows: HTTP requests, queue messages and schedules.
 
 pub mod http;
 pub mod queue;
+pub mod schedule;

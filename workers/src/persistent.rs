@@ -1,0 +1,130 @@
+//! Persistent queues: the app's queues in queue-svc, shared by all its
+//! workers, with zero message loss and at-least-once delivery.
+//!
+//! A message body is a small JSON envelope carrying the payload and the
+//! correlation id, so a flow on another worker continues the same trace.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use queue_svc::api::QueueSpec;
+use queue_svc::client::{Client, ClientError, Publisher};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ErrorType, FlowError};
+use crate::event::payload_from_bytes;
+
+/// What travels in a persistent queue's message body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    payload: Value,
+    correlation_id: String,
+}
+
+/// Reads a message body: the worker's envelope, or (published by anyone
+/// else through the API) the body itself as a payload with no correlation id.
+pub fn decode(body: &str) -> (Value, Option<String>) {
+    match serde_json::from_str::<Envelope>(body) {
+        Ok(e) => (e.payload, Some(e.correlation_id)),
+        Err(_) => (payload_from_bytes(body.as_bytes()), None),
+    }
+}
+
+fn queue_error(queue: &str, e: ClientError) -> FlowError {
+    let mut err = FlowError::new(ErrorType::Queue, format!("queue {queue:?}: {e}"));
+    if e.status() == Some(413) {
+        err.status = Some(axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    err
+}
+
+/// The app's queues in queue-svc. Cheap to clone.
+#[derive(Clone)]
+pub struct PersistentQueues {
+    client: Client,
+    publishers: HashMap<String, Publisher>,
+}
+
+impl PersistentQueues {
+    /// Declares each `(queue, max deliveries)` (sealed at rest when `encrypted`)
+    /// and makes a batching publisher for it. Retries until queue-svc answers
+    /// or `give_up` passes; must run inside a Tokio runtime.
+    pub async fn declare(
+        client: Client,
+        queues: &[(String, u32)],
+        encrypted: bool,
+        give_up: Duration,
+    ) -> Result<Self, ClientError> {
+        let deadline = tokio::time::Instant::now() + give_up;
+        let mut publishers = HashMap::new();
+        for (name, max_deliveries) in queues {
+            let spec = QueueSpec {
+                encrypted,
+                max_deliveries: Some(*max_deliveries),
+            };
+            let mut wait = Duration::from_millis(50);
+            loop {
+                match client.declare(name, &spec).await {
+                    Ok(_) => break,
+                    // Refused (bad token, bad name): retrying will not help.
+                    Err(e) if e.status().is_some_and(|s| s < 500) => return Err(e),
+                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(queue = %name, error = %e, "queue-svc not reachable yet; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            publishers.insert(name.clone(), client.publisher(name));
+        }
+        Ok(PersistentQueues { client, publishers })
+    }
+
+    /// The client, for consumers.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Publishes `payload` to `queue`; its id once queue-svc has stored it.
+    pub async fn publish(
+        &self,
+        queue: &str,
+        payload: Value,
+        correlation_id: String,
+    ) -> Result<String, FlowError> {
+        let publisher = self
+            .publishers
+            .get(queue)
+            .ok_or_else(|| FlowError::new(ErrorType::Queue, format!("no queue named {queue:?}")))?;
+        let body = serde_json::to_string(&Envelope {
+            payload,
+            correlation_id,
+        })
+        .unwrap_or_default();
+        publisher
+            .publish(body)
+            .await
+            .map_err(|e| queue_error(queue, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bodies_from_workers_and_from_anyone() {
+        let body = serde_json::to_string(&Envelope {
+            payload: json!({"a": 1}),
+            correlation_id: "c-1".into(),
+        })
+        .unwrap();
+        assert_eq!(decode(&body), (json!({"a": 1}), Some("c-1".into())));
+        assert_eq!(decode("{\"orderId\": 7}"), (json!({"orderId": 7}), None));
+        assert_eq!(decode("plain"), (json!("plain"), None));
+    }
+}

@@ -1,0 +1,383 @@
+//! The app's object store as flows use it: `store`, `retrieve`, `remove`, and
+//! the state behind `idempotent`, `aggregate` and schedule ticks.
+//!
+//! Everything here is in the object store service, never in the worker, so
+//! it outlives the worker: a key claimed by `idempotent` or a group half
+//! gathered by `aggregate` is there for the worker that takes over.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use objectstore_svc::client::{Client, ClientError, Precondition, PutOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{ErrorType, FlowError};
+use crate::event::payload_from_bytes;
+
+/// The runtime's own stores; manifests cannot name stores starting with `_`.
+const IDEMPOTENT_STORE: &str = "_idempotent";
+const AGGREGATE_STORE: &str = "_aggregate";
+/// Where schedule ticks are claimed and the last one is recorded.
+pub const SCHEDULE_STORE: &str = "_schedule";
+/// A claim left `pending` this long by an event of another id is taken over:
+/// its worker died and no redelivery of the same message came to finish it.
+const STALE_CLAIM: Duration = Duration::from_secs(120);
+/// Compare-and-set attempts before a contended group gives up (the event is
+/// rolled back and tried again later).
+const CAS_ATTEMPTS: usize = 64;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn store_error(e: ClientError) -> FlowError {
+    // A key the service refuses (empty, over 1 KiB, a value too large) is the
+    // event's fault; anything else is the store's.
+    let kind = match e.status() {
+        Some(400 | 413) => ErrorType::Validation,
+        _ => ErrorType::Store,
+    };
+    FlowError::new(kind, e.to_string())
+}
+
+fn encode(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A claim `idempotent` made; settled when the flow ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    key: String,
+    etag: String,
+    owner: String,
+    ttl: Duration,
+}
+
+/// What `idempotent` decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// First time (or a redelivery of the same message): go on, settle the claim at the end.
+    Proceed(Claim),
+    /// Seen and finished before: stop the flow as a success.
+    Duplicate,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimRecord {
+    done: bool,
+    owner: String,
+    at_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Group {
+    members: Vec<Member>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completed_by: Option<String>,
+    /// The group completed before this one under the same key, so a late
+    /// redelivery of one of its members is still recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<Box<Group>>,
+}
+
+impl Group {
+    fn has(&self, id: &str) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Member {
+    id: String,
+    payload: Value,
+}
+
+/// What `aggregate` decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gathered {
+    /// This event completed the group: the members' payloads, in arrival order.
+    Complete(Vec<Value>),
+    /// The event is in a group still gathering (or already completed by another): stop.
+    Held,
+}
+
+/// One app's stores. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    client: Client,
+}
+
+impl Stores {
+    /// Stores through `client`.
+    pub fn new(client: Client) -> Self {
+        Stores { client }
+    }
+
+    /// The underlying client (for leases).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Writes `value` as JSON under `key`.
+    pub async fn put(
+        &self,
+        store: &str,
+        key: &str,
+        value: &Value,
+        ttl: Option<Duration>,
+    ) -> Result<(), FlowError> {
+        let options = PutOptions {
+            ttl,
+            precondition: Precondition::None,
+        };
+        self.client
+            .put(store, key, encode(value), &options)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// The value under `key`, if any.
+    pub async fn get(&self, store: &str, key: &str) -> Result<Option<Value>, FlowError> {
+        let fetched = self.client.get(store, key).await.map_err(store_error)?;
+        Ok(fetched.map(|f| payload_from_bytes(&f.value)))
+    }
+
+    /// Deletes `key`; absent is fine.
+    pub async fn remove(&self, store: &str, key: &str) -> Result<(), FlowError> {
+        self.client
+            .delete(store, key, &Precondition::None)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    /// Writes `value` under `key` unless it has a live value; whether it wrote.
+    pub async fn put_if_absent(
+        &self,
+        store: &str,
+        key: &str,
+        value: &Value,
+        ttl: Duration,
+    ) -> Result<bool, FlowError> {
+        let options = PutOptions {
+            ttl: Some(ttl),
+            precondition: Precondition::IfAbsent,
+        };
+        match self.client.put(store, key, encode(value), &options).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_precondition_failed() => Ok(false),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Claims `key` for the event `owner` (put if absent, kept `ttl`).
+    ///
+    /// A claim is `pending` until its flow ends: done on success, deleted on
+    /// failure. So a worker killed between the claim and the end of the flow
+    /// does not lose the event: its message comes back with the same id, finds
+    /// its own pending claim and goes on. A pending claim of another event
+    /// means a duplicate is running right now: that is a `STORE` error, so the
+    /// event is rolled back and tried again once the first has settled.
+    pub async fn claim(
+        &self,
+        flow: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<Admission, FlowError> {
+        let key = format!("{flow}/{key}");
+        let record = |at_ms| ClaimRecord {
+            done: false,
+            owner: owner.to_string(),
+            at_ms,
+        };
+        let proceed = |etag: String| {
+            Admission::Proceed(Claim {
+                key: key.clone(),
+                etag,
+                owner: owner.to_string(),
+                ttl,
+            })
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let body = serde_json::to_vec(&record(now_ms())).unwrap_or_default();
+            let create = PutOptions {
+                ttl: Some(ttl),
+                precondition: Precondition::IfAbsent,
+            };
+            match self
+                .client
+                .put(IDEMPOTENT_STORE, &key, body.clone(), &create)
+                .await
+            {
+                Ok(put) => return Ok(proceed(put.etag)),
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => return Err(store_error(e)),
+            }
+            let Some(current) = self
+                .client
+                .get(IDEMPOTENT_STORE, &key)
+                .await
+                .map_err(store_error)?
+            else {
+                continue; // expired or released meanwhile: try to create it again
+            };
+            let existing: ClaimRecord = match serde_json::from_slice(&current.value) {
+                Ok(r) => r,
+                Err(_) => ClaimRecord {
+                    done: false,
+                    owner: String::new(),
+                    at_ms: 0,
+                },
+            };
+            if existing.done {
+                return Ok(Admission::Duplicate);
+            }
+            let stale = now_ms().saturating_sub(existing.at_ms) > STALE_CLAIM.as_millis() as u64;
+            if existing.owner != owner && !stale {
+                return Err(FlowError::new(
+                    ErrorType::Store,
+                    format!("a duplicate of key {key:?} is being processed; try again"),
+                ));
+            }
+            // Our own claim (a redelivery) or an abandoned one: take it over.
+            let take = PutOptions {
+                ttl: Some(ttl),
+                precondition: Precondition::IfMatch(current.etag),
+            };
+            match self.client.put(IDEMPOTENT_STORE, &key, body, &take).await {
+                Ok(put) => return Ok(proceed(put.etag)),
+                Err(e) if e.is_precondition_failed() => {}
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(FlowError::new(
+            ErrorType::Store,
+            format!("key {key:?} is contended; try again"),
+        ))
+    }
+
+    /// Marks a claim done: later events with its key are duplicates.
+    pub async fn settle(&self, claim: &Claim) -> Result<(), FlowError> {
+        let record = ClaimRecord {
+            done: true,
+            owner: claim.owner.clone(),
+            at_ms: now_ms(),
+        };
+        let options = PutOptions {
+            ttl: Some(claim.ttl),
+            precondition: Precondition::IfMatch(claim.etag.clone()),
+        };
+        let body = serde_json::to_vec(&record).unwrap_or_default();
+        match self
+            .client
+            .put(IDEMPOTENT_STORE, &claim.key, body, &options)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Taken over as abandoned while this flow ran long: the other
+            // event settles it; this one's work is done either way.
+            Err(e) if e.is_precondition_failed() => {
+                tracing::warn!(key = %claim.key, "idempotency claim was taken over before it was settled");
+                Ok(())
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    /// Gives a claim back after its flow failed, so a retry is not a duplicate.
+    pub async fn release(&self, claim: &Claim) {
+        let pre = Precondition::IfMatch(claim.etag.clone());
+        if let Err(e) = self.client.delete(IDEMPOTENT_STORE, &claim.key, &pre).await
+            && !e.is_precondition_failed()
+        {
+            tracing::warn!(key = %claim.key, error = %e, "could not release an idempotency claim; it lapses as stale");
+        }
+    }
+
+    /// Adds the event `id` to the group `key` of `flow` with compare-and-set.
+    ///
+    /// The event that brings the group to `size` completes it (exactly one
+    /// write can); a redelivery of that event finds the group completed by
+    /// itself and completes it again, so a completing worker's death loses
+    /// nothing. A redelivery of any other member is held again, never added
+    /// twice. An event arriving at a completed group it is not part of starts
+    /// the next group under the same key (the completed one is kept beside it
+    /// for late redeliveries).
+    pub async fn gather(
+        &self,
+        flow: &str,
+        key: &str,
+        id: &str,
+        payload: &Value,
+        size: u32,
+        ttl: Duration,
+    ) -> Result<Gathered, FlowError> {
+        let key = format!("{flow}/{key}");
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self
+                .client
+                .get(AGGREGATE_STORE, &key)
+                .await
+                .map_err(store_error)?;
+            let (mut group, precondition) = match &current {
+                Some(f) => (
+                    serde_json::from_slice::<Group>(&f.value).unwrap_or_default(),
+                    Precondition::IfMatch(f.etag.clone()),
+                ),
+                None => (Group::default(), Precondition::IfAbsent),
+            };
+            if let Some(previous) = group.previous.take_if(|p| p.has(id)) {
+                group = *previous;
+            }
+            match (&group.completed_by, group.has(id)) {
+                (Some(by), true) if by == id => {
+                    return Ok(Gathered::Complete(payloads(group)));
+                }
+                (_, true) => return Ok(Gathered::Held),
+                (Some(_), false) => {
+                    group.previous = None;
+                    group = Group {
+                        previous: Some(Box::new(group)),
+                        ..Group::default()
+                    };
+                }
+                (None, false) => {}
+            }
+            group.members.push(Member {
+                id: id.to_string(),
+                payload: payload.clone(),
+            });
+            let complete = group.members.len() >= size as usize;
+            if complete {
+                group.completed_by = Some(id.to_string());
+            }
+            let options = PutOptions {
+                ttl: Some(ttl),
+                precondition,
+            };
+            let body = serde_json::to_vec(&group).unwrap_or_default();
+            match self.client.put(AGGREGATE_STORE, &key, body, &options).await {
+                Ok(_) if complete => return Ok(Gathered::Complete(payloads(group))),
+                Ok(_) => return Ok(Gathered::Held),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) => return Err(store_error(e)),
+            }
+        }
+        Err(FlowError::new(
+            ErrorType::Store,
+            format!("group {key:?} is contended; try again"),
+        ))
+    }
+}
+
+fn payloads(group: Group) -> Vec<Value> {
+    group.members.into_iter().map(|m| m.payload).collect()
+}
