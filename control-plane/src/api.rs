@@ -32,6 +32,10 @@ pub(crate) struct Api {
     pub supervisor: Supervisor,
     pub registry: Registry,
     pub deploying: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Whether queue-svc is configured (persistent queues can be asked for).
+    pub has_queues: bool,
+    /// Whether objectstore-svc is configured (apps with store processors or schedules can run).
+    pub has_store: bool,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -165,6 +169,17 @@ async fn deploy(
         .or(app.name.clone())
         .ok_or_else(|| bad("the app needs a name: give --name or put name: in the manifest"))?;
     common::app::validate_app_name(&name).map_err(|e| bad(e.to_string()))?;
+    // Refused here, before any worker starts, rather than by workers that never turn ready.
+    if req.persistent_queues && !api.has_queues {
+        return Err(bad(
+            "persistent queues need queue-svc, and this control plane has no queue_url",
+        ));
+    }
+    if app.uses_store() && !api.has_store {
+        return Err(bad(
+            "the app uses the object store (a store processor or a schedule), and this control plane has no objectstore_url",
+        ));
+    }
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     // The registry is read once: the owner decides both the refusal and the record.

@@ -53,6 +53,13 @@ pub struct Settings {
     /// Where to push every new route table (`PUT`): a load balancer's admin
     /// `/routes` URL. Load balancers may instead long-poll `GET /v1/routes`.
     pub routes_push: Vec<String>,
+    /// queue-svc's base URL, handed to workers of apps with persistent queues.
+    pub queue_url: Option<String>,
+    /// objectstore-svc's base URL, handed to every worker.
+    pub objectstore_url: Option<String>,
+    /// How long a worker's app token is valid; a worker started later gets a fresh one.
+    #[serde(with = "humantime_serde")]
+    pub worker_token_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -65,6 +72,9 @@ impl Default for Settings {
             ready_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(10),
             routes_push: Vec::new(),
+            queue_url: None,
+            objectstore_url: None,
+            worker_token_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -148,6 +158,38 @@ async fn push_routes(
     }
 }
 
+/// What every worker is started with beside its manifest: the services'
+/// URLs and an app token that opens its own app's queues and stores only.
+fn worker_env(config: &Config) -> Result<supervisor::WorkerEnv, StartError> {
+    let key = common::secrets::token_key(config).map_err(|e| StartError::Setting(e.to_string()))?;
+    let s = config.settings.clone();
+    Ok(Arc::new(move |record: &model::AppRecord| {
+        let token = key.issue(
+            &record.name,
+            common::token::Scope::Worker,
+            s.worker_token_ttl,
+        );
+        let mut env = vec![
+            ("FABRIC_APP_TOKEN".to_string(), token),
+            (
+                "FABRIC_PERSISTENT_QUEUES".into(),
+                record.persistent_queues.to_string(),
+            ),
+            (
+                "FABRIC_ENCRYPT_QUEUES".into(),
+                record.encrypt_queues.to_string(),
+            ),
+        ];
+        if let Some(url) = &s.objectstore_url {
+            env.push(("FABRIC_OBJECTSTORE_URL".into(), url.clone()));
+        }
+        if let Some(url) = &s.queue_url {
+            env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
+        }
+        env
+    }))
+}
+
 /// Serves the control plane on `listener` until `shutdown`, then drains and
 /// stops every worker it runs.
 pub async fn run(
@@ -184,7 +226,7 @@ pub async fn run(
             ready_timeout: s.ready_timeout,
             drain_grace: s.drain_grace,
         },
-        Arc::new(|_| Vec::new()),
+        worker_env(&config)?,
     );
     supervisor.recover().await?;
     for target in &s.routes_push {
@@ -206,6 +248,8 @@ pub async fn run(
         supervisor,
         registry,
         deploying: Arc::default(),
+        has_queues: config.settings.queue_url.is_some(),
+        has_store: config.settings.objectstore_url.is_some(),
     };
     let router = api::router(api).merge(ops_router(
         readiness.clone(),

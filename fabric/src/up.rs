@@ -72,9 +72,11 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("lb-proxy: cannot listen on port {}: {e}", args.proxy_port))?;
     let proxy_addr = proxy_http.local_addr()?;
     let mut lines = Vec::new();
+    let mut urls = Vec::new();
     for component in [Component::QueueSvc, Component::ObjectstoreSvc] {
         let listener = TcpListener::bind(config.listen).await?;
         lines.push(ops_line(component.name(), listener.local_addr()?));
+        urls.push(format!("http://{}", listener.local_addr()?));
         let (config, sd) = (config.clone(), shutdown.clone());
         shutdown.spawn(component.name(), async move {
             component.run_with(&config, listener, sd).await
@@ -109,6 +111,8 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         proxy_port: proxy_addr.port(),
         // Every route change goes to the load balancer at once.
         routes_push: vec![format!("http://{admin_addr}/routes")],
+        queue_url: Some(urls[0].clone()),
+        objectstore_url: Some(urls[1].clone()),
         ..Default::default()
     });
     let admin_key = control_plane::admin_key(&data_dir)?;
@@ -142,8 +146,10 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     }
     println!("Other `fabric` commands on this machine find this fabric by themselves, e.g.:");
     println!("  fabric apps deploy examples/hello.yaml --workers 2 --size 0.1");
-    println!("Apps run on transient queues for now: persistent queues and the object store are");
-    println!("not wired into workers yet. Press Ctrl-C to stop.");
+    println!(
+        "  fabric apps deploy examples/orders.yaml --workers 2 --size 0.2 --persistent-queues"
+    );
+    println!("Press Ctrl-C to stop.");
     shutdown.triggered().await;
     let clean = shutdown.drain().await;
     let _ = std::fs::remove_file(&url_file);

@@ -44,6 +44,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+pub mod backing;
 pub mod fabric;
 pub mod process;
 

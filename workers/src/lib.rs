@@ -71,6 +71,10 @@ pub struct Settings {
     /// worker within it (`FABRIC_PRIMARY_TTL`, 1s to 5m).
     #[serde(with = "humantime_serde")]
     pub primary_ttl: Duration,
+    /// How long a leased persistent message stays locked without a heartbeat:
+    /// how soon a killed worker's messages go to another (`FABRIC_LEASE_LOCK`, 1s to 12h).
+    #[serde(with = "humantime_serde")]
+    pub lease_lock: Duration,
     /// How long to wait for queue-svc at start before giving up (`FABRIC_BACKING_WAIT`).
     #[serde(with = "humantime_serde")]
     pub backing_wait: Duration,
@@ -89,6 +93,7 @@ impl Default for Settings {
             objectstore_url: None,
             app_token: None,
             primary_ttl: Duration::from_secs(10),
+            lease_lock: persistent::DEFAULT_LOCK,
             backing_wait: Duration::from_secs(20),
         }
     }
@@ -186,7 +191,7 @@ impl Settings {
         let queues =
             PersistentQueues::declare(client, &consumed, self.encrypt_queues, self.backing_wait)
                 .await?;
-        Ok(Queues::Persistent(queues))
+        Ok(Queues::Persistent(queues.with_lock(self.lease_lock)))
     }
 }
 

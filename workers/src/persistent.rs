@@ -15,6 +15,10 @@ use serde_json::Value;
 use crate::error::{ErrorType, FlowError};
 use crate::event::payload_from_bytes;
 
+/// How long a leased message stays locked without a heartbeat, by default:
+/// the time a dead worker's messages wait before another worker gets them.
+pub const DEFAULT_LOCK: Duration = Duration::from_secs(30);
+
 /// What travels in a persistent queue's message body.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +49,7 @@ fn queue_error(queue: &str, e: ClientError) -> FlowError {
 pub struct PersistentQueues {
     client: Client,
     publishers: HashMap<String, Publisher>,
+    lock: Duration,
 }
 
 impl PersistentQueues {
@@ -80,12 +85,27 @@ impl PersistentQueues {
             }
             publishers.insert(name.clone(), client.publisher(name));
         }
-        Ok(PersistentQueues { client, publishers })
+        Ok(PersistentQueues {
+            client,
+            publishers,
+            lock: DEFAULT_LOCK,
+        })
+    }
+
+    /// Leased messages stay locked this long without a heartbeat.
+    pub fn with_lock(mut self, lock: Duration) -> Self {
+        self.lock = lock;
+        self
     }
 
     /// The client, for consumers.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// How long a leased message stays locked without a heartbeat.
+    pub fn lock(&self) -> Duration {
+        self.lock
     }
 
     /// Publishes `payload` to `queue`; its id once queue-svc has stored it.

@@ -173,3 +173,72 @@ fn sources_are_checked() {
         "HTTP status",
     );
 }
+
+#[test]
+fn every_example_loads() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let app = manifest::load(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!app.flows.is_empty());
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 4, "only {loaded} examples");
+}
+
+#[test]
+fn store_steps_and_schedules_are_checked() {
+    let flow = |steps: &str| format!("flows:\n  - name: a\n    steps:\n{steps}");
+    assert_refused(
+        &flow("      - store: { store: _mine, key: '.id' }\n"),
+        4,
+        "reserved for the runtime",
+    );
+    assert_refused(
+        &flow("      - retrieve: { store: 'a b', key: '.id' }\n"),
+        4,
+        "only letters",
+    );
+    assert_refused(
+        &flow("      - idempotent: { key: '.id', ttl: 90d }\n"),
+        4,
+        "ttl must be 1s to 30d",
+    );
+    assert_refused(
+        &flow("      - aggregate: { key: '.g', size: 0 }\n"),
+        4,
+        "size must be 1 to 1000",
+    );
+    assert_refused(
+        &flow("      - store: { store: s, key: '.id |' }\n"),
+        4,
+        "expression",
+    );
+    let schedule = |source: &str| {
+        format!(
+            "flows:\n  - name: a\n    source: {{ schedule: {source} }}\n    steps:\n      - log: '1'\n"
+        )
+    };
+    assert_refused(
+        &schedule("{ every: 10ms }"),
+        3,
+        "every must be 100ms to 30d",
+    );
+    assert_refused(&schedule("{ }"), 3, "exactly one of every and cron");
+    assert_refused(
+        &schedule("{ every: 1s, cron: '* * * * * *' }"),
+        3,
+        "exactly one of every and cron",
+    );
+    assert_refused(&schedule("{ cron: 'not cron' }"), 3, "cron expression");
+    let app = manifest::load(&schedule("{ cron: '*/5 * * * *' }")).unwrap();
+    assert!(matches!(
+        app.flows[0].source,
+        Some(Source::Schedule(manifest::Trigger::Cron { .. }))
+    ));
+    assert!(app.uses_store(), "a schedule needs the primary lease");
+}

@@ -82,6 +82,10 @@ impl Scheduler for LocalScheduler {
             .env("FABRIC_MANIFEST", &spec.manifest)
             .env("FABRIC_APP", &spec.app)
             .env("FABRIC_SIZE", spec.size.to_string())
+            .env(
+                "FABRIC_WORKER_ID",
+                format!("{}-{}-v{}", spec.app, spec.index, spec.version),
+            )
             .env("FABRIC_LOG_FORMAT", "json")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

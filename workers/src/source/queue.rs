@@ -24,8 +24,6 @@ use crate::queues::{Message, Queues, TransientQueues};
 /// to stop has no poll outstanding for long: what a poll brings after the
 /// stop is rolled back at once.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
-/// How long a leased message stays locked without a heartbeat.
-const LEASE_LOCK: Duration = Duration::from_secs(30);
 
 /// Back-off before a rolled-back message is delivered again: 100 ms doubling, at most 5 s.
 pub fn backoff(deliveries: u32) -> Duration {
@@ -84,7 +82,7 @@ async fn consume_leases(
     let Queues::Persistent(queues) = engine.queues() else {
         return;
     };
-    let client = queues.client().clone();
+    let (client, lock) = (queues.client().clone(), queues.lock());
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_triggered() {
@@ -105,7 +103,7 @@ async fn consume_leases(
         let opts = LeaseOptions {
             max: permits.len(),
             wait: LEASE_WAIT,
-            lock: LEASE_LOCK,
+            lock,
         };
         // Not raced against shutdown: a poll dropped half-way would leave
         // its messages locked for the whole lock time.

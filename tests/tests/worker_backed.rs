@@ -1,0 +1,328 @@
+//! Workers on queue-svc and objectstore-svc (embedded backends), as real
+//! processes, with one killed by `kill -9` in each scenario: the reliability
+//! pattern loses no order and stores each once, a group outlives the worker
+//! holding part of it, and a schedule runs on exactly one worker and moves
+//! to the other, running the tick it missed once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fabric_tests::backing::Backing;
+use futures::StreamExt;
+use nix::sys::signal::{Signal, kill};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{base} never turned ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it holds, or fails with `what` after [`WAIT`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// POSTs `body` to `first`, then to `second` if the first failed in any way
+/// (as a load balancer would); which of them accepted it with 202.
+async fn post_either<'a>(
+    http: &reqwest::Client,
+    first: &'a str,
+    second: &'a str,
+    path: &str,
+    body: &Value,
+) -> Option<&'a str> {
+    for base in [first, second] {
+        if let Ok(r) = http.post(format!("{base}{path}")).json(body).send().await
+            && r.status() == 202
+        {
+            return Some(base);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_stored_once_each_with_a_worker_killed_mid_stream() {
+    const ORDERS: usize = 1000;
+    let backing = Backing::start();
+    let manifest = backing.example("orders.yaml");
+    // A short lock, so the killed worker's leased messages come back soon.
+    let env = [("FABRIC_LEASE_LOCK", "2s")];
+    let (w1, u1) = backing.worker(&manifest, "orders", "orders-1", &env);
+    let (_w2, u2) = backing.worker(&manifest, "orders", "orders-2", &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &u1).await;
+    wait_ready(&http, &u2).await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let victim = w1.pid();
+    let killer = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            while done.load(Ordering::SeqCst) < ORDERS / 3 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            kill(victim, Signal::SIGKILL).expect("kill -9 the first worker");
+        })
+    };
+    let accepted: Vec<Option<String>> = futures::stream::iter(0..ORDERS)
+        .map(|i| {
+            let (http, done) = (http.clone(), done.clone());
+            let (first, second) = if i % 2 == 0 { (&u1, &u2) } else { (&u2, &u1) };
+            async move {
+                let body = json!({"orderId": format!("o-{i}"), "n": i});
+                let by = post_either(&http, first, second, "/orders", &body)
+                    .await
+                    .map(str::to_string);
+                done.fetch_add(1, Ordering::SeqCst);
+                by
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    killer.await.unwrap();
+    let refused = accepted.iter().filter(|a| a.is_none()).count();
+    assert_eq!(
+        refused, 0,
+        "every order is accepted by one worker or the other"
+    );
+    let by_victim = accepted
+        .iter()
+        .filter(|a| a.as_deref() == Some(&u1))
+        .count();
+    assert!(
+        by_victim > 0 && by_victim < ORDERS / 2,
+        "the first worker took a share and was killed mid-stream ({by_victim} accepted)"
+    );
+
+    // Every accepted order ends up stored, each under its own key once.
+    eventually("all orders stored", || async {
+        backing.keys("orders", "orders").await.len() >= ORDERS
+    })
+    .await;
+    let keys: BTreeSet<String> = backing.keys("orders", "orders").await.into_iter().collect();
+    let expected: BTreeSet<String> = (0..ORDERS).map(|i| format!("o-{i}")).collect();
+    assert_eq!(keys, expected);
+    // And reads back through the surviving worker's HTTP flow.
+    let bad: Vec<String> = futures::stream::iter(0..ORDERS)
+        .map(|i| {
+            let (http, base) = (http.clone(), u2.clone());
+            async move {
+                let r = http.get(format!("{base}/orders/o-{i}")).send().await.ok()?;
+                let v: Value = r.json().await.ok()?;
+                (v["orderId"] == format!("o-{i}") && v["n"] == i && v["status"] == "stored")
+                    .then_some(())
+                    .map_or(Some(format!("o-{i}: {v}")), |()| None)
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    assert!(bad.is_empty(), "orders read back wrong: {bad:?}");
+    let missing = http.get(format!("{u2}/orders/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+
+    // Nothing left behind: no message waiting, locked or dead-lettered.
+    let queues = backing.queues("orders");
+    eventually("the queue drained", || async {
+        let s = queues.stats("incoming").await.expect("queue stats");
+        s.depth == 0 && s.in_flight == 0
+    })
+    .await;
+    assert_eq!(queues.stats("incoming").await.unwrap().dlq_depth, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_outlives_the_worker_that_held_part_of_it() {
+    const GROUPS: usize = 10;
+    let backing = Backing::start();
+    let manifest = backing.example("aggregator.yaml");
+    let (w1, u1) = backing.worker(&manifest, "aggregator", "agg-1", &[]);
+    let (_w2, u2) = backing.worker(&manifest, "aggregator", "agg-2", &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &u1).await;
+    wait_ready(&http, &u2).await;
+
+    // Two items of every group through the first worker...
+    for g in 0..GROUPS {
+        for k in 0..2 {
+            let item = json!({"group": g, "item": format!("{g}-{k}")});
+            assert!(
+                post_either(&http, &u1, &u1, "/items", &item)
+                    .await
+                    .is_some()
+            );
+        }
+    }
+    // ... gathered in the store (not in the worker), then the worker dies.
+    let stores = backing.stores("aggregator");
+    eventually("two items of every group gathered", || async {
+        let mut gathered = 0;
+        for g in 0..GROUPS {
+            if let Ok(Some(f)) = stores.get("_aggregate", &format!("gather/{g}")).await {
+                let v: Value = serde_json::from_slice(&f.value).unwrap();
+                gathered += usize::from(v["members"].as_array().map_or(0, Vec::len) == 2);
+            }
+        }
+        gathered == GROUPS
+    })
+    .await;
+    kill(w1.pid(), Signal::SIGKILL).unwrap();
+
+    // The third item of each group, through the survivor, completes it.
+    for g in 0..GROUPS {
+        let item = json!({"group": g, "item": format!("{g}-2")});
+        assert!(
+            post_either(&http, &u2, &u2, "/items", &item)
+                .await
+                .is_some()
+        );
+    }
+    eventually("every group completed", || async {
+        backing.keys("aggregator", "groups").await.len() == GROUPS
+    })
+    .await;
+    for g in 0..GROUPS {
+        let v: Value = http
+            .get(format!("{u2}/groups/{g}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items: BTreeSet<&str> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap())
+            .collect();
+        let want: BTreeSet<String> = (0..3).map(|k| format!("{g}-{k}")).collect();
+        assert_eq!(
+            items,
+            want.iter().map(String::as_str).collect(),
+            "group {g}: {v}"
+        );
+    }
+}
+
+/// The beats stored so far: tick -> (worker -> the beat's attributes).
+async fn beats(backing: &Backing) -> BTreeMap<u64, BTreeMap<String, Value>> {
+    let stores = backing.stores("heartbeat");
+    let mut out: BTreeMap<u64, BTreeMap<String, Value>> = BTreeMap::new();
+    for key in backing.keys("heartbeat", "beats").await {
+        let Some((tick, worker)) = key.split_once('/') else {
+            continue; // "latest"
+        };
+        let value = stores.get("beats", &key).await.unwrap().unwrap().value;
+        out.entry(tick.parse().unwrap())
+            .or_default()
+            .insert(worker.to_string(), serde_json::from_slice(&value).unwrap());
+    }
+    out
+}
+
+fn ran_by(beats: &BTreeMap<u64, BTreeMap<String, Value>>, worker: &str) -> usize {
+    beats.values().filter(|w| w.contains_key(worker)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_runs_on_the_primary_only_and_moves_when_it_dies() {
+    let backing = Backing::start();
+    let manifest = backing.example("heartbeat.yaml");
+    let env = [("FABRIC_PRIMARY_TTL", "2s")];
+    let (w1, u1) = backing.worker(&manifest, "heartbeat", "hb-1", &env);
+    let (w2, u2) = backing.worker(&manifest, "heartbeat", "hb-2", &env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &u1).await;
+    wait_ready(&http, &u2).await;
+
+    eventually("three beats", || async { beats(&backing).await.len() >= 3 }).await;
+    let before = beats(&backing).await;
+    let primary = if ran_by(&before, "hb-1") > 0 {
+        "hb-1"
+    } else {
+        "hb-2"
+    };
+    let other = if primary == "hb-1" { "hb-2" } else { "hb-1" };
+    assert_eq!(
+        ran_by(&before, other),
+        0,
+        "only the primary beats: {before:?}"
+    );
+    let (victim, survivor_url) = if primary == "hb-1" {
+        (w1.pid(), &u2)
+    } else {
+        (w2.pid(), &u1)
+    };
+    kill(victim, Signal::SIGKILL).unwrap();
+
+    eventually("three beats on the other worker", || async {
+        ran_by(&beats(&backing).await, other) >= 3
+    })
+    .await;
+    let after = beats(&backing).await;
+    for (tick, workers) in &after {
+        assert_eq!(workers.len(), 1, "tick {tick} ran on {workers:?}");
+    }
+    let last_before = after
+        .iter()
+        .filter(|(_, w)| w.contains_key(primary))
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap();
+    let taken_over: Vec<(&u64, &Value)> = after
+        .iter()
+        .filter_map(|(t, w)| w.get(other).map(|v| (t, v)))
+        .collect();
+    assert!(
+        taken_over.iter().all(|(t, _)| **t > last_before),
+        "the survivor ran only ticks after the dead primary's last: {after:?}"
+    );
+    // The first beat after the failover is the missed tick, run once.
+    let catch_ups: Vec<u64> = taken_over
+        .iter()
+        .filter(|(_, v)| v["catchUp"] == true)
+        .map(|(t, _)| **t)
+        .collect();
+    assert_eq!(
+        catch_ups,
+        vec![*taken_over[0].0],
+        "exactly one catch-up run, first: {taken_over:?}"
+    );
+    // The latest beat reads back through the survivor's HTTP flow.
+    let latest: Value = http
+        .get(format!("{survivor_url}/beats/latest"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(latest["worker"], other);
+}
