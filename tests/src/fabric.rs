@@ -13,6 +13,8 @@ const START: Duration = Duration::from_secs(60);
 /// A running `fabric up` with its own data directory.
 pub struct Fabric {
     proc: Option<Proc>,
+    /// The load balancer's data-path address (`host:port`).
+    pub proxy: String,
     /// Its data directory (keys, registry, logs).
     pub data: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -78,8 +80,17 @@ impl Fabric {
         proc.wait_for_line(START, |s, l| {
             s == Stream::Stdout && l.contains("Press Ctrl-C")
         });
+        const PROXY_LINE: &str = "Apps answer through the load balancer on ";
+        let proxy = proc
+            .lines_of(Stream::Stdout)
+            .iter()
+            .find_map(|l| l.split_once(PROXY_LINE))
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .expect("fabric up prints the load balancer's address")
+            .to_string();
         Fabric {
             proc: Some(proc),
+            proxy,
             data: data.to_path_buf(),
             _dir: None,
         }

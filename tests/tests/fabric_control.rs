@@ -261,3 +261,69 @@ async fn tenants_see_and_touch_only_their_own_apps() {
         Some(1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_with_persistent_queues_work_through_the_load_balancer() {
+    const ORDERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/orders.yaml");
+    let fabric = Fabric::start();
+    // Persistent queues are asked for at deploy, and given by `fabric up`.
+    let run = fabric.cli(&[
+        "apps",
+        "deploy",
+        ORDERS,
+        "--workers",
+        "2",
+        "--size",
+        "0.2",
+        "--persistent-queues",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let show = fabric
+        .cli(&["apps", "show", "orders", "--output", "json"])
+        .json();
+    assert_eq!(show[0]["persistentQueues"], true, "{show}");
+
+    let http = reqwest::Client::new();
+    let through_proxy = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("http://{}{path}", fabric.proxy))
+            .header("host", "orders.fabric.localhost")
+    };
+    for i in 0..20 {
+        let r = through_proxy(reqwest::Method::POST, "/orders")
+            .json(&serde_json::json!({"orderId": i, "item": "tea"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    }
+    let bad = through_proxy(reqwest::Method::POST, "/orders")
+        .json(&serde_json::json!({"item": "no id"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    // Processed by whichever worker leased it; read back through either.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for i in 0..20 {
+        loop {
+            let r = through_proxy(reqwest::Method::GET, &format!("/orders/{i}"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(
+                    (v["orderId"].as_i64(), v["status"].as_str()),
+                    (Some(i), Some("stored"))
+                );
+                break;
+            }
+            assert_eq!(r.status(), 404, "not stored yet, or stored");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "order {i} never stored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
