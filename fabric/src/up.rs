@@ -16,7 +16,7 @@ pub struct Args {
     /// Availability zones (labels; each gets its own loopback range).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
     azs: Vec<String>,
-    /// Deploy the demo app (examples/hello.yaml, two workers) once the fabric is up.
+    /// Deploy the demo apps (examples/hello.yaml and examples/orders.yaml, two workers each) once the fabric is up.
     #[arg(long)]
     demo: bool,
     /// Port of the load balancer's data path: apps answer at `{app}.{domain}:PORT`.
@@ -27,30 +27,47 @@ pub struct Args {
     domain: String,
 }
 
-/// The demo app `--demo` deploys.
-const DEMO: &str = include_str!("../../examples/hello.yaml");
+/// The demo apps `--demo` deploys: an echo, and the reliability pattern.
+const HELLO: &str = include_str!("../../examples/hello.yaml");
+const ORDERS: &str = include_str!("../../examples/orders.yaml");
 
 async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<()> {
     let client = control_plane::client::Client::new(url, key);
-    let req = control_plane::model::DeployRequest {
+    let deploy = |manifest: &str, size, persistent_queues| control_plane::model::DeployRequest {
         name: None,
-        manifest: DEMO.to_string(),
+        manifest: manifest.to_string(),
         workers: 2,
-        size: 0.1,
-        persistent_queues: false,
-        encrypt_queues: false,
+        size,
+        persistent_queues,
+        encrypt_queues: persistent_queues,
     };
-    let app = client.deploy(&req).await?;
-    let name = &app.app.name;
-    println!(
-        "Demo app {name} v{} is serving on {}/{} workers:",
-        app.app.version, app.ready, app.app.workers
-    );
-    println!("  {name:<8}       curl {}/hello/you", app.url);
-    for w in client.workers(name).await? {
-        println!("  {:<8} AZ {}  curl {}/hello/you", w.id, w.az, w.url);
+    let hello = client.deploy(&deploy(HELLO, 0.1, false)).await?;
+    let orders = client.deploy(&deploy(ORDERS, 0.2, true)).await?;
+    for app in [&hello, &orders] {
+        println!(
+            "Demo app {} v{} is serving on {}/{} workers ({} queues):",
+            app.app.name,
+            app.app.version,
+            app.ready,
+            app.app.workers,
+            if app.app.persistent_queues {
+                "persistent, encrypted"
+            } else {
+                "transient"
+            }
+        );
+        for w in client.workers(&app.app.name).await? {
+            println!("  {:<9} AZ {}  {}", w.id, w.az, w.url);
+        }
     }
-    println!("  (any client: curl -H 'Host: {name}.<domain>' http://{proxy}/hello/you)");
+    println!("Try:");
+    println!("  curl {}/hello/you", hello.url);
+    println!(
+        "  curl -X POST -H 'content-type: application/json' -d '{{\"orderId\": \"42\"}}' {}/orders",
+        orders.url
+    );
+    println!("  curl {}/orders/42", orders.url);
+    println!("  (any client: curl -H 'Host: hello.<domain>' http://{proxy}/hello/you)");
     Ok(())
 }
 
