@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::model::{AppRecord, AppStatus, DeployRequest, ScaleRequest};
+use crate::model::{AppQueues, AppRecord, AppStatus, DeployRequest, QueueInfo, ScaleRequest};
 use crate::registry::Registry;
 use crate::supervisor::{DeployError, Supervisor};
 
@@ -32,8 +32,9 @@ pub(crate) struct Api {
     pub supervisor: Supervisor,
     pub registry: Registry,
     pub deploying: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    /// Whether queue-svc is configured (persistent queues can be asked for).
-    pub has_queues: bool,
+    /// queue-svc's URL and the key to mint read tokens for it, when configured
+    /// (persistent queues can be asked for).
+    pub queues: Option<(String, common::token::TokenKey)>,
     /// Whether objectstore-svc is configured (apps with store processors or schedules can run).
     pub has_store: bool,
 }
@@ -61,6 +62,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/apps/{name}", get(show_app).delete(delete_app))
         .route("/v1/apps/{name}/scale", post(scale_app))
         .route("/v1/apps/{name}/workers", get(workers))
+        .route("/v1/apps/{name}/queues", get(queues))
         .route("/v1/events", get(events))
         .route("/v1/azs", get(azs))
         .route("/v1/azs/{az}/{action}", post(az_action))
@@ -170,7 +172,7 @@ async fn deploy(
         .ok_or_else(|| bad("the app needs a name: give --name or put name: in the manifest"))?;
     common::app::validate_app_name(&name).map_err(|e| bad(e.to_string()))?;
     // Refused here, before any worker starts, rather than by workers that never turn ready.
-    if req.persistent_queues && !api.has_queues {
+    if req.persistent_queues && api.queues.is_none() {
         return Err(bad(
             "persistent queues need queue-svc, and this control plane has no queue_url",
         ));
@@ -278,6 +280,63 @@ async fn workers(
     let tenant = api.tenant(&headers)?;
     api.owned(&tenant, &name)?;
     Ok(Json(api.supervisor.workers(&name)).into_response())
+}
+
+async fn queues(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AppQueues>> {
+    let tenant = api.tenant(&headers)?;
+    api.owned(&tenant, &name)?;
+    let record = api.registry.app(&name).map_err(internal)?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no app {name}"))
+    })?;
+    let manifest = workers::manifest::load(&record.manifest).map_err(internal)?;
+    let names: Vec<String> = manifest.queues().map(|(q, _)| q.to_string()).collect();
+    let (Some((url, key)), true) = (&api.queues, record.persistent_queues) else {
+        return Ok(Json(AppQueues {
+            app: name,
+            mode: "transient".into(),
+            queues: names
+                .into_iter()
+                .map(|name| QueueInfo {
+                    name,
+                    depth: None,
+                    in_flight: None,
+                    dlq_depth: None,
+                    oldest_age_ms: None,
+                    encrypted: false,
+                })
+                .collect(),
+        }));
+    };
+    // A short-lived read-only token: enough to count, not to take or publish.
+    let token = key.issue(&name, common::token::Scope::Read, Duration::from_secs(60));
+    let client = queue_svc::client::Client::new(url, &name, &token);
+    let stats = client.list().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "QUEUE_SVC",
+            format!("queue-svc did not answer: {e}"),
+        )
+    })?;
+    let queues = stats
+        .into_iter()
+        .map(|s| QueueInfo {
+            name: s.name,
+            depth: Some(s.depth),
+            in_flight: Some(s.in_flight),
+            dlq_depth: Some(s.dlq_depth),
+            oldest_age_ms: s.oldest_age_ms,
+            encrypted: s.encrypted,
+        })
+        .collect();
+    Ok(Json(AppQueues {
+        app: name,
+        mode: "persistent".into(),
+        queues,
+    }))
 }
 
 #[derive(Deserialize)]

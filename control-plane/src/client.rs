@@ -4,7 +4,9 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{AppStatus, AzStatus, DeployRequest, Event, ScaleRequest, WorkerInfo};
+use crate::model::{
+    AppQueues, AppStatus, AzStatus, DeployRequest, Event, ScaleRequest, WorkerInfo,
+};
 
 /// An API call failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,12 @@ impl Client {
     /// An app's workers.
     pub async fn workers(&self, name: &str) -> Result<Vec<WorkerInfo>, ClientError> {
         self.call::<(), _>(Method::GET, &format!("/v1/apps/{name}/workers"), None)
+            .await
+    }
+
+    /// The app's queues and their counts.
+    pub async fn queues(&self, name: &str) -> Result<AppQueues, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{name}/queues"), None)
             .await
     }
 

@@ -248,7 +248,14 @@ pub async fn run(
         supervisor,
         registry,
         deploying: Arc::default(),
-        has_queues: config.settings.queue_url.is_some(),
+        queues: match &config.settings.queue_url {
+            Some(url) => Some((
+                url.clone(),
+                common::secrets::token_key(&config)
+                    .map_err(|e| StartError::Setting(e.to_string()))?,
+            )),
+            None => None,
+        },
         has_store: config.settings.objectstore_url.is_some(),
     };
     let router = api::router(api).merge(ops_router(

@@ -131,3 +131,38 @@ pub struct AzStatus {
     /// Whether workers may run there.
     pub up: bool,
 }
+
+/// What `fabric queues APP` prints: the app's queues and their counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppQueues {
+    /// The app.
+    pub app: String,
+    /// `persistent` (in queue-svc, with counts) or `transient` (in each
+    /// worker's memory: names only; counts are on each worker's `/metrics`).
+    pub mode: String,
+    /// Each queue; counts are absent for transient queues.
+    pub queues: Vec<QueueInfo>,
+}
+
+/// One queue's counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueInfo {
+    /// The queue's name.
+    pub name: String,
+    /// Messages waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u64>,
+    /// Messages leased and not yet acked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u64>,
+    /// Messages in the dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dlq_depth: Option<u64>,
+    /// Age of the oldest waiting message, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_ms: Option<u64>,
+    /// Whether messages are sealed at rest.
+    pub encrypted: bool,
+}

@@ -354,6 +354,44 @@ pub async fn workers(target: Target, app: String) -> ExitCode {
     )
 }
 
+/// Runs `fabric queues N`.
+pub async fn queues(target: Target, app: String) -> ExitCode {
+    done(
+        async {
+            let list = target.client()?.queues(&app).await.map_err(fail)?;
+            print(target.output, &list, |q| {
+                let mut rows = vec![
+                    ["QUEUE", "DEPTH", "IN-FLIGHT", "DLQ", "OLDEST", "ENCRYPTED"]
+                        .map(String::from)
+                        .to_vec(),
+                ];
+                let n = |v: Option<u64>| v.map_or_else(|| "-".into(), |v| v.to_string());
+                for info in &q.queues {
+                    rows.push(vec![
+                        info.name.clone(),
+                        n(info.depth),
+                        n(info.in_flight),
+                        n(info.dlq_depth),
+                        info.oldest_age_ms
+                            .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                        if info.encrypted { "yes".into() } else { "no".into() },
+                    ]);
+                }
+                if q.mode == "transient" {
+                    eprintln!(
+                        "{} runs on transient queues: each worker holds its own in memory \
+                         (counts are on each worker's /metrics); deploy with --persistent-queues to share them.",
+                        q.app
+                    );
+                }
+                rows
+            });
+            Ok(())
+        }
+        .await,
+    )
+}
+
 /// Runs `fabric events [-f]`.
 pub async fn events(target: Target, follow: bool) -> ExitCode {
     done(

@@ -40,6 +40,11 @@ enum Command {
         /// The app.
         app: String,
     },
+    /// An app's queues: depth, in-flight, dead letters, age of the oldest message.
+    Queues {
+        /// The app.
+        app: String,
+    },
     /// Alerts and changes: workers down/up/moved, AZs, deploy steps.
     Events {
         /// Keep following new events.
@@ -76,6 +81,7 @@ fn main() -> ExitCode {
             Command::Serve { component, config } => serve::run(component, config).await.map(Ok),
             Command::Apps(c) => Ok(Err(cli::apps(target, c).await)),
             Command::Workers { app } => Ok(Err(cli::workers(target, app).await)),
+            Command::Queues { app } => Ok(Err(cli::queues(target, app).await)),
             Command::Events { follow } => Ok(Err(cli::events(target, follow).await)),
             Command::Az(c) => Ok(Err(cli::az(target, c).await)),
         }

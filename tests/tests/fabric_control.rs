@@ -326,4 +326,15 @@ async fn orders_with_persistent_queues_work_through_the_load_balancer() {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
+    // `fabric queues` shows the shared queue, drained and encrypted as asked.
+    let queues = fabric.cli(&["queues", "orders", "--output", "json"]);
+    assert_eq!(queues.code, Some(0), "{}", queues.stderr);
+    let queues = queues.json();
+    assert_eq!(queues["mode"], "persistent", "{queues}");
+    assert_eq!(queues["queues"][0]["name"], "incoming", "{queues}");
+    assert_eq!(queues["queues"][0]["dlqDepth"], 0, "{queues}");
+    let table = fabric.cli(&["queues", "orders"]);
+    assert!(table.stdout.starts_with("QUEUE"), "{}", table.stdout);
+    let missing = fabric.cli(&["queues", "nope"]);
+    assert_eq!(missing.code, Some(4), "{}", missing.stderr);
 }
