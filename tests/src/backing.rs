@@ -102,6 +102,19 @@ impl Backing {
         id: &str,
         env: &[(&str, &str)],
     ) -> (Proc, String) {
+        let mut proc = Proc::spawn(self.worker_command(manifest, app, id, env));
+        let url = listening_addr(&mut proc);
+        (proc, url)
+    }
+
+    /// The command [`Backing::worker`] runs (`env` comes last, so it overrides).
+    pub fn worker_command(
+        &self,
+        manifest: &Path,
+        app: &str,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> Command {
         let mut cmd = Command::new(crate::fabric_bin());
         cmd.args(["serve", "worker"])
             .env("FABRIC_DATA_DIR", self.dir.path())
@@ -117,9 +130,7 @@ impl Backing {
             .env("FABRIC_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied());
-        let mut proc = Proc::spawn(cmd);
-        let url = listening_addr(&mut proc);
-        (proc, url)
+        cmd
     }
 
     /// Every key of `store` of `app`, paging through the listing.

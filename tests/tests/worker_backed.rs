@@ -326,3 +326,125 @@ async fn a_schedule_runs_on_the_primary_only_and_moves_when_it_dies() {
         .unwrap();
     assert_eq!(latest["worker"], other);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_another_apps_token_does_not_start() {
+    let backing = Backing::start();
+    let manifest = backing.example("orders.yaml");
+    let other = backing.token("other");
+    let cmd = backing.worker_command(
+        &manifest,
+        "orders",
+        "orders-1",
+        &[("FABRIC_APP_TOKEN", &other)],
+    );
+    let mut proc = fabric_tests::process::Proc::spawn(cmd);
+    let status = proc.wait_exit(WAIT);
+    assert!(!status.success());
+    let stderr = proc
+        .lines_of(fabric_tests::process::Stream::Stderr)
+        .join("\n");
+    assert!(
+        stderr.contains("403") && !stderr.contains(&other),
+        "refused with 403, and the token is not logged: {stderr}"
+    );
+}
+
+/// A collector the flow under test calls: holds each call until released.
+#[derive(Clone, Default)]
+struct Held {
+    calls: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+async fn held_call(axum::extract::State(h): axum::extract::State<Held>, body: String) -> String {
+    h.calls.fetch_add(1, Ordering::SeqCst);
+    h.release.notified().await;
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_message_in_flight_and_leaves_the_rest_queued() {
+    let held = Held::default();
+    let app = axum::Router::new()
+        .route("/work", axum::routing::post(held_call))
+        .with_state(held.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/work", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let backing = Backing::start();
+    let manifest = backing.dir.path().join("jobs.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: jobs
+flows:
+  - name: submit
+    source: {{ http: {{ method: POST, path: /jobs }} }}
+    steps:
+      - publish: {{ queue: jobs }}
+      - respond: {{ status: 202 }}
+  - name: work
+    source: {{ queue: {{ name: jobs, concurrency: 1 }} }}
+    steps:
+      - http-request: {{ method: POST, url: '\"{target}\"', body: '.', timeout: 1m }}
+      - store: {{ store: done, key: '.id | tostring', value: '.' }}
+"
+        ),
+    )
+    .unwrap();
+    let (mut w1, u1) = backing.worker(&manifest, "jobs", "jobs-1", &[]);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &u1).await;
+    for id in 0..3 {
+        let r = http
+            .post(format!("{u1}/jobs"))
+            .json(&json!({ "id": id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    eventually("the first job is in flight", || async {
+        held.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    // Told to stop while a flow runs: it finishes that one and takes no more.
+    w1.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.release.notify_one();
+    assert!(
+        w1.wait_exit(WAIT).success(),
+        "a clean exit within the grace period"
+    );
+    assert_eq!(
+        held.calls.load(Ordering::SeqCst),
+        1,
+        "no new message after SIGTERM"
+    );
+    let queues = backing.queues("jobs");
+    let stats = queues.stats("jobs").await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.in_flight),
+        (2, 0),
+        "the rest wait, unlocked"
+    );
+    assert_eq!(backing.keys("jobs", "done").await.len(), 1);
+    // The next worker takes the rest.
+    let (_w2, u2) = backing.worker(&manifest, "jobs", "jobs-2", &[]);
+    wait_ready(&http, &u2).await;
+    for _ in 0..2 {
+        let before = held.calls.load(Ordering::SeqCst);
+        eventually("the next job is in flight", || async {
+            held.calls.load(Ordering::SeqCst) > before
+        })
+        .await;
+        held.release.notify_one();
+    }
+    eventually("every job done", || async {
+        backing.keys("jobs", "done").await.len() == 3
+    })
+    .await;
+}

@@ -124,6 +124,9 @@ pub enum StartError {
     /// A setting is invalid.
     #[error("{0}")]
     Setting(String),
+    /// objectstore-svc refused or did not answer at start.
+    #[error("objectstore-svc: {0}")]
+    Store(#[from] objectstore_svc::client::ClientError),
     /// queue-svc refused or did not answer while the app's queues were declared.
     #[error("queue-svc: {0}")]
     Queues(#[from] queue_svc::client::ClientError),
@@ -220,6 +223,9 @@ pub async fn run(
     let readiness = Readiness::new("starting flows");
     let metrics = Metrics::new();
     let stores = settings.stores(&app, &name)?;
+    if let Some(stores) = &stores {
+        stores.reachable(settings.backing_wait).await?;
+    }
     let queues = settings.queues(&app, &name, size.concurrency * 8).await?;
     let engine = Arc::new(Engine::new(
         app.clone(),
