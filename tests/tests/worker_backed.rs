@@ -351,15 +351,24 @@ async fn a_worker_with_another_apps_token_does_not_start() {
 }
 
 /// A collector the flow under test calls: holds each call until released.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Held {
     calls: Arc<AtomicUsize>,
-    release: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held {
+            calls: Arc::default(),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 async fn held_call(axum::extract::State(h): axum::extract::State<Held>, body: String) -> String {
     h.calls.fetch_add(1, Ordering::SeqCst);
-    h.release.notified().await;
+    h.release.acquire().await.map(|p| p.forget()).ok();
     body
 }
 
@@ -414,7 +423,7 @@ flows:
     // Told to stop while a flow runs: it finishes that one and takes no more.
     w1.signal(Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    held.release.notify_one();
+    held.release.add_permits(1);
     assert!(
         w1.wait_exit(WAIT).success(),
         "a clean exit within the grace period"
@@ -441,7 +450,7 @@ flows:
             held.calls.load(Ordering::SeqCst) > before
         })
         .await;
-        held.release.notify_one();
+        held.release.add_permits(1);
     }
     eventually("every job done", || async {
         backing.keys("jobs", "done").await.len() == 3
