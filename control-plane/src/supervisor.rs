@@ -107,6 +107,9 @@ struct Slot {
 
 struct AppRun {
     record: AppRecord,
+    /// The record of a version being deployed beside the serving one: its
+    /// workers restart with their own version's settings, not the old one's.
+    pending: Option<AppRecord>,
     slots: Vec<Slot>,
 }
 
@@ -279,8 +282,14 @@ impl Supervisor {
                         record.name, record.workers
                     ),
                 );
-                st.apps
-                    .insert(record.name.clone(), AppRun { record, slots });
+                st.apps.insert(
+                    record.name.clone(),
+                    AppRun {
+                        record,
+                        pending: None,
+                        slots,
+                    },
+                );
             }
         }
         self.publish_routes();
@@ -375,7 +384,11 @@ impl Supervisor {
                     }
                     slot.az = az;
                     slot.restarts += 1;
-                    let spec = self.spec(&run.record, slot.version, slot.index, &slot.az);
+                    let record = match &run.pending {
+                        Some(p) if p.version == slot.version => p,
+                        _ => &run.record,
+                    };
+                    let spec = self.spec(record, slot.version, slot.index, &slot.az);
                     self.launch(&name, slot, &spec, now);
                 }
             }
@@ -583,8 +596,10 @@ impl Supervisor {
             let azs = st.azs.clone();
             let run = st.apps.entry(name.clone()).or_insert_with(|| AppRun {
                 record: record.clone(),
+                pending: None,
                 slots: Vec::new(),
             });
+            run.pending = Some(record.clone());
             let mut taken = Vec::new();
             for index in 1..=record.workers {
                 let az = place(&azs, &taken, index);
@@ -662,6 +677,7 @@ impl Supervisor {
                 return;
             };
             run.record = record.clone();
+            run.pending = None;
             for s in run.slots.iter_mut().filter(|s| s.version != record.version) {
                 s.state = WorkerState::Draining;
             }
@@ -688,6 +704,9 @@ impl Supervisor {
                 .into_iter()
                 .partition(|s| s.version == version);
             run.slots = keep;
+            if run.pending.as_ref().is_some_and(|p| p.version == version) {
+                run.pending = None;
+            }
             if run.slots.is_empty() && self.inner.registry.app(name).ok().flatten().is_none() {
                 st.apps.remove(name);
             }

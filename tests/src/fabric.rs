@@ -68,9 +68,24 @@ impl Fabric {
         f
     }
 
+    /// Starts a fabric in a fresh temporary data directory, with extra
+    /// environment (which its workers inherit).
+    pub fn start_env(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().to_path_buf();
+        let mut f = Self::launch(&data, env);
+        f._dir = Some(dir);
+        f
+    }
+
     /// Starts a fabric on an existing data directory (a restart).
     pub fn start_in(data: &Path) -> Self {
+        Self::launch(data, &[])
+    }
+
+    fn launch(data: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = bare_command();
+        cmd.envs(env.iter().copied());
         cmd.arg("up")
             .arg("--data-dir")
             .arg(data)

@@ -338,3 +338,47 @@ async fn orders_with_persistent_queues_work_through_the_load_balancer() {
     let missing = fabric.cli(&["queues", "nope"]);
     assert_eq!(missing.code, Some(4), "{}", missing.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_that_crash_loops_is_rolled_back_and_the_old_one_keeps_serving() {
+    // Workers inherit this: any worker with persistent queues refuses to
+    // start (a lock of 0 s is out of range), so such a version crash-loops.
+    let fabric = Fabric::start_env(&[("FABRIC_LEASE_LOCK", "0s")]);
+    let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.1"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let before = fabric.workers("hello");
+
+    let run = fabric.cli(&[
+        "apps",
+        "deploy",
+        HELLO,
+        "--workers",
+        "2",
+        "--size",
+        "0.1",
+        "--persistent-queues",
+    ]);
+    assert_eq!(run.code, Some(69), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("rolled back"), "{}", run.stderr);
+
+    // The old version still serves, on the same workers, through the proxy.
+    let after = fabric.workers("hello");
+    assert!(ready(&after, 2), "{after:#?}");
+    assert_eq!(
+        after.iter().map(pid).collect::<Vec<_>>(),
+        before.iter().map(pid).collect::<Vec<_>>()
+    );
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/hello/rollback", fabric.proxy))
+        .header("host", "hello.fabric.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let show = fabric
+        .cli(&["apps", "show", "hello", "--output", "json"])
+        .json();
+    assert_eq!(show[0]["persistentQueues"], false, "{show}");
+    let events = fabric.cli(&["events"]).stdout;
+    assert!(events.contains("rolled back"), "{events}");
+}

@@ -186,6 +186,9 @@ impl Settings {
                 capacity,
             )));
         }
+        if !(Duration::from_secs(1)..=Duration::from_secs(12 * 3600)).contains(&self.lease_lock) {
+            return Err(StartError::Setting("lease_lock must be 1s to 12h".into()));
+        }
         let url = self
             .queue_url
             .as_deref()
