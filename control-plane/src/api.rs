@@ -61,6 +61,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/apps", get(list_apps).post(deploy))
         .route("/v1/apps/{name}", get(show_app).delete(delete_app))
         .route("/v1/apps/{name}/scale", post(scale_app))
+        .route("/v1/apps/{name}/restart", post(restart_app))
         .route("/v1/apps/{name}/workers", get(workers))
         .route("/v1/apps/{name}/queues", get(queues))
         .route("/v1/events", get(events))
@@ -269,6 +270,22 @@ async fn scale_app(
         }
         _ => api.supervisor.scale(&name, req.workers).await?,
     };
+    Ok(Json(api.status(record)))
+}
+
+/// A rolling restart: the same manifest and settings as a new version, side
+/// by side, so no request fails (and a version that no longer starts is
+/// rolled back, leaving the running one alone).
+async fn restart_app(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<AppStatus>> {
+    let tenant = api.tenant(&headers)?;
+    let app = api.owned(&tenant, &name)?;
+    let lock = api.app_lock(&name);
+    let _held = lock.lock().await;
+    let record = api.supervisor.deploy(app).await?;
     Ok(Json(api.status(record)))
 }
 

@@ -114,6 +114,12 @@ impl Client {
             .await
     }
 
+    /// Restarts an app: its current settings as a new version, side by side.
+    pub async fn restart(&self, name: &str) -> Result<AppStatus, ClientError> {
+        self.call::<(), _>(Method::POST, &format!("/v1/apps/{name}/restart"), None)
+            .await
+    }
+
     /// Removes an app.
     pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
         self.call::<(), ()>(Method::DELETE, &format!("/v1/apps/{name}"), None)

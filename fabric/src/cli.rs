@@ -78,6 +78,12 @@ pub enum AppsCommand {
         #[arg(long)]
         size: Option<f64>,
     },
+    /// Restart an app's workers: a side-by-side redeploy of the same version's
+    /// settings, so no request fails.
+    Restart {
+        /// The app.
+        name: String,
+    },
     /// Remove an app (its workers drain first).
     Delete {
         /// The app.
@@ -302,6 +308,13 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
         } => {
             let progress = progress(&client, target.output);
             let result = client.scale(&name, &ScaleRequest { workers, size }).await;
+            progress.abort();
+            let app = result.map_err(fail)?;
+            print(target.output, &vec![app], app_rows);
+        }
+        AppsCommand::Restart { name } => {
+            let progress = progress(&client, target.output);
+            let result = client.restart(&name).await;
             progress.abort();
             let app = result.map_err(fail)?;
             print(target.output, &vec![app], app_rows);

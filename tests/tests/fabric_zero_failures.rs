@@ -1,6 +1,6 @@
 //! The promise a tenant cares about most: through the load balancer, a client
 //! polling all along sees no failed request while a worker is killed with
-//! `kill -9`, while an AZ fails, and while the app is redeployed.
+//! `kill -9`, while an AZ fails, while the app is redeployed and restarted.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,7 +95,7 @@ fn ready(ws: &[Value], n: usize) -> bool {
 }
 
 #[test]
-fn no_request_fails_through_a_kill_an_az_failure_and_a_redeploy() {
+fn no_request_fails_through_a_kill_an_az_failure_a_redeploy_and_a_restart() {
     let fabric = Fabric::start();
     let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.1"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -149,6 +149,25 @@ fn no_request_fails_through_a_kill_an_az_failure_and_a_redeploy() {
         "the new version answers: {}",
         load.last.lock().unwrap()
     );
+
+    // A rolling restart: new workers side by side, the same answers.
+    let before: Vec<i64> = fabric
+        .workers("hello")
+        .iter()
+        .map(|w| w["pid"].as_i64().unwrap())
+        .collect();
+    let run = fabric.cli(&["apps", "restart", "hello", "--output", "json"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.json()[0]["version"], 3, "{}", run.stdout);
+    let after = fabric.workers("hello");
+    assert!(
+        after
+            .iter()
+            .all(|w| !before.contains(&w["pid"].as_i64().unwrap())),
+        "every worker was replaced: {after:#?}"
+    );
+    load.more(100);
+    assert!(load.last.lock().unwrap().contains("hi, load"));
 
     load.stop.store(true, Ordering::SeqCst);
     thread.join().unwrap();
