@@ -57,6 +57,8 @@ pub struct Settings {
     pub queue_url: Option<String>,
     /// objectstore-svc's base URL, handed to every worker.
     pub objectstore_url: Option<String>,
+    /// Every event is also `POST`ed here as JSON (retried with back-off).
+    pub events_webhook: Option<String>,
     /// How long a worker's app token is valid; a worker started later gets a fresh one.
     #[serde(with = "humantime_serde")]
     pub worker_token_ttl: Duration,
@@ -74,6 +76,7 @@ impl Default for Settings {
             routes_push: Vec::new(),
             queue_url: None,
             objectstore_url: None,
+            events_webhook: None,
             worker_token_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -158,6 +161,50 @@ async fn push_routes(
     }
 }
 
+/// Sends every event to `url`, in order, each retried with back-off until it
+/// lands. Events are read from the broadcast feed; if the webhook is down so
+/// long that the feed overflows, the skipped events are counted in a warning
+/// (they stay readable with `fabric events`).
+async fn send_events(
+    mut rx: tokio::sync::broadcast::Receiver<model::Event>,
+    url: String,
+    shutdown: Shutdown,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    loop {
+        let event = tokio::select! {
+            () = shutdown.triggered() => return,
+            e = rx.recv() => match e {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "events webhook fell behind; events skipped");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match http.post(&url).json(&event).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => {
+                    tracing::warn!(status = %r.status(), seq = event.seq, "events webhook refused an event")
+                }
+                Err(e) => tracing::warn!(error = %e, seq = event.seq, "events webhook unreachable"),
+            }
+            tokio::select! {
+                () = shutdown.triggered() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
 /// What every worker is started with beside its manifest: the services'
 /// URLs and an app token that opens its own app's queues and stores only.
 fn worker_env(config: &Config) -> Result<supervisor::WorkerEnv, StartError> {
@@ -228,6 +275,17 @@ pub async fn run(
         },
         worker_env(&config)?,
     );
+    if let Some(url) = &s.events_webhook {
+        let (rx, url, sd) = (
+            supervisor.events().subscribe(),
+            url.clone(),
+            shutdown.clone(),
+        );
+        shutdown.spawn("events-webhook", async move {
+            send_events(rx, url, sd).await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
     supervisor.recover().await?;
     for target in &s.routes_push {
         let (rx, target, sd) = (supervisor.routes(), target.clone(), shutdown.clone());

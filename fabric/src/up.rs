@@ -22,6 +22,9 @@ pub struct Args {
     /// Port of the load balancer's data path: apps answer at `{app}.{domain}:PORT`.
     #[arg(long, env = "FABRIC_PROXY_PORT", default_value_t = 8080)]
     proxy_port: u16,
+    /// POST every event (worker down/up/moved, AZ, deploy steps) as JSON to this URL.
+    #[arg(long, env = "FABRIC_EVENTS_WEBHOOK")]
+    events_webhook: Option<String>,
     /// The domain apps answer under.
     #[arg(long, env = "FABRIC_DOMAIN", default_value = "fabric.localhost")]
     domain: String,
@@ -130,6 +133,7 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         routes_push: vec![format!("http://{admin_addr}/routes")],
         queue_url: Some(urls[0].clone()),
         objectstore_url: Some(urls[1].clone()),
+        events_webhook: args.events_webhook.clone(),
         ..Default::default()
     });
     let admin_key = control_plane::admin_key(&data_dir)?;

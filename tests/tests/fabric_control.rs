@@ -382,3 +382,59 @@ async fn a_version_that_crash_loops_is_rolled_back_and_the_old_one_keeps_serving
     let events = fabric.cli(&["events"]).stdout;
     assert!(events.contains("rolled back"), "{events}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_reach_a_webhook() {
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(
+                |axum::extract::State(seen): axum::extract::State<
+                    std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+                >,
+                 axum::Json(event): axum::Json<Value>| async move {
+                    seen.lock().unwrap().push(event);
+                },
+            ),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fabric = Fabric::start_env(&[("FABRIC_EVENTS_WEBHOOK", &hook)]);
+    let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "1", "--size", "0.1"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let victim = pid(&fabric.workers("hello")[0]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let kinds: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if kinds.iter().any(|k| k == "deploy.done") && kinds.iter().any(|k| k == "worker.down") {
+            // Sent in order.
+            let seqs: Vec<u64> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events seen: {kinds:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
