@@ -25,59 +25,6 @@ pub enum Component {
     Worker,
 }
 
-impl Component {
-    /// The component's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::QueueSvc => queue_svc::NAME,
-            Component::ObjectstoreSvc => objectstore_svc::NAME,
-            Component::ControlPlane => control_plane::NAME,
-            Component::LbProxy => lb_proxy::NAME,
-            Component::Worker => workers::NAME,
-        }
-    }
-
-    /// Runs the component with `common`'s fields and its default settings,
-    /// on `listener`, until `shutdown` (for `fabric up`).
-    pub async fn run_with<S>(
-        self,
-        common: &ServiceConfig<S>,
-        listener: TcpListener,
-        shutdown: Shutdown,
-    ) -> Result<(), String> {
-        let e = |e: &dyn Display| e.to_string();
-        match self {
-            Component::QueueSvc => {
-                let c = common.with_settings(Default::default());
-                queue_svc::run(c, listener, shutdown)
-                    .await
-                    .map_err(|x| e(&x))
-            }
-            Component::ObjectstoreSvc => {
-                let c = common.with_settings(Default::default());
-                objectstore_svc::run(c, listener, shutdown)
-                    .await
-                    .map_err(|x| e(&x))
-            }
-            Component::ControlPlane => {
-                let c = common.with_settings(Default::default());
-                control_plane::run(c, listener, shutdown)
-                    .await
-                    .map_err(|x| e(&x))
-            }
-            Component::LbProxy => {
-                let c = common.with_settings(Default::default());
-                lb_proxy::run(c, listener, shutdown)
-                    .await
-                    .map_err(|x| e(&x))
-            }
-            Component::Worker => {
-                Err("a worker runs one app: start it with `fabric serve worker`".into())
-            }
-        }
-    }
-}
-
 /// Loads `component`'s configuration and serves it until a signal.
 pub async fn run(component: Component, file: Option<PathBuf>) -> anyhow::Result<()> {
     let file = file.as_deref();

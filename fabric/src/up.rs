@@ -8,11 +8,32 @@ use common::config::ServiceConfig;
 use common::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
-use crate::serve::Component;
+/// Where the fabric keeps queues and the object store.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// redb files in the data directory: one machine, no AWS needed.
+    Embedded,
+    /// SQS and DynamoDB through aws-config's default chain (credentials,
+    /// region, and `AWS_ENDPOINT_URL_*` for emulators).
+    Aws,
+}
 
 /// Options of `fabric up`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Where queues and the object store live.
+    #[arg(
+        long,
+        value_enum,
+        env = "FABRIC_UP_BACKEND",
+        default_value = "embedded"
+    )]
+    backend: Backend,
+    /// With `--backend aws`: the prefix of every SQS queue, and of the
+    /// DynamoDB table (`{prefix}objectstore`), so fabrics sharing an account
+    /// stay apart (at most 16 letters, digits or `-`).
+    #[arg(long, env = "FABRIC_AWS_PREFIX", default_value = "fabric-")]
+    aws_prefix: String,
     /// Availability zones (labels; each gets its own loopback range).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
     azs: Vec<String>,
@@ -93,13 +114,40 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     let proxy_addr = proxy_http.local_addr()?;
     let mut lines = Vec::new();
     let mut urls = Vec::new();
-    for component in [Component::QueueSvc, Component::ObjectstoreSvc] {
+    let aws = args.backend == Backend::Aws;
+    {
         let listener = TcpListener::bind(config.listen).await?;
-        lines.push(ops_line(component.name(), listener.local_addr()?));
+        lines.push(ops_line(queue_svc::NAME, listener.local_addr()?));
         urls.push(format!("http://{}", listener.local_addr()?));
-        let (config, sd) = (config.clone(), shutdown.clone());
-        shutdown.spawn(component.name(), async move {
-            component.run_with(&config, listener, sd).await
+        let settings = queue_svc::settings::Settings {
+            backend: if aws {
+                queue_svc::settings::BackendKind::Sqs
+            } else {
+                queue_svc::settings::BackendKind::Embedded
+            },
+            sqs_prefix: args.aws_prefix.clone(),
+            ..Default::default()
+        };
+        let (config, sd) = (config.with_settings(settings), shutdown.clone());
+        shutdown.spawn(queue_svc::NAME, async move {
+            queue_svc::run(config, listener, sd).await
+        });
+    }
+    {
+        let listener = TcpListener::bind(config.listen).await?;
+        lines.push(ops_line(objectstore_svc::NAME, listener.local_addr()?));
+        urls.push(format!("http://{}", listener.local_addr()?));
+        let settings = objectstore_svc::Settings {
+            backend: if aws {
+                objectstore_svc::BackendKind::DynamoDb
+            } else {
+                objectstore_svc::BackendKind::Embedded
+            },
+            table: format!("{}objectstore", args.aws_prefix),
+        };
+        let (config, sd) = (config.with_settings(settings), shutdown.clone());
+        shutdown.spawn(objectstore_svc::NAME, async move {
+            objectstore_svc::run(config, listener, sd).await
         });
     }
 
@@ -147,9 +195,10 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     std::fs::write(&url_file, format!("{cp_url}\n"))?;
 
     println!(
-        "Worker Fabric is up (data in {}, master key version {}).",
+        "Worker Fabric is up (data in {}, master key version {}; queues and object store: {}).",
         data_dir.display(),
-        keyring.newest_version()
+        keyring.newest_version(),
+        if aws { "SQS and DynamoDB" } else { "embedded" }
     );
     println!("  control-plane    {cp_url}  (the API `fabric apps ...` talks to)");
     for line in &lines {

@@ -264,8 +264,38 @@ async fn tenants_see_and_touch_only_their_own_apps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_with_persistent_queues_work_through_the_load_balancer() {
+    orders_through_the_load_balancer(&Fabric::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fabric_up_runs_on_sqs_and_dynamodb_with_the_aws_backend() {
+    fabric_tests::Emulators::from_env();
+    // A prefix of its own, so this run's queues and table are apart from any other.
+    let prefix = format!("t{}-", std::process::id() % 100_000);
+    let fabric = Fabric::start_env(&[("FABRIC_UP_BACKEND", "aws"), ("FABRIC_AWS_PREFIX", &prefix)]);
+    orders_through_the_load_balancer(&fabric).await;
+    // The queue is an SQS queue under the prefix.
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let urls = sqs
+        .list_queues()
+        .queue_name_prefix(&prefix)
+        .send()
+        .await
+        .unwrap()
+        .queue_urls
+        .unwrap_or_default();
+    assert!(
+        urls.iter()
+            .any(|u| u.contains("orders") && u.contains("incoming")),
+        "{urls:?}"
+    );
+}
+
+async fn orders_through_the_load_balancer(fabric: &Fabric) {
     const ORDERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/orders.yaml");
-    let fabric = Fabric::start();
     // Persistent queues are asked for at deploy, and given by `fabric up`.
     let run = fabric.cli(&[
         "apps",
