@@ -43,19 +43,29 @@ async fn up_serves_every_component_and_stops_on_sigint() {
         s == Stream::Stdout && l.contains("Press Ctrl-C")
     });
     let stdout = up.lines_of(Stream::Stdout);
-    assert!(
-        stdout
-            .iter()
-            .any(|l| l.contains("Demo app hello v1 is serving on 2/2 workers")),
-        "{stdout:#?}"
-    );
-    let (demo, components): (Vec<&str>, Vec<&str>) =
-        stdout.iter().partition(|l| l.contains("curl "));
+    for app in ["hello", "orders"] {
+        assert!(
+            stdout
+                .iter()
+                .any(|l| l.contains(&format!("Demo app {app} v1 is serving on 2/2 workers"))),
+            "{stdout:#?}"
+        );
+    }
+    let tries: Vec<&str> = stdout
+        .iter()
+        .copied()
+        .filter(|l| l.contains("curl "))
+        .collect();
     assert_eq!(
-        urls(&demo).len(),
+        urls(&tries).len(),
         4,
-        "the app's URL, one per worker, and the Host-header form: {demo:#?}"
+        "hello, post an order, read it back, and the Host-header form: {tries:#?}"
     );
+    let components: Vec<&str> = stdout
+        .iter()
+        .copied()
+        .filter(|l| l.contains("/healthz") || l.contains("control-plane "))
+        .collect();
     let urls = urls(&components);
     assert_eq!(urls.len(), 4, "one URL per component: {:?}", up.seen);
 
