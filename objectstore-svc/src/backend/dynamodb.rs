@@ -61,13 +61,16 @@ pub(crate) struct DynamoDb {
 /// per item being written (not a fixed set of stripes), so writes to
 /// different items never wait for each other; an entry lives only while
 /// some write holds or awaits it.
-struct ItemLocks(std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+struct ItemLocks(std::sync::Mutex<HashMap<ItemKey, Arc<tokio::sync::Mutex<()>>>>);
+
+/// An item's partition and sort keys.
+type ItemKey = (String, String);
 
 /// A held item lock; dropping it releases the item, and forgets its entry
 /// when no other write waits for it.
 struct ItemGuard<'a> {
     locks: &'a ItemLocks,
-    key: (String, String),
+    key: ItemKey,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
