@@ -2,21 +2,29 @@
 //! publishes into batches, and a consumer whose leases keep their lock alive.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::api::{
     AckRequest, AckResponse, LeaseResponse, LeasedMessage, MAX_BATCH, NewMessage, PublishRequest,
     PublishResponse, QueueList, QueueSpec, QueueStats, RedriveResponse, RollbackRequest,
 };
 
-/// How long the publisher waits for more publishes to join a batch.
+/// Kept for callers that name it: the publisher used to hold every batch this
+/// long for more publishes to join. It no longer waits on a timer (see
+/// [`Publisher`]); a batch gathers only while the publisher's calls are all
+/// in flight.
 pub const COALESCE_WINDOW: Duration = Duration::from_millis(1);
+
+/// Publish calls a [`Publisher`] keeps in flight at once; while all are busy,
+/// new publishes gather into the next batch.
+pub const PUBLISH_CALLS_IN_FLIGHT: usize = 4;
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -309,25 +317,42 @@ impl Publisher {
     }
 }
 
-/// Gathers publishes for up to [`COALESCE_WINDOW`] or ten messages, then sends them as one call.
+/// Sends publishes as they come, up to ten per call: what waits in the
+/// channel joins at once, and while [`PUBLISH_CALLS_IN_FLIGHT`] calls are
+/// out, the next batch keeps gathering until one returns. A lone publish so
+/// waits for no timer, and a burst still shares calls.
 async fn coalesce(client: Client, queue: String, mut rx: mpsc::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(PUBLISH_CALLS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + COALESCE_WINDOW;
         while batch.len() < MAX_BATCH {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(p) => batch.push(p),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
             }
         }
+        let permit = loop {
+            if batch.len() >= MAX_BATCH {
+                break slots.clone().acquire_owned().await;
+            }
+            tokio::select! {
+                biased;
+                permit = slots.clone().acquire_owned() => break permit,
+                next = rx.recv() => match next {
+                    Some(p) => batch.push(p),
+                    None => break slots.clone().acquire_owned().await,
+                },
+            }
+        };
+        // The semaphore is never closed; a failure here would only mean no limit.
+        let permit = permit.ok();
         let (client, queue) = (client.clone(), queue.clone());
         // Sent in its own task, so the next batch gathers meanwhile.
         tokio::spawn(async move {
             let (bodies, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            match client.publish_batch(&queue, bodies).await {
+            let result = client.publish_batch(&queue, bodies).await;
+            drop(permit);
+            match result {
                 Ok(ids) => {
                     for (w, id) in waiters.into_iter().zip(ids) {
                         let _ = w.send(Ok(id));

@@ -4,8 +4,10 @@
 //!
 //! A cycle is a batch of 10 published, leased and acked (3 calls either way).
 //! Throughput runs `WORKERS` concurrent cycles, each worker on its own queue,
-//! in phases that alternate between raw and queue-svc; put and take
-//! latencies come from one message at a time.
+//! in phases that alternate between raw and queue-svc (which goes first
+//! alternates too); each cycle's publish, lease and ack steps are timed as
+//! well. Put and take latencies come from one message at a time, the sides
+//! interleaved message by message.
 
 use std::time::{Duration, Instant};
 
@@ -27,11 +29,19 @@ const SINGLES: usize = 200;
 const BATCH: usize = 10;
 const BODY: &str = r#"{"orderId":"A-1001","customer":"bench","total":4200,"items":[1,2,3]}"#;
 
+/// The time a cycle spent in each of its steps: publish, lease(s), ack(s).
+#[derive(Default, Clone, Copy)]
+struct Steps([Duration; 3]);
+
+const STEP_NAMES: [&str; 3] = ["publish", "lease", "ack"];
+
 /// What throughput phases measured.
 #[derive(Default)]
 struct Run {
     msgs_per_s: f64,
     cycles: Latencies,
+    /// Per step of a cycle, as in [`STEP_NAMES`].
+    steps: [Latencies; 3],
     secs: f64,
 }
 
@@ -42,12 +52,15 @@ impl Run {
         self.secs += other.secs;
         self.msgs_per_s = msgs / self.secs;
         self.cycles.extend(other.cycles);
+        for (mine, theirs) in self.steps.iter_mut().zip(other.steps) {
+            mine.extend(theirs);
+        }
     }
 }
 
 /// One publish → lease → ack cycle of a batch, on some queue.
 trait Cycle: Clone + Send + 'static {
-    fn cycle(&self, worker: usize) -> impl Future<Output = ()> + Send;
+    fn cycle(&self, worker: usize) -> impl Future<Output = Steps> + Send;
     fn put(&self) -> impl Future<Output = ()> + Send;
     fn take(&self) -> impl Future<Output = ()> + Send;
 }
@@ -58,37 +71,51 @@ async fn throughput<C: Cycle>(c: &C) -> Run {
         let c = c.clone();
         tokio::spawn(async move {
             let mut l = Latencies::default();
+            let mut steps: [Latencies; 3] = Default::default();
             while start.elapsed() < PHASE {
                 let t = Instant::now();
-                c.cycle(w).await;
+                let s = c.cycle(w).await;
                 l.record(t.elapsed());
+                for (l, d) in steps.iter_mut().zip(s.0) {
+                    l.record(d);
+                }
             }
-            l
+            (l, steps)
         })
     });
     let mut cycles = Latencies::default();
+    let mut steps: [Latencies; 3] = Default::default();
     for t in futures::future::join_all(tasks).await {
-        cycles.extend(t.expect("worker"));
+        let (l, s) = t.expect("worker");
+        cycles.extend(l);
+        for (mine, theirs) in steps.iter_mut().zip(s) {
+            mine.extend(theirs);
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     Run {
         msgs_per_s: (cycles.len() * BATCH) as f64 / secs,
         cycles,
+        steps,
         secs,
     }
 }
 
-async fn singles<C: Cycle>(c: &C) -> (Latencies, Latencies) {
-    let (mut put, mut take) = (Latencies::default(), Latencies::default());
-    for _ in 0..SINGLES {
-        let t = Instant::now();
-        c.put().await;
-        put.record(t.elapsed());
-        let t = Instant::now();
-        c.take().await;
-        take.record(t.elapsed());
-    }
-    (put, take)
+/// Put and take latencies, one message at a time.
+#[derive(Default)]
+struct Singles {
+    put: Latencies,
+    take: Latencies,
+}
+
+/// One put then one take through `c`, recorded in `into`.
+async fn single<C: Cycle>(c: &C, into: &mut Singles) {
+    let t = Instant::now();
+    c.put().await;
+    into.put.record(t.elapsed());
+    let t = Instant::now();
+    c.take().await;
+    into.take.record(t.elapsed());
 }
 
 /// The raw SDK on plain SQS queues: one per worker, and one for singles.
@@ -113,9 +140,12 @@ impl Raw {
         Raw { sqs, urls }
     }
 
-    async fn receive_delete(&self, url: &str, n: usize) {
+    /// Receives and deletes `n` messages; the time spent receiving and deleting.
+    async fn receive_delete(&self, url: &str, n: usize) -> (Duration, Duration) {
         let mut left = n;
+        let (mut receiving, mut deleting) = (Duration::ZERO, Duration::ZERO);
         while left > 0 {
+            let t = Instant::now();
             let out = self
                 .sqs
                 .receive_message()
@@ -126,6 +156,7 @@ impl Raw {
                 .send()
                 .await
                 .expect("receive");
+            receiving += t.elapsed();
             let entries: Vec<_> = out
                 .messages()
                 .iter()
@@ -142,6 +173,7 @@ impl Raw {
                 continue;
             }
             left -= entries.len();
+            let t = Instant::now();
             self.sqs
                 .delete_message_batch()
                 .queue_url(url)
@@ -149,7 +181,9 @@ impl Raw {
                 .send()
                 .await
                 .expect("delete");
+            deleting += t.elapsed();
         }
+        (receiving, deleting)
     }
 
     /// Deletes every queue of this run, the service's included.
@@ -170,7 +204,7 @@ impl Raw {
 }
 
 impl Cycle for Raw {
-    async fn cycle(&self, worker: usize) {
+    async fn cycle(&self, worker: usize) -> Steps {
         let url = &self.urls[worker];
         let entries = (0..BATCH)
             .map(|i| {
@@ -181,6 +215,7 @@ impl Cycle for Raw {
                     .expect("entry")
             })
             .collect();
+        let t = Instant::now();
         self.sqs
             .send_message_batch()
             .queue_url(url)
@@ -188,7 +223,9 @@ impl Cycle for Raw {
             .send()
             .await
             .expect("send");
-        self.receive_delete(url, BATCH).await;
+        let publish = t.elapsed();
+        let (lease, ack) = self.receive_delete(url, BATCH).await;
+        Steps([publish, lease, ack])
     }
 
     async fn put(&self) {
@@ -217,37 +254,47 @@ fn queue_name(worker: usize) -> String {
 }
 
 impl Svc {
-    async fn lease_ack(&self, queue: &str, n: usize) {
+    /// Leases and acks `n` messages; the time spent leasing and acking.
+    async fn lease_ack(&self, queue: &str, n: usize) -> (Duration, Duration) {
         let mut left = n;
+        let (mut leasing, mut acking) = (Duration::ZERO, Duration::ZERO);
         while left > 0 {
             let opts = LeaseOptions {
                 max: left,
                 wait: Duration::from_secs(5),
                 lock: Duration::from_secs(30),
             };
+            let t = Instant::now();
             let got = self.client.lease(queue, opts).await.expect("lease");
+            leasing += t.elapsed();
             if got.is_empty() {
                 continue;
             }
             left -= got.len();
+            let t = Instant::now();
             let r = self
                 .client
                 .ack_batch(got.into_iter().map(|m| m.lease_id).collect())
                 .await
                 .expect("ack");
+            acking += t.elapsed();
             assert!(r.failed.is_empty(), "{r:?}");
         }
+        (leasing, acking)
     }
 }
 
 impl Cycle for Svc {
-    async fn cycle(&self, worker: usize) {
+    async fn cycle(&self, worker: usize) -> Steps {
         let q = queue_name(worker);
+        let t = Instant::now();
         self.client
             .publish_batch(&q, vec![BODY.to_string(); BATCH])
             .await
             .expect("publish");
-        self.lease_ack(&q, BATCH).await;
+        let publish = t.elapsed();
+        let (lease, ack) = self.lease_ack(&q, BATCH).await;
+        Steps([publish, lease, ack])
     }
 
     async fn put(&self) {
@@ -307,7 +354,8 @@ async fn start_svc(backend: BackendKind, prefix: &str, data: &std::path::Path) -
     (Svc { client }, shutdown)
 }
 
-fn report(name: &str, run: &Run, put: &Latencies, take: &Latencies) {
+fn report(name: &str, run: &Run, one: &Singles) {
+    let (put, take) = (&one.put, &one.take);
     println!(
         "{name:<16} {:>8.0} msgs/s  cycle p50 {:>6.2} ms p99 {:>6.2} ms  put p50 {:>6.2} p99 {:>6.2} ms  take p50 {:>6.2} p99 {:>6.2} ms",
         run.msgs_per_s,
@@ -318,6 +366,18 @@ fn report(name: &str, run: &Run, put: &Latencies, take: &Latencies) {
         take.percentile_ms(50.0),
         take.percentile_ms(99.0),
     );
+    let steps: Vec<String> = STEP_NAMES
+        .iter()
+        .zip(&run.steps)
+        .map(|(n, l)| {
+            format!(
+                "{n} p50 {:.2} p99 {:.2}",
+                l.percentile_ms(50.0),
+                l.percentile_ms(99.0)
+            )
+        })
+        .collect();
+    println!("{:<16} cycle steps (ms): {}", "", steps.join("  "));
 }
 
 #[tokio::main]
@@ -359,18 +419,31 @@ async fn main() {
     emb.cycle(0).await;
 
     let (mut raw_run, mut svc_run) = (Run::default(), Run::default());
-    for _ in 0..ROUNDS {
-        raw_run.add(throughput(&raw).await);
-        svc_run.add(throughput(&svc).await);
+    for round in 0..ROUNDS {
+        // Alternate which side goes first, so a trend in the machine's load
+        // does not always favour the same one.
+        if round % 2 == 0 {
+            raw_run.add(throughput(&raw).await);
+            svc_run.add(throughput(&svc).await);
+        } else {
+            svc_run.add(throughput(&svc).await);
+            raw_run.add(throughput(&raw).await);
+        }
     }
     let emb_run = throughput(&emb).await;
-    let (raw_put, raw_take) = singles(&raw).await;
-    let (svc_put, svc_take) = singles(&svc).await;
-    let (emb_put, emb_take) = singles(&emb).await;
+    // Singles interleave the three sides message by message, as the
+    // throughput rounds alternate, so that both SQS sides meet the same load.
+    let (mut raw_one, mut svc_one, mut emb_one) =
+        (Singles::default(), Singles::default(), Singles::default());
+    for _ in 0..SINGLES {
+        single(&raw, &mut raw_one).await;
+        single(&svc, &mut svc_one).await;
+        single(&emb, &mut emb_one).await;
+    }
 
-    report("raw SDK (SQS)", &raw_run, &raw_put, &raw_take);
-    report("queue-svc (SQS)", &svc_run, &svc_put, &svc_take);
-    report("queue-svc (redb)", &emb_run, &emb_put, &emb_take);
+    report("raw SDK (SQS)", &raw_run, &raw_one);
+    report("queue-svc (SQS)", &svc_run, &svc_one);
+    report("queue-svc (redb)", &emb_run, &emb_one);
     println!("CloudHub documents 10-20 ms to put and 70-100 ms to take a small message.");
 
     raw.cleanup(&prefix).await;

@@ -16,12 +16,14 @@
 //! DynamoDB applies a conditional write atomically. The moto emulator does
 //! not: it checks a condition and then writes, without a lock, so two
 //! concurrent conditional writes to one item can both pass. Writes to one
-//! item from this process therefore go one at a time ([`ItemLocks`]); that
+//! item from this process therefore go one at a time ([`ItemLocks`], one
+//! lock per item, so writes to different items never wait on each other); that
 //! costs nothing real (writes to one item that overlap would conflict
 //! anyway) and keeps the emulator honest for a single instance. Between
 //! instances, atomicity is DynamoDB's.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -55,19 +57,56 @@ pub(crate) struct DynamoDb {
     locks: ItemLocks,
 }
 
-/// Striped locks serialising this process's writes to one item.
-struct ItemLocks(Vec<tokio::sync::Mutex<()>>);
+/// Per-item locks serialising this process's writes to one item. One lock
+/// per item being written (not a fixed set of stripes), so writes to
+/// different items never wait for each other; an entry lives only while
+/// some write holds or awaits it.
+struct ItemLocks(std::sync::Mutex<HashMap<ItemKey, Arc<tokio::sync::Mutex<()>>>>);
+
+/// An item's partition and sort keys.
+type ItemKey = (String, String);
+
+/// A held item lock; dropping it releases the item, and forgets its entry
+/// when no other write waits for it.
+struct ItemGuard<'a> {
+    locks: &'a ItemLocks,
+    key: ItemKey,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
 
 impl ItemLocks {
     fn new() -> Self {
-        ItemLocks((0..256).map(|_| tokio::sync::Mutex::new(())).collect())
+        ItemLocks(std::sync::Mutex::default())
     }
 
-    async fn lock(&self, pk: &str, sk: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, RandomState};
-        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
-        let hash = HASHER.get_or_init(RandomState::new).hash_one((pk, sk));
-        self.0[(hash % self.0.len() as u64) as usize].lock().await
+    async fn lock(&self, pk: &str, sk: &str) -> ItemGuard<'_> {
+        let key = (pk.to_string(), sk.to_string());
+        let mutex = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        ItemGuard {
+            locks: self,
+            key,
+            guard: Some(mutex.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for ItemGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.guard.take();
+        // Only the map holds it now: no write holds or awaits this item.
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.key);
+        }
     }
 }
 
