@@ -74,16 +74,42 @@ where
         }
         figment = figment.merge(file);
     }
+    let names = known.clone();
     let env = env
         .filter(move |key| {
             let top = key.as_str().split("__").next().unwrap_or_default();
-            known.contains(&top.to_ascii_lowercase())
+            names.contains(&top.to_ascii_lowercase())
         })
         .split("__");
+    let figment = figment.merge(env);
     figment
-        .merge(env)
         .extract()
-        .map_err(|e| ConfigError(one_line(&e)))
+        .map_err(|e| ConfigError(culprit::<T>(&figment, &known).unwrap_or_else(|| one_line(&e))))
+}
+
+/// Finds the one value, given in the file or the environment, that the struct
+/// refuses on its own. Serde reads a flattened part (a component's settings)
+/// through a buffer that loses where a value came from, so the whole
+/// extraction only says "in defaults"; trying each given value alone against
+/// the defaults names the field and its source.
+fn culprit<T>(figment: &Figment, known: &BTreeSet<String>) -> Option<String>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    known.iter().find_map(|key| {
+        let md = figment.find_metadata(key)?;
+        let place = match &md.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if md.name.contains("environment") => format!("FABRIC_{}", key.to_ascii_uppercase()),
+            _ => return None,
+        };
+        let value = figment.find_value(key).ok()?;
+        let alone = Figment::from(Serialized::defaults(T::default()))
+            .merge(Serialized::default(key, value));
+        let err = alone.extract::<T>().err()?;
+        let what = err.kind.to_string().replace('\n', " ");
+        Some(format!("{key}: {what} (in {place})"))
+    })
 }
 
 fn one_line(err: &figment::Error) -> String {
