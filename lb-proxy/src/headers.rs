@@ -1,8 +1,11 @@
 //! Header hygiene: the request's host, hop-by-hop headers stripped both ways,
 //! `X-Forwarded-*` and `Forwarded` added, and the request id.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Mutex;
 
+use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
 use rand::Rng;
@@ -47,14 +50,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute form) or
-/// the `Host` header, without port, lower case.
-pub fn request_host(parts: &Parts) -> Option<String> {
+/// the `Host` header, without port, lower case (copied only when it was not).
+pub fn request_host(parts: &Parts) -> Option<Cow<'_, str>> {
     let raw = match parts.uri.authority() {
         Some(a) => a.host(),
         None => parts.headers.get(header::HOST)?.to_str().ok()?,
     };
     let host = strip_port(raw.trim());
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        return None;
+    }
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn strip_port(host: &str) -> &str {
@@ -85,51 +95,97 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// Who asked and how: added to the request sent to a worker.
-pub struct ForwardedFor<'a> {
-    /// The client's address.
-    pub client: IpAddr,
+/// Who asked and how, formatted once per client connection: the values the
+/// forwarding headers of each of its requests are made of.
+pub struct ForwardedFor {
     /// `http` or `https`.
-    pub proto: &'static str,
-    /// The host the client asked for, as it sent it.
-    pub host: &'a HeaderValue,
+    proto: &'static str,
+    /// The client's address as `X-Forwarded-For` lists it.
+    ip: HeaderValue,
+    /// The client's address as a `Forwarded` node (IPv6 quoted, in brackets).
+    node: String,
+    /// The `Forwarded` element for the last host asked for on this
+    /// connection (usually its only one), so it is formatted once.
+    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl ForwardedFor {
+    /// For a connection from `client`, over TLS or not.
+    pub fn new(client: IpAddr, tls: bool) -> Self {
+        let ip = client.to_string();
+        let node = match client {
+            IpAddr::V4(_) => ip.clone(),
+            IpAddr::V6(_) => format!("\"[{ip}]\""),
+        };
+        ForwardedFor {
+            proto: if tls { "https" } else { "http" },
+            ip: HeaderValue::from_maybe_shared(Bytes::from(ip))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            node,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// This connection's `Forwarded` element for a request to `host`.
+    fn element(&self, host: &HeaderValue) -> Option<HeaderValue> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((h, e)) = &*last
+            && h == host
+        {
+            return Some(e.clone());
+        }
+        let (node, proto) = (&self.node, self.proto);
+        let name = host.to_str().unwrap_or_default();
+        let element = if name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+        {
+            format!("for={node};host={name};proto={proto}")
+        } else {
+            format!("for={node};proto={proto}")
+        };
+        let element = HeaderValue::from_maybe_shared(Bytes::from(element)).ok()?;
+        *last = Some((host.clone(), element.clone()));
+        Some(element)
+    }
+}
+
+/// `prior, next` when `prior` is a non-blank list, else `next` alone.
+fn appended(prior: Option<&HeaderValue>, next: HeaderValue) -> Option<HeaderValue> {
+    match prior.and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + next.len());
+            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(next.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+        _ => Some(next),
+    }
 }
 
 /// Prepares the headers of the request to a worker: hop-by-hop stripped,
-/// `Host` kept (or set from the authority), forwarding headers and the id set.
-pub fn to_upstream(headers: &mut HeaderMap, fwd: &ForwardedFor<'_>, id: &HeaderValue) {
+/// `Host` kept (or set to `host`, the one the client asked for, as it sent
+/// it), forwarding headers and the id set. Formats nothing that the
+/// connection's [`ForwardedFor`] already holds.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    fwd: &ForwardedFor,
+    host: &HeaderValue,
+    id: &HeaderValue,
+) {
     strip_hop_by_hop(headers);
     if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, fwd.host.clone());
+        headers.insert(header::HOST, host.clone());
     }
-    let ip = fwd.client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = appended(headers.get(&X_FORWARDED_FOR), fwd.ip.clone()) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
-    headers.insert(&X_FORWARDED_HOST, fwd.host.clone());
-    let node = match fwd.client {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
-    };
-    let host = fwd.host.to_str().unwrap_or_default();
-    let element = if host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+    if let Some(element) = fwd.element(host)
+        && let Some(v) = appended(headers.get(&FORWARDED), element)
     {
-        format!("for={node};host={host};proto={}", fwd.proto)
-    } else {
-        format!("for={node};proto={}", fwd.proto)
-    };
-    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {element}"),
-        _ => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.insert(&FORWARDED, v);
     }
     headers.insert(&X_REQUEST_ID, id.clone());
@@ -180,12 +236,9 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         let host = HeaderValue::from_static("orders.fabric.localhost:8080");
-        let fwd = ForwardedFor {
-            client: "127.0.0.1".parse().unwrap(),
-            proto: "https",
-            host: &host,
-        };
-        to_upstream(&mut h, &fwd, &HeaderValue::from_static("rid"));
+        let fwd = ForwardedFor::new("127.0.0.1".parse().unwrap(), true);
+        let clean = h.clone();
+        to_upstream(&mut h, &fwd, &host, &HeaderValue::from_static("rid"));
         for gone in [
             "connection",
             "x-secret",
@@ -205,6 +258,29 @@ mod tests {
             "for=10.0.0.1, for=127.0.0.1;host=orders.fabric.localhost:8080;proto=https"
         );
         assert_eq!(h["x-request-id"], "rid");
+
+        // The next request on the connection gets the same values (the
+        // element is formatted once), and another host its own element.
+        let mut again = clean.clone();
+        to_upstream(&mut again, &fwd, &host, &HeaderValue::from_static("rid"));
+        assert_eq!(again, h);
+        let mut fresh = HeaderMap::new();
+        let other = HeaderValue::from_static("billing.fabric.localhost");
+        to_upstream(&mut fresh, &fwd, &other, &HeaderValue::from_static("r2"));
+        assert_eq!(fresh["host"], "billing.fabric.localhost");
+        assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(
+            fresh["forwarded"],
+            "for=127.0.0.1;host=billing.fabric.localhost;proto=https"
+        );
+        let v6 = ForwardedFor::new("::1".parse().unwrap(), false);
+        let mut h6 = HeaderMap::new();
+        to_upstream(&mut h6, &v6, &other, &HeaderValue::from_static("r3"));
+        assert_eq!(h6["x-forwarded-for"], "::1");
+        assert_eq!(
+            h6["forwarded"],
+            "for=\"[::1]\";host=billing.fabric.localhost;proto=http"
+        );
     }
 
     #[test]

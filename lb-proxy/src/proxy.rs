@@ -31,6 +31,8 @@ pub struct Conn {
     pub sni: Option<String>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The forwarding headers' values for its requests, formatted once.
+    pub forwarded: ForwardedFor,
     /// The smuggling checks' findings for this connection.
     pub verdict: Arc<Verdict>,
     /// Requests seen so far on it.
@@ -78,30 +80,33 @@ impl Proxy {
     /// Answers one client request; never fails (errors become JSON answers).
     pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<ResponseBody> {
         let id = headers::request_id(req.headers());
-        // Cheap clones (shared bytes), kept for the log line.
-        let (method, uri) = (req.method().clone(), req.uri().clone());
+        // The head stays here, for the log line; the request to a worker
+        // takes its headers (and copies them only when it may be retried).
+        let (mut parts, body) = req.into_parts();
         let mut app = None;
-        let result = self.route(req, conn, &id, &mut app).await;
+        let result = self.route(&mut parts, body, conn, &id, &mut app).await;
         let metrics = app.as_ref().map_or(&self.unrouted, |a| &a.metrics);
+        let (method, path) = (&parts.method, parts.uri.path());
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::warn!(
-                    request_id = ?id, %method, path = uri.path(), peer = %conn.peer,
+                    request_id = ?id, %method, path, peer = %conn.peer,
                     origin = ?e.origin(), error = %e, "request failed"
                 );
                 error_response(&e, &id)
             }
         };
         metrics.answered(resp.status().as_u16());
-        tracing::debug!(request_id = ?id, %method, path = uri.path(), status = resp.status().as_u16(), "answered");
+        tracing::debug!(request_id = ?id, %method, path, status = resp.status().as_u16(), "answered");
         resp.headers_mut().insert(&X_REQUEST_ID, id);
         resp
     }
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        parts: &mut hyper::http::request::Parts,
+        body: Incoming,
         conn: &Conn,
         id: &HeaderValue,
         app_out: &mut Option<Arc<AppRoute>>,
@@ -110,20 +115,29 @@ impl Proxy {
         if let Some(reason) = conn.verdict.refuses(n) {
             return Err(ProxyError::Smuggling { reason });
         }
-        let (mut parts, body) = req.into_parts();
-        let host = headers::request_host(&parts).ok_or(ProxyError::NoHost)?;
-        if let Some(sni) = &conn.sni
-            && *sni != host
-        {
-            return Err(ProxyError::Misdirected {
-                sni: sni.clone(),
-                host,
-            });
-        }
-        let table = self.routes.load();
-        let target = table
-            .resolve(&host, &self.settings.domain)
-            .ok_or_else(|| ProxyError::UnknownHost { host: host.clone() })?;
+        let (target, host_value) = {
+            let host = headers::request_host(parts).ok_or(ProxyError::NoHost)?;
+            if let Some(sni) = &conn.sni
+                && *sni != host
+            {
+                return Err(ProxyError::Misdirected {
+                    sni: sni.clone(),
+                    host: host.into_owned(),
+                });
+            }
+            let target = self
+                .routes
+                .load()
+                .resolve(&host, &self.settings.domain)
+                .ok_or_else(|| ProxyError::UnknownHost {
+                    host: host.clone().into_owned(),
+                })?;
+            let host_value = match parts.headers.get(header::HOST) {
+                Some(h) => h.clone(),
+                None => HeaderValue::from_str(&host).map_err(|_| ProxyError::NoHost)?,
+            };
+            (target, host_value)
+        };
         let app = match &target {
             Target::App(a) | Target::Worker(a, _) => a.clone(),
         };
@@ -138,23 +152,14 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge { limit });
         }
 
-        let host_value = match parts.headers.get(header::HOST) {
-            Some(h) => h.clone(),
-            None => HeaderValue::from_str(&host).map_err(|_| ProxyError::NoHost)?,
-        };
-        let fwd = ForwardedFor {
-            client: conn.peer.ip(),
-            proto: if conn.tls { "https" } else { "http" },
-            host: &host_value,
-        };
-        headers::to_upstream(&mut parts.headers, &fwd, id);
+        headers::to_upstream(&mut parts.headers, &conn.forwarded, &host_value, id);
         let body = Replayable::new(body, limit, self.settings.idle_timeout);
-        self.forward(&parts, &target, &app, body).await
+        self.forward(parts, &target, &app, body).await
     }
 
     async fn forward(
         &self,
-        parts: &hyper::http::request::Parts,
+        parts: &mut hyper::http::request::Parts,
         target: &Target,
         app: &AppRoute,
         body: Replayable,
@@ -166,7 +171,14 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut tried = Tried::default();
         let mut last = None;
-        for attempt in 0..self.settings.max_attempts.max(1) {
+        let attempts = self.settings.max_attempts.max(1);
+        let mut headers_given = false;
+        for attempt in 0..attempts {
+            if headers_given {
+                // The last possible attempt took the headers; a worker that
+                // came back since is not tried.
+                break;
+            }
             let picked = match target {
                 Target::App(a) => balance::pick(a, self.settings.balance, tried),
                 Target::Worker(a, n) => a
@@ -184,7 +196,22 @@ impl Proxy {
             let mut req = Request::new(body.attempt());
             *req.method_mut() = parts.method.clone();
             *req.version_mut() = Version::HTTP_11;
-            *req.headers_mut() = parts.headers.clone();
+            // Copied only while another attempt may need them.
+            let another = attempt + 1 < attempts
+                && match target {
+                    Target::App(a) => a
+                        .workers
+                        .iter()
+                        .enumerate()
+                        .any(|(j, w)| tried.is_untried(j) && w.available()),
+                    Target::Worker(..) => false,
+                };
+            *req.headers_mut() = if another {
+                parts.headers.clone()
+            } else {
+                headers_given = true;
+                std::mem::take(&mut parts.headers)
+            };
             let mut uri = hyper::http::uri::Parts::default();
             uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
             uri.authority = Some(ep.authority.clone());

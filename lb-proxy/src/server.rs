@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::headers::ForwardedFor;
 use crate::proxy::{Conn, Proxy};
 use crate::settings::Settings;
 use crate::smuggle::{Inspected, Verdict};
@@ -107,6 +108,7 @@ impl Server {
             peer,
             sni,
             tls,
+            forwarded: ForwardedFor::new(peer.ip(), tls),
             verdict: verdict.clone(),
             served: AtomicU64::new(0),
         };

@@ -106,18 +106,24 @@ impl Tracker {
                         Some(i) => (&bytes[..i], &bytes[i + 1..], true),
                         None => (bytes, &[][..], false),
                     };
-                    self.line.extend_from_slice(part);
                     bytes = rest;
-                    if self.line.len() > MAX_LINE {
+                    if self.line.len() + part.len() > MAX_LINE {
                         self.state = State::Off;
                         return;
                     }
-                    if complete {
+                    if !complete {
+                        self.line.extend_from_slice(part);
+                    } else if self.line.is_empty() {
+                        // The whole line came in this read: follow it in
+                        // place, no copy and no allocation per line.
+                        self.on_line(part.strip_suffix(b"\r").unwrap_or(part), verdict);
+                    } else {
+                        self.line.extend_from_slice(part);
                         let mut line = std::mem::take(&mut self.line);
-                        if line.last() == Some(&b'\r') {
-                            line.pop();
-                        }
-                        self.on_line(&line, verdict);
+                        self.on_line(line.strip_suffix(b"\r").unwrap_or(&line), verdict);
+                        // Keep the buffer's capacity for the next split line.
+                        line.clear();
+                        self.line = line;
                     }
                 }
             }
