@@ -251,6 +251,10 @@ fn invalid_configuration_exits_64_with_one_line() {
         "shutdown_grace",
     );
     refused(&[("FABRIC_LOG_FORMAT", "xml")], &[], "FABRIC_LOG_FORMAT");
+    // A field of queue-svc's own settings: named, with where it came from.
+    refused(&[("FABRIC_RETENTION", "99d")], &[], "retention: ");
+    let stderr = refused(&[("FABRIC_MAX_DELIVERIES", "0")], &[], "max_deliveries: ");
+    assert!(stderr.contains("(in FABRIC_MAX_DELIVERIES)"), "{stderr}");
     refused(&[("RUST_LOG", "a=b=c")], &[], "RUST_LOG");
     refused(
         &[],
