@@ -123,6 +123,14 @@ pub fn admin_key(data_dir: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// The client for the control plane's own outbound calls (routes, webhooks).
+fn outbound_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
 /// Pushes every new route table to `target` until shutdown; a failed push is
 /// retried (with the newest table) until it lands.
 async fn push_routes(
@@ -130,10 +138,7 @@ async fn push_routes(
     target: String,
     shutdown: Shutdown,
 ) {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let http = outbound_http();
     loop {
         let table = rx.borrow_and_update().clone();
         loop {
@@ -171,10 +176,7 @@ async fn send_events(
     shutdown: Shutdown,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let http = outbound_http();
     loop {
         let event = tokio::select! {
             () = shutdown.triggered() => return,

@@ -39,6 +39,35 @@ use crate::queues::{Queues, TransientQueues};
 use crate::size::WorkerSize;
 use crate::store::Stores;
 
+/// Calls `call` until it succeeds, is refused (a 4xx: retrying will not help)
+/// or `give_up` has passed, backing off from 50 ms to 1 s: how a starting
+/// worker waits for the services it needs.
+pub(crate) async fn until_answered<T, E, Fut>(
+    what: &str,
+    give_up: Duration,
+    status: impl Fn(&E) -> Option<u16>,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + give_up;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if status(&e).is_some_and(|s| s < 500) => return Err(e),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// The component's name in logs and metrics.
 pub const NAME: &str = "worker";
 

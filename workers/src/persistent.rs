@@ -62,27 +62,16 @@ impl PersistentQueues {
         encrypted: bool,
         give_up: Duration,
     ) -> Result<Self, ClientError> {
-        let deadline = tokio::time::Instant::now() + give_up;
         let mut publishers = HashMap::new();
         for (name, max_deliveries) in queues {
             let spec = QueueSpec {
                 encrypted,
                 max_deliveries: Some(*max_deliveries),
             };
-            let mut wait = Duration::from_millis(50);
-            loop {
-                match client.declare(name, &spec).await {
-                    Ok(_) => break,
-                    // Refused (bad token, bad name): retrying will not help.
-                    Err(e) if e.status().is_some_and(|s| s < 500) => return Err(e),
-                    Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                    Err(e) => {
-                        tracing::warn!(queue = %name, error = %e, "queue-svc not reachable yet; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(1));
-                    }
-                }
-            }
+            crate::until_answered("queue-svc", give_up, ClientError::status, || {
+                client.declare(name, &spec)
+            })
+            .await?;
             publishers.insert(name.clone(), client.publisher(name));
         }
         Ok(PersistentQueues {

@@ -122,21 +122,11 @@ impl Stores {
     /// Waits until the object store answers this app's token (retrying for
     /// up to `give_up`), so a worker turns ready only with its store reachable.
     pub async fn reachable(&self, give_up: Duration) -> Result<(), ClientError> {
-        let deadline = tokio::time::Instant::now() + give_up;
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match self.client.stats(SCHEDULE_STORE).await {
-                Ok(_) => return Ok(()),
-                // Refused (a bad token): retrying will not help.
-                Err(e) if e.status().is_some_and(|s| s < 500) => return Err(e),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "objectstore-svc not reachable yet; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
+        crate::until_answered("objectstore-svc", give_up, ClientError::status, || {
+            self.client.stats(SCHEDULE_STORE)
+        })
+        .await
+        .map(drop)
     }
 
     /// The underlying client (for leases).
