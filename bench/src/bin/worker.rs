@@ -82,7 +82,8 @@ impl Proc {
         };
         let (tx, rx) = mpsc::channel();
         let (lines, warnings) = (proc.lines.clone(), proc.warnings.clone());
-        // Reads its log to the end, so it never blocks on a full pipe.
+        // Reads its log to the end, so it never blocks on a full pipe; hands
+        // over every line until the one that says it listens.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
@@ -90,18 +91,27 @@ impl Proc {
                 lines.fetch_add(1, Ordering::Relaxed);
                 if line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#) {
                     warnings.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("{name}: {line}");
                 }
-                if line.contains("listening")
-                    && let Some(tx) = tx.take()
+                let listening = line.contains("listening");
+                if let Some(t) = &tx
+                    && t.send(line).is_ok()
+                    && !listening
                 {
-                    let _ = tx.send(line);
+                    continue;
                 }
+                tx = None;
             }
         });
-        let line = rx
-            .recv_timeout(START_WAIT)
-            .unwrap_or_else(|e| panic!("{name} did not log that it listens: {e}"));
+        let deadline = Instant::now() + START_WAIT;
+        let mut seen = Vec::new();
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening") => break line,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("{name} did not log that it listens ({e}); it logged {seen:#?}"),
+            }
+        };
         let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
         let addr = event["addr"].as_str().expect("the listening line has addr");
         (proc, format!("http://{addr}"))
@@ -360,7 +370,7 @@ async fn bench(fabric: &Path) {
             ("FABRIC_DATA_DIR", dir),
             ("FABRIC_MANIFEST", manifest),
             ("FABRIC_APP", APP),
-            ("FABRIC_WORKER_ID", "0"),
+            ("FABRIC_WORKER_ID", "orders-0"),
             ("FABRIC_SIZE", "1"),
             ("FABRIC_PERSISTENT_QUEUES", "true"),
             ("FABRIC_QUEUE_URL", &queue_url),
