@@ -1,0 +1,534 @@
+//! bench/worker: the `orders` accept → process pipeline on one worker of size 1,
+//! beside the same worker's plain HTTP echo, and the worker's idle memory.
+//!
+//! Starts queue-svc and objectstore-svc (embedded backends) and one worker
+//! (`fabric serve worker`, size 1, persistent queues) as processes, the way
+//! the control plane starts them, with `examples/orders.yaml` plus an echo
+//! flow. Measures, in this order: idle RSS once the worker is ready and
+//! quiet; echo requests/s with keep-alive clients; then `ORDERS` orders
+//! POSTed and timed until the worker has processed (stored) every one.
+//! Reports each process's CPU per phase, so the busiest one shows. Ends with
+//! `BENCH worker e2e_msgs_per_s=<x> idle_rss_mb=<y>`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::token::{Scope, TokenKey};
+use fabric_bench::{Latencies, bench_line};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const APP: &str = "orders";
+/// The plain echo beside the pipeline: same worker, no queue, no store.
+const ECHO_FLOW: &str = r#"
+  - name: echo
+    source: { http: { method: GET, path: '/echo/{x}' } }
+    steps:
+      - set-payload: '{echo: $attributes.uri.x}'
+"#;
+/// Concurrent keep-alive clients, for the echo and for the POSTs.
+const CLIENTS: usize = 32;
+const ECHO_WARMUP: Duration = Duration::from_secs(1);
+const ECHO_PHASE: Duration = Duration::from_secs(5);
+const WARM_ORDERS: usize = 500;
+const ORDERS: usize = 10_000;
+/// How long the worker is left alone before its idle memory is read.
+const SETTLE: Duration = Duration::from_secs(2);
+const START_WAIT: Duration = Duration::from_secs(30);
+const DRAIN_WAIT: Duration = Duration::from_secs(300);
+/// `/proc/PID/stat` counts CPU time in USER_HZ, 100 on Linux.
+const TICKS_PER_S: f64 = 100.0;
+
+/// A started component, killed by pid when dropped (also on panic).
+struct Proc {
+    name: &'static str,
+    child: Child,
+    /// Lines it logged, and how many of them were warnings or errors.
+    lines: Arc<AtomicU64>,
+    warnings: Arc<AtomicU64>,
+}
+
+impl Proc {
+    /// Starts `fabric serve <component>` and returns it with the address it
+    /// logged as listening.
+    fn serve(
+        fabric: &Path,
+        name: &'static str,
+        component: &str,
+        env: &[(&str, &str)],
+    ) -> (Self, String) {
+        let mut child = Command::new(fabric)
+            .args(["serve", component])
+            .env("FABRIC_LISTEN", "127.0.0.1:0")
+            .env("FABRIC_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let proc = Proc {
+            name,
+            child,
+            lines: Arc::default(),
+            warnings: Arc::default(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let (lines, warnings) = (proc.lines.clone(), proc.warnings.clone());
+        // Reads its log to the end, so it never blocks on a full pipe; hands
+        // over every line until the one that says it listens.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                lines.fetch_add(1, Ordering::Relaxed);
+                if line.contains(r#""level":"WARN""#) || line.contains(r#""level":"ERROR""#) {
+                    warnings.fetch_add(1, Ordering::Relaxed);
+                }
+                let listening = line.contains("listening");
+                if let Some(t) = &tx
+                    && t.send(line).is_ok()
+                    && !listening
+                {
+                    continue;
+                }
+                tx = None;
+            }
+        });
+        let deadline = Instant::now() + START_WAIT;
+        let mut seen = Vec::new();
+        let line = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening") => break line,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("{name} did not log that it listens ({e}); it logged {seen:#?}"),
+            }
+        };
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+        let addr = event["addr"].as_str().expect("the listening line has addr");
+        (proc, format!("http://{addr}"))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A field of `/proc/PID/status` in MB (`VmRSS`, `VmHWM`).
+fn mem_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(14) + ticks(15)) / TICKS_PER_S
+}
+
+/// CPU use of every process of the run over one phase.
+struct Cpu {
+    pids: Vec<(&'static str, String)>,
+    start: Vec<f64>,
+    at: Instant,
+}
+
+impl Cpu {
+    fn start(procs: &[&Proc]) -> Self {
+        let mut pids: Vec<_> = procs
+            .iter()
+            .map(|p| (p.name, p.pid().to_string()))
+            .collect();
+        pids.push(("bench client", "self".to_string()));
+        let start = pids.iter().map(|(_, p)| cpu_s(p)).collect();
+        Cpu {
+            pids,
+            start,
+            at: Instant::now(),
+        }
+    }
+
+    /// Each process's share of one core since `start`, in percent.
+    fn report(&self) -> String {
+        let wall = self.at.elapsed().as_secs_f64();
+        let parts: Vec<String> = self
+            .pids
+            .iter()
+            .zip(&self.start)
+            .map(|((name, pid), s)| format!("{name} {:.0}%", (cpu_s(pid) - s) / wall * 100.0))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// The sum of a worker metric's samples whose line holds every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("worker metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Mean duration in ms of `flow`'s runs between two scrapes.
+fn flow_mean_ms(before: &str, after: &str, flow: &str) -> f64 {
+    let label = format!("flow=\"{flow}\"");
+    let d = |t: &str, s: &str| {
+        metric(
+            t,
+            &format!("fabric_worker_flow_duration_seconds_{s}"),
+            &[&label],
+        )
+    };
+    let n = d(after, "count") - d(before, "count");
+    if n == 0.0 {
+        return 0.0;
+    }
+    (d(after, "sum") - d(before, "sum")) / n * 1000.0
+}
+
+async fn processed(http: &reqwest::Client, base: &str) -> usize {
+    let text = metrics(http, base).await;
+    metric(
+        &text,
+        "fabric_worker_queue_messages_total",
+        &["flow=\"process\"", "outcome=\"processed\""],
+    ) as usize
+}
+
+/// `CLIENTS` keep-alive clients GET the echo flow for `phase`.
+async fn echo(http: &reqwest::Client, base: &str, phase: Duration) -> (f64, Latencies) {
+    let start = Instant::now();
+    let tasks = (0..CLIENTS).map(|c| {
+        let (http, url) = (http.clone(), format!("{base}/echo/c{c}"));
+        tokio::spawn(async move {
+            let mut l = Latencies::default();
+            while start.elapsed() < phase {
+                let t = Instant::now();
+                let resp = http.get(&url).send().await.expect("echo request");
+                assert_eq!(resp.status(), 200, "echo answered");
+                resp.bytes().await.expect("echo body");
+                l.record(t.elapsed());
+            }
+            l
+        })
+    });
+    let mut all = Latencies::default();
+    for t in futures::future::join_all(tasks).await {
+        all.extend(t.expect("echo client"));
+    }
+    (all.len() as f64 / start.elapsed().as_secs_f64(), all)
+}
+
+/// What POSTing a batch of orders measured.
+struct Accepted {
+    latencies: Latencies,
+    /// From the first POST to the last 202.
+    secs: f64,
+    /// Answers other than 202 (retried).
+    refused: u64,
+}
+
+/// POSTs `n` orders `{prefix}-{i}` over `CLIENTS` clients; each until it gets a 202.
+async fn post_orders(http: &reqwest::Client, base: &str, prefix: &str, n: usize) -> Accepted {
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let tasks = (0..CLIENTS).map(|_| {
+        let (http, url, prefix) = (http.clone(), format!("{base}/orders"), prefix.to_string());
+        let (next, refused) = (next.clone(), refused.clone());
+        tokio::spawn(async move {
+            let mut l = Latencies::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return l;
+                }
+                let body = serde_json::json!({
+                    "orderId": format!("{prefix}-{i}"),
+                    "customer": "bench",
+                    "total": 4200,
+                    "items": [1, 2, 3],
+                });
+                loop {
+                    let t = Instant::now();
+                    let resp = http
+                        .post(&url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("POST /orders");
+                    let status = resp.status();
+                    resp.bytes().await.expect("accept body");
+                    if status == 202 {
+                        l.record(t.elapsed());
+                        break;
+                    }
+                    assert!(status.is_server_error(), "order refused with {status}");
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    });
+    let mut latencies = Latencies::default();
+    for t in futures::future::join_all(tasks).await {
+        latencies.extend(t.expect("order client"));
+    }
+    Accepted {
+        latencies,
+        secs: start.elapsed().as_secs_f64(),
+        refused: refused.load(Ordering::Relaxed),
+    }
+}
+
+/// Waits until the worker has processed `target` queue messages in all.
+async fn wait_processed(http: &reqwest::Client, base: &str, target: usize) {
+    let deadline = Instant::now() + DRAIN_WAIT;
+    while processed(http, base).await < target {
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not process every order within {DRAIN_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keys in the `orders` store, straight from the object store.
+async fn stored(stores: &objectstore_svc::client::Client) -> u64 {
+    stores.stats("orders").await.expect("store stats").keys
+}
+
+fn ms(l: &Latencies) -> String {
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms",
+        l.percentile_ms(50.0),
+        l.percentile_ms(99.0)
+    )
+}
+
+async fn bench(fabric: &Path) {
+    let data = tempfile::tempdir().expect("temp dir");
+    let dir = data.path().to_str().expect("a UTF-8 temp dir");
+    // Made before the services start, so all three share it.
+    let key = TokenKey::load_or_generate(&data.path().join(common::secrets::SECRET_FILE))
+        .expect("the fabric secret");
+    let token = key.issue(APP, Scope::Worker, Duration::from_secs(3600));
+    let backing = [("FABRIC_DATA_DIR", dir), ("FABRIC_BACKEND", "embedded")];
+    let (queue_svc, queue_url) = Proc::serve(fabric, "queue-svc", "queue-svc", &backing);
+    let (store_svc, store_url) =
+        Proc::serve(fabric, "objectstore-svc", "objectstore-svc", &backing);
+
+    let manifest = data.path().join("orders-echo.yaml");
+    let orders = include_str!("../../../examples/orders.yaml");
+    std::fs::write(&manifest, format!("{}{ECHO_FLOW}", orders.trim_end())).expect("manifest");
+    let manifest = manifest.to_str().expect("a UTF-8 path");
+    let (worker, base) = Proc::serve(
+        fabric,
+        "worker",
+        "worker",
+        &[
+            ("FABRIC_DATA_DIR", dir),
+            ("FABRIC_MANIFEST", manifest),
+            ("FABRIC_APP", APP),
+            ("FABRIC_WORKER_ID", "orders-0"),
+            ("FABRIC_SIZE", "1"),
+            ("FABRIC_PERSISTENT_QUEUES", "true"),
+            ("FABRIC_QUEUE_URL", &queue_url),
+            ("FABRIC_OBJECTSTORE_URL", &store_url),
+            ("FABRIC_APP_TOKEN", &token),
+        ],
+    );
+    let procs = [&worker, &queue_svc, &store_svc];
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS * 2)
+        .build()
+        .expect("http client");
+    let stores = objectstore_svc::client::Client::new(&store_url, APP, &token).expect("store URL");
+    let queues = queue_svc::client::Client::new(&queue_url, APP, &token);
+
+    let deadline = Instant::now() + START_WAIT;
+    loop {
+        let ready = http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never turned ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    let idle_rss = mem_mb(worker.pid(), "VmRSS");
+    println!(
+        "idle RSS: worker {idle_rss:.1} MB (queue-svc {:.1} MB, objectstore-svc {:.1} MB)",
+        mem_mb(queue_svc.pid(), "VmRSS"),
+        mem_mb(store_svc.pid(), "VmRSS"),
+    );
+
+    // Plain HTTP echo.
+    echo(&http, &base, ECHO_WARMUP).await;
+    let cpu = Cpu::start(&procs);
+    let (echo_rps, echo_lat) = echo(&http, &base, ECHO_PHASE).await;
+    println!(
+        "echo: {echo_rps:.0} req/s over {CLIENTS} clients, {}",
+        ms(&echo_lat)
+    );
+    println!("  CPU: {}", cpu.report());
+
+    // Warm-up of the pipeline: connections, queue, store, caches.
+    post_orders(&http, &base, "warm", WARM_ORDERS).await;
+    wait_processed(&http, &base, WARM_ORDERS).await;
+
+    // The pipeline, timed from the first POST to the last order stored.
+    let before = metrics(&http, &base).await;
+    let cpu = Cpu::start(&procs);
+    let start = Instant::now();
+    let accepted = post_orders(&http, &base, "order", ORDERS).await;
+    let at_accept = processed(&http, &base).await - WARM_ORDERS;
+    let queue = queues.stats("incoming").await.expect("queue stats");
+    let cpu_accept = cpu.report();
+    let cpu = Cpu::start(&procs);
+    wait_processed(&http, &base, WARM_ORDERS + ORDERS).await;
+    let mut total = start.elapsed().as_secs_f64();
+    let cpu_drain = cpu.report();
+    let after = metrics(&http, &base).await;
+    // The worker counts a message processed once its flow has stored it;
+    // confirm from the store itself.
+    let want = (WARM_ORDERS + ORDERS) as u64;
+    while stored(&stores).await < want {
+        assert!(
+            start.elapsed() < DRAIN_WAIT,
+            "orders missing from the store"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        total = start.elapsed().as_secs_f64();
+    }
+    let e2e = ORDERS as f64 / total;
+    let accept_rate = ORDERS as f64 / accepted.secs;
+    let drain = total - accepted.secs;
+    println!(
+        "pipeline: {ORDERS} orders, {CLIENTS} clients: all stored after {total:.2} s = {e2e:.0} msgs/s"
+    );
+    println!(
+        "  accept: {accept_rate:.0} orders/s (202s), {}, {} refused and retried",
+        ms(&accepted.latencies),
+        accepted.refused
+    );
+    println!(
+        "  when the last 202 came: {at_accept} processed, queue depth {} + {} in flight; \
+         the rest took {drain:.2} s ({:.0} msgs/s)",
+        queue.depth,
+        queue.in_flight,
+        (ORDERS - at_accept.min(ORDERS)) as f64 / drain.max(1e-9),
+    );
+    println!(
+        "  mean flow time in the worker: accept {:.2} ms (validate, publish, respond), \
+         process {:.2} ms (idempotent, store)",
+        flow_mean_ms(&before, &after, "accept"),
+        flow_mean_ms(&before, &after, "process"),
+    );
+    println!("  CPU while accepting: {cpu_accept}");
+    println!("  CPU after the last 202: {cpu_drain}");
+    println!(
+        "RSS after the load: worker {:.1} MB (peak {:.1} MB)",
+        mem_mb(worker.pid(), "VmRSS"),
+        mem_mb(worker.pid(), "VmHWM"),
+    );
+    for p in procs {
+        let w = p.warnings.load(Ordering::Relaxed);
+        println!(
+            "  {} logged {} lines, {w} warnings or errors",
+            p.name,
+            p.lines.load(Ordering::Relaxed)
+        );
+    }
+
+    println!();
+    println!("| figure | value | reference / target |");
+    println!("|---|---|---|");
+    println!(
+        "| pipeline accept → process, msgs/s | {e2e:.0} | echo on the same worker: {echo_rps:.0} req/s |"
+    );
+    println!(
+        "| accept only (202s/s) | {accept_rate:.0} | p50 {:.2} / p99 {:.2} ms |",
+        accepted.latencies.percentile_ms(50.0),
+        accepted.latencies.percentile_ms(99.0)
+    );
+    println!(
+        "| echo req/s | {echo_rps:.0} | p50 {:.2} / p99 {:.2} ms |",
+        echo_lat.percentile_ms(50.0),
+        echo_lat.percentile_ms(99.0)
+    );
+    println!(
+        "| idle worker RSS, MB | {idle_rss:.1} | target <= 20; a Mule runtime idles at hundreds |"
+    );
+    println!(
+        "{}",
+        bench_line(
+            "worker",
+            &[("e2e_msgs_per_s", e2e), ("idle_rss_mb", idle_rss)]
+        )
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let exe = std::env::current_exe().expect("own path");
+    let fabric = exe.with_file_name("fabric");
+    assert!(
+        fabric.is_file(),
+        "{} missing: run bench/worker/run",
+        fabric.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    // Leaving `main` drops the processes, which kills them: after the run,
+    // on a panic, and on Ctrl-C or SIGTERM (the bench future is dropped).
+    let stopped = tokio::select! {
+        () = bench(&fabric) => None,
+        _ = tokio::signal::ctrl_c() => Some("interrupted"),
+        _ = term.recv() => Some("terminated"),
+    };
+    if let Some(why) = stopped {
+        eprintln!("{why}; the started processes are killed");
+        std::process::exit(130);
+    }
+}
