@@ -292,12 +292,12 @@ impl Queues {
         let id = r.stored.id.clone();
         match self.backend.0.dead_letter(q, r, reason.clone()).await {
             Ok(()) => {
-                tracing::warn!(queue = %q, message = %id, %reason, "moved to the dead-letter queue");
+                tracing::warn!(queue = %q, message_id = %id, %reason, "moved to the dead-letter queue");
                 self.metrics.count("dead_lettered", &q.app, 1);
             }
             // It stays in the queue and is tried again on a later lease.
             Err(e) => {
-                tracing::warn!(queue = %q, message = %id, error = %e, "dead-lettering failed")
+                tracing::warn!(queue = %q, message_id = %id, error = %e, "dead-lettering failed")
             }
         }
     }
