@@ -23,6 +23,8 @@ use rand::{Rng, SeedableRng};
 
 /// How long any component may take to come back, and the system to settle.
 const WAIT: Duration = Duration::from_secs(90);
+/// The workers' lease lock: how soon a dead worker's messages come back.
+const LEASE_LOCK: Duration = Duration::from_secs(3);
 /// The app under test.
 const APP: &str = "orders";
 /// `examples/orders.yaml` with two countable records per delivery: one before
@@ -141,6 +143,8 @@ pub struct Report {
     pub duplicated_ids: Vec<String>,
     /// Deliveries that reached the flow with a delivery count above 1.
     pub redelivered: usize,
+    /// Accepted orders published a second time as another message.
+    pub resent: usize,
     /// Deliveries `idempotent` stopped as duplicates (from the workers' logs).
     pub duplicates_caught: usize,
     /// Messages left in the dead-letter queue.
@@ -158,13 +162,14 @@ impl Report {
     pub fn counts(&self) -> String {
         format!(
             "accepted={} lost={} duplicated_effects={} redelivered={} faults={} \
-             repeated_effects={} duplicates_caught={} dead_lettered={} sent={} refused={} {:?} no_answer={} unconfirmed_stored={}",
+             repeated_effects={} resent={} duplicates_caught={} dead_lettered={} sent={} refused={} {:?} no_answer={} unconfirmed_stored={}",
             self.accepted,
             self.lost,
             self.duplicated_effects,
             self.redelivered,
             self.faults.len(),
             self.repeated_effects,
+            self.resent,
             self.duplicates_caught,
             self.dead_lettered,
             self.sent,
@@ -417,7 +422,7 @@ impl Fabric {
         let control = service(
             "control-plane",
             c,
-            &[("FABRIC_LEASE_LOCK", "3s".to_string())],
+            &[("FABRIC_LEASE_LOCK", format!("{}s", LEASE_LOCK.as_secs()))],
         );
         let mut fabric = Fabric {
             dir,
@@ -579,18 +584,24 @@ impl Fabric {
 #[derive(Default)]
 struct History {
     answers: Mutex<Vec<(usize, Answer)>>,
+    resent: AtomicUsize,
     next: AtomicUsize,
     stop: AtomicBool,
 }
 
 /// One client: POSTs unique orders at its share of the rate until stopped,
 /// never retrying, recording each answer.
+///
+/// Every tenth accepted order is also published once more, straight to the
+/// app's queue as a second message: what a client re-sending after a lost
+/// answer, or a queue delivering twice, produces. `idempotent` must stop it.
 async fn client(
     history: Arc<History>,
     http: reqwest::Client,
     proxy: String,
     run: String,
     every: Duration,
+    queues: queue_svc::client::Client,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -613,6 +624,17 @@ async fn client(
             Ok(r) => Answer::Status(r.status().as_u16()),
             Err(_) => Answer::NoAnswer,
         };
+        if answer == Answer::Accepted && n % 10 == 0 {
+            let again =
+                serde_json::json!({"payload": body, "correlationId": format!("resent-{n}")});
+            if queues
+                .publish_batch("incoming", vec![again.to_string()])
+                .await
+                .is_ok()
+            {
+                history.resent.fetch_add(1, Ordering::SeqCst);
+            }
+        }
         history.answers.lock().expect("history").push((n, answer));
     }
 }
@@ -691,6 +713,7 @@ pub async fn run(plan: &Plan) -> Report {
                 fabric.proxy_addr.clone(),
                 run.clone(),
                 every,
+                fabric.queues(),
             ))
         })
         .collect();
@@ -754,6 +777,7 @@ pub async fn run(plan: &Plan) -> Report {
     let id = |n: usize| format!("c-{run}-{n}");
     let stored: BTreeSet<String> = fabric.keys("orders").await.into_iter().collect();
     report.sent = answers.len();
+    report.resent = history.resent.load(Ordering::SeqCst);
     for (n, answer) in &answers {
         match answer {
             Answer::Accepted => {
@@ -776,11 +800,19 @@ pub async fn run(plan: &Plan) -> Report {
         }
     }
     // Effects: one record per delivery that went through `idempotent` and
-    // stored the order. A second one for an order is a *repeat* when the
-    // earlier delivery visibly failed after its effects (the worker logged
-    // its rollback: at-least-once runs the flow again, and idempotent lets
-    // it, since that delivery never completed); else it is a *duplicate*.
-    let failed = failed_deliveries(&fabric.dir.path().join("workers"));
+    // stored the order. For an order with two, the earlier delivery decides:
+    // - it completed (its flow ended well and only its ack failed, which the
+    //   worker logs): the later run is a *duplicate* idempotent should have
+    //   stopped;
+    // - it visibly failed after its effects (the worker logged its rollback),
+    //   or a worker was killed within a lease lock after its effect (it may
+    //   have died before settling its claim): the later run is a *repeat*,
+    //   at-least-once for a delivery that never completed, which idempotent
+    //   rightly lets through;
+    // - nothing explains it: a duplicate.
+    let workers_dir = fabric.dir.path().join("workers");
+    let failed = logged_deliveries(&workers_dir, &["rolled back", "dead-lettered"]);
+    let completed = logged_deliveries(&workers_dir, &["ack failed"]);
     let mut effects: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
     for key in fabric.keys("effects").await {
         if let Some((order, message, count)) = split_record(&key) {
@@ -802,17 +834,19 @@ pub async fn run(plan: &Plan) -> Report {
         records.sort();
         for pair in records.windows(2) {
             let ((count, message), (next, next_message)) = (&pair[0], &pair[1]);
-            let visibly_failed = failed.contains(&(message.clone(), *count));
-            // A worker killed between the two effects may have run the first
-            // and died before settling its claim: the second run is at-least-once.
+            let delivery = (message.clone(), *count);
             let (from, to) = (
                 effect_at(&order, message, *count).await.unwrap_or(f64::MAX),
                 effect_at(&order, next_message, *next)
                     .await
                     .unwrap_or(f64::MIN),
             );
-            let killed_between = kills.iter().any(|t| (from..=to).contains(t));
-            if visibly_failed || killed_between {
+            let killed_after = kills
+                .iter()
+                .any(|t| *t >= from && *t <= to && *t <= from + LEASE_LOCK.as_secs_f64());
+            let repeat =
+                !completed.contains(&delivery) && (failed.contains(&delivery) || killed_after);
+            if repeat {
                 report.repeated_effects += 1;
             } else {
                 report.duplicated_effects += 1;
@@ -865,10 +899,10 @@ pub async fn run(plan: &Plan) -> Report {
     report
 }
 
-/// The deliveries (message id, delivery count) the workers logged as rolled
-/// back or dead-lettered: they did not complete.
-fn failed_deliveries(dir: &Path) -> BTreeSet<(String, u32)> {
-    let mut failed = BTreeSet::new();
+/// The deliveries (message id, delivery count) whose worker logged `what`
+/// (`rolled back`, `dead-lettered`, `ack failed`).
+fn logged_deliveries(dir: &Path, what: &[&str]) -> BTreeSet<(String, u32)> {
+    let mut found = BTreeSet::new();
     for text in std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -876,20 +910,21 @@ fn failed_deliveries(dir: &Path) -> BTreeSet<(String, u32)> {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
     {
         for line in text.lines() {
-            if !(line.contains("\"rolled back\"") || line.contains("\"dead-lettered\"")) {
-                continue;
-            }
             let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
+            let message = event["message"].as_str().unwrap_or_default();
+            if !what.iter().any(|w| message.starts_with(w)) {
+                continue;
+            }
             if let (Some(id), Some(n)) =
                 (event["message_id"].as_str(), event["deliveries"].as_u64())
             {
-                failed.insert((id.to_string(), n as u32));
+                found.insert((id.to_string(), n as u32));
             }
         }
     }
-    failed
+    found
 }
 
 /// Lines containing `needle` in every file of `dir`.

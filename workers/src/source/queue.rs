@@ -162,7 +162,7 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
             if let Err(e) = lease.ack().await {
                 // The flow's effects stand; the message comes back after its
                 // lock, and `idempotent` is what makes that harmless.
-                tracing::warn!(queue, message_id = %id, error = %e, "ack failed; the message will be delivered again");
+                tracing::warn!(queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
             }
         }
         Err(err) => {
