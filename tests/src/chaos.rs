@@ -624,7 +624,7 @@ async fn client(
             Ok(r) => Answer::Status(r.status().as_u16()),
             Err(_) => Answer::NoAnswer,
         };
-        if answer == Answer::Accepted && n % 10 == 0 {
+        if answer == Answer::Accepted && n.is_multiple_of(10) {
             let again =
                 serde_json::json!({"payload": body, "correlationId": format!("resent-{n}")});
             if queues
