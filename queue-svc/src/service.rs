@@ -19,6 +19,9 @@ use crate::error::QueueError;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 
+/// Marks a last error sealed at rest (an encrypted queue's).
+const SEALED_ERROR: &str = "sealed:";
+
 /// A lease as the client holds it: which queue, which message, which delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LeaseRef {
@@ -235,6 +238,13 @@ impl Queues {
             .await?;
         let mut out = Vec::with_capacity(received.len());
         for r in received {
+            let r = Received {
+                last_error: r
+                    .last_error
+                    .as_deref()
+                    .map(|e| self.open_error(q, &r.stored.id, e)),
+                ..r
+            };
             if params.part == Part::Main && r.deliveries > config.max_deliveries {
                 let reason = r.last_error.clone().unwrap_or_else(|| {
                     format!("not acked after {} deliveries", config.max_deliveries)
@@ -243,13 +253,13 @@ impl Queues {
                     deliveries: config.max_deliveries,
                     ..r
                 };
-                self.dead_letter(q, dead, reason).await;
+                self.dead_letter(q, dead, reason, config.encrypted).await;
                 continue;
             }
             let body = match self.open(q, &r) {
                 Ok(body) => body,
                 Err(reason) if params.part == Part::Main => {
-                    self.dead_letter(q, r, reason).await;
+                    self.dead_letter(q, r, reason, config.encrypted).await;
                     continue;
                 }
                 // A dead letter that cannot be opened is shown without its body.
@@ -276,6 +286,27 @@ impl Queues {
         Ok(out)
     }
 
+    /// A message's last error sealed for the backend: `sealed:` and base64.
+    fn seal_error(&self, q: &QueueId, id: &str, error: &str) -> String {
+        let key = format!("{id}#error");
+        let sealed = self.keyring.seal(&Self::aad(q, &key), error.as_bytes());
+        format!("{SEALED_ERROR}{}", B64URL.encode(sealed))
+    }
+
+    /// A last error as written: opened when sealed, as is otherwise.
+    fn open_error(&self, q: &QueueId, id: &str, error: &str) -> String {
+        let Some(text) = error.strip_prefix(SEALED_ERROR) else {
+            return error.to_string();
+        };
+        let key = format!("{id}#error");
+        B64URL
+            .decode(text)
+            .ok()
+            .and_then(|bytes| self.keyring.open(&Self::aad(q, &key), &bytes).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .unwrap_or_else(|| "(the last error cannot be opened)".to_string())
+    }
+
     /// The body as published, or why it cannot be had.
     fn open(&self, q: &QueueId, r: &Received) -> Result<String, String> {
         let bytes = if r.stored.sealed {
@@ -288,16 +319,21 @@ impl Queues {
         String::from_utf8(bytes).map_err(|_| "body is not UTF-8".to_string())
     }
 
-    async fn dead_letter(&self, q: &QueueId, r: Received, reason: String) {
+    async fn dead_letter(&self, q: &QueueId, r: Received, reason: String, encrypted: bool) {
         let id = r.stored.id.clone();
-        match self.backend.0.dead_letter(q, r, reason.clone()).await {
+        let stored = if encrypted {
+            self.seal_error(q, &id, &reason)
+        } else {
+            reason.clone()
+        };
+        match self.backend.0.dead_letter(q, r, stored).await {
             Ok(()) => {
-                tracing::warn!(queue = %q, message = %id, %reason, "moved to the dead-letter queue");
+                tracing::warn!(queue = %q, message_id = %id, %reason, "moved to the dead-letter queue");
                 self.metrics.count("dead_lettered", &q.app, 1);
             }
             // It stays in the queue and is tried again on a later lease.
             Err(e) => {
-                tracing::warn!(queue = %q, message = %id, error = %e, "dead-lettering failed")
+                tracing::warn!(queue = %q, message_id = %id, error = %e, "dead-lettering failed")
             }
         }
     }
@@ -370,6 +406,12 @@ impl Queues {
         let q = Self::queue_id(app, &r.queue)?;
         self.config(&q).await?;
         let error = error.map(|e| e.chars().take(1024).collect::<String>());
+        // The error may quote the payload (a key in a URL, a validation
+        // message): in an encrypted queue it is sealed like the body.
+        let error = match (error, self.config(&q).await?.encrypted) {
+            (Some(e), true) => Some(self.seal_error(&q, &r.id, &e)),
+            (e, _) => e,
+        };
         // A dead letter given back is visible at once: the back-off is for retries.
         let delay = match r.part {
             Part::Main => self.settings.backoff(r.deliveries),

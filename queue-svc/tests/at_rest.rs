@@ -101,3 +101,48 @@ async fn sqs_messages_hold_no_plaintext_of_an_encrypted_queue() {
     }
     svc.stop().await;
 }
+
+/// Rolls the queue's one message back with `error`, then leases it again and
+/// returns the last error it comes back with.
+async fn roll_back_with(svc: &Service, queue: &str, error: &str) -> Option<String> {
+    let c = svc.client("vault");
+    let opts = queue_svc::client::LeaseOptions {
+        max: 1,
+        wait: std::time::Duration::from_secs(5),
+        lock: std::time::Duration::from_secs(30),
+    };
+    let first = c.lease(queue, opts).await.unwrap();
+    c.rollback(&first[0].lease_id, Some(error)).await.unwrap();
+    let again = c.lease(queue, opts).await.unwrap();
+    again[0].last_error.clone()
+}
+
+#[tokio::test]
+async fn an_encrypted_queues_last_error_is_sealed_in_the_embedded_file() {
+    // A worker's error can quote the payload (a store key in a URL, a
+    // validation message), so it is kept as sealed as the body.
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start(settings(BackendKind::Embedded), dir.path(), None).await;
+    publish(&svc, "sealed", true, "body").await;
+    publish(&svc, "plain", false, "body").await;
+    assert_eq!(
+        roll_back_with(&svc, "sealed", SECRET).await.as_deref(),
+        Some(SECRET),
+        "the error comes back opened"
+    );
+    assert_eq!(
+        roll_back_with(&svc, "plain", VISIBLE).await.as_deref(),
+        Some(VISIBLE)
+    );
+    svc.stop().await;
+
+    let raw = std::fs::read(dir.path().join(queue_svc::EMBEDDED_FILE)).unwrap();
+    assert!(
+        contains(&raw, VISIBLE.as_bytes()),
+        "control: a plain queue's error is stored as is"
+    );
+    assert!(
+        !contains(&raw, b"alice@example.com"),
+        "the encrypted queue's error is in the file"
+    );
+}

@@ -45,6 +45,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub mod backing;
+pub mod chaos;
 pub mod fabric;
 pub mod process;
 

@@ -162,20 +162,20 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
             if let Err(e) = lease.ack().await {
                 // The flow's effects stand; the message comes back after its
                 // lock, and `idempotent` is what makes that harmless.
-                tracing::warn!(queue, message = %id, error = %e, "ack failed; the message will be delivered again");
+                tracing::warn!(queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
             }
         }
         Err(err) => {
             let outcome = if deliveries >= max_deliveries {
-                tracing::warn!(queue, message = %id, deliveries, error = %err, "dead-lettered");
+                tracing::warn!(queue, message_id = %id, deliveries, error = %err, "dead-lettered");
                 MessageOutcome::DeadLettered
             } else {
-                tracing::info!(queue, message = %id, deliveries, error = %err, "rolled back");
+                tracing::info!(queue, message_id = %id, deliveries, error = %err, "rolled back");
                 MessageOutcome::RolledBack
             };
             engine.metrics().message(&flow.name, outcome);
             if let Err(e) = lease.rollback(Some(&err.to_string())).await {
-                tracing::warn!(queue, message = %id, error = %e, "rollback failed; delivered again after its lock");
+                tracing::warn!(queue, message_id = %id, error = %e, "rollback failed; delivered again after its lock");
             }
         }
     }
@@ -224,14 +224,14 @@ async fn process(
         return;
     };
     if msg.deliveries >= max_deliveries {
-        tracing::warn!(queue, message = %msg.id, deliveries = msg.deliveries, error = %err, "dead-lettered");
+        tracing::warn!(queue, message_id = %msg.id, deliveries = msg.deliveries, error = %err, "dead-lettered");
         engine
             .metrics()
             .message(&flow.name, MessageOutcome::DeadLettered);
         queues.dead_letter(queue, msg);
         return;
     }
-    tracing::info!(queue, message = %msg.id, deliveries = msg.deliveries, error = %err, "rolled back");
+    tracing::info!(queue, message_id = %msg.id, deliveries = msg.deliveries, error = %err, "rolled back");
     engine
         .metrics()
         .message(&flow.name, MessageOutcome::RolledBack);

@@ -1,0 +1,78 @@
+//! bench/chaos: a long chaos run — tens of thousands of orders through the
+//! load balancer with a fault every few seconds — checked like the short one
+//! in the test suite (`tests/tests/chaos.rs`, same harness).
+//!
+//! Ends with `BENCH chaos accepted=<n> lost=<n> duplicated_effects=<n>
+//! redelivered=<n> faults=<n>` and exits 1 on any loss, duplicate or leak.
+//! Knobs (environment): `CHAOS_BACKEND` (`embedded` or `aws`), `CHAOS_ORDERS`,
+//! `CHAOS_RATE` (orders/s), `CHAOS_CLIENTS`, `CHAOS_FAULTS`,
+//! `CHAOS_FAULT_EVERY_MS`, `CHAOS_SEED`.
+
+use std::time::Duration;
+
+use fabric_tests::chaos::{Backends, Plan, run};
+
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let exe = std::env::current_exe().expect("own path");
+    let fabric_bin = exe.with_file_name("fabric");
+    assert!(
+        fabric_bin.is_file(),
+        "{} is missing: build it with `cargo build --release -p fabric`",
+        fabric_bin.display()
+    );
+    let backends = match std::env::var("CHAOS_BACKEND").as_deref() {
+        Ok("embedded") => Backends::Embedded,
+        Ok("aws") => Backends::Aws,
+        _ if std::env::var_os("AWS_ENDPOINT_URL_SQS").is_some() => Backends::Aws,
+        _ => Backends::Embedded,
+    };
+    let seed = knob(
+        "CHAOS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(7, |d| d.as_secs()),
+    );
+    let plan = Plan {
+        fabric_bin,
+        backends,
+        seed,
+        clients: knob("CHAOS_CLIENTS", 8),
+        rate: knob("CHAOS_RATE", 100),
+        faults: knob("CHAOS_FAULTS", 60),
+        fault_every: Duration::from_millis(knob("CHAOS_FAULT_EVERY_MS", 3000)),
+        min_orders: knob("CHAOS_ORDERS", 20_000),
+    };
+    let report = run(&plan).await;
+    println!("chaos: {}", report.counts());
+    println!("chaos: at rest read {}", report.at_rest_read);
+    for (what, list) in [
+        ("lost", &report.lost_ids),
+        ("duplicated", &report.duplicated_ids),
+        ("plaintext at rest", &report.at_rest_leaks),
+    ] {
+        if !list.is_empty() {
+            println!("chaos: {what}: {list:?}");
+        }
+    }
+    println!(
+        "BENCH chaos accepted={} lost={} duplicated_effects={} redelivered={} faults={}",
+        report.accepted,
+        report.lost,
+        report.duplicated_effects,
+        report.redelivered,
+        report.faults.len()
+    );
+    let clean = report.lost == 0
+        && report.duplicated_effects == 0
+        && report.dead_lettered == 0
+        && report.at_rest_leaks.is_empty();
+    std::process::exit(if clean { 0 } else { 1 });
+}
