@@ -281,8 +281,42 @@ impl Client {
     /// created inside a Tokio runtime; its task ends when every clone is dropped.
     pub fn publisher(&self, queue: &str) -> Publisher {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(coalesce(self.clone(), queue.to_string(), rx));
+        let (client, queue) = (self.clone(), queue.to_string());
+        tokio::spawn(coalesce(rx, move |bodies| {
+            let (client, queue) = (client.clone(), queue.clone());
+            async move {
+                let ids = client.publish_batch(&queue, bodies).await?;
+                Ok(ids.into_iter().map(Ok).collect())
+            }
+        }));
         Publisher { tx }
+    }
+
+    /// An acker that batches concurrent acks of this app's leases. Must be
+    /// created inside a Tokio runtime; its task ends when every clone is dropped.
+    pub fn acker(&self) -> Acker {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let client = self.clone();
+        tokio::spawn(coalesce(rx, move |ids: Vec<String>| {
+            let client = client.clone();
+            async move {
+                let response = client.ack_batch(ids.clone()).await?;
+                Ok(ids
+                    .iter()
+                    .map(
+                        |id| match response.failed.iter().find(|f| &f.lease_id == id) {
+                            None => Ok(()),
+                            Some(f) => Err(ClientError::Api {
+                                status: 409,
+                                kind: "LEASE_LOST".into(),
+                                message: f.error.clone(),
+                            }),
+                        },
+                    )
+                    .collect())
+            }
+        }));
+        Acker { tx }
     }
 
     /// A consumer of `queue` whose leases extend their lock while held.
@@ -296,32 +330,62 @@ impl Client {
     }
 }
 
-type Pending = (String, oneshot::Sender<Result<String, ClientError>>);
+type Pending<I, O> = (I, oneshot::Sender<Result<O, ClientError>>);
 
 /// Publishes to one queue; concurrent publishes share calls of up to ten messages.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Pending<String, String>>,
 }
 
 impl Publisher {
     /// Publishes `body` and returns its id once it is stored.
     pub async fn publish(&self, body: impl Into<String>) -> Result<String, ClientError> {
-        let (done, result) = oneshot::channel();
-        let closed = || ClientError::Transport("publisher stopped".into());
-        self.tx
-            .send((body.into(), done))
-            .await
-            .map_err(|_| closed())?;
-        result.await.map_err(|_| closed())?
+        submit(&self.tx, body.into(), "publisher").await
     }
 }
 
-/// Sends publishes as they come, up to ten per call: what waits in the
-/// channel joins at once, and while [`PUBLISH_CALLS_IN_FLIGHT`] calls are
-/// out, the next batch keeps gathering until one returns. A lone publish so
-/// waits for no timer, and a burst still shares calls.
-async fn coalesce(client: Client, queue: String, mut rx: mpsc::Receiver<Pending>) {
+/// Acknowledges leases of one app; concurrent acks share `POST /acks` calls
+/// of up to ten, as publishes share calls.
+#[derive(Clone, Debug)]
+pub struct Acker {
+    tx: mpsc::Sender<Pending<String, ()>>,
+}
+
+impl Acker {
+    /// Acknowledges `lease` (its heartbeat stops at once): the message is gone.
+    /// An error names why this lease was not acknowledged (most often: its lock expired).
+    pub async fn ack(&self, lease: Lease) -> Result<(), ClientError> {
+        let id = lease.message.lease_id.clone();
+        drop(lease);
+        submit(&self.tx, id, "acker").await
+    }
+}
+
+async fn submit<I, O>(
+    tx: &mpsc::Sender<Pending<I, O>>,
+    item: I,
+    what: &str,
+) -> Result<O, ClientError> {
+    let (done, result) = oneshot::channel();
+    let closed = || ClientError::Transport(format!("{what} stopped"));
+    tx.send((item, done)).await.map_err(|_| closed())?;
+    result.await.map_err(|_| closed())?
+}
+
+/// Sends items as they come, up to ten per call: what waits in the channel
+/// joins at once, and while [`PUBLISH_CALLS_IN_FLIGHT`] calls are out, the
+/// next batch keeps gathering until one returns. A lone item so waits for no
+/// timer, and a burst still shares calls. `call` answers each item in order.
+async fn coalesce<I, O, F, Fut>(mut rx: mpsc::Receiver<Pending<I, O>>, call: F)
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Vec<I>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Result<O, ClientError>>, ClientError>>
+        + Send
+        + 'static,
+{
     let slots = Arc::new(Semaphore::new(PUBLISH_CALLS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -346,16 +410,16 @@ async fn coalesce(client: Client, queue: String, mut rx: mpsc::Receiver<Pending>
         };
         // The semaphore is never closed; a failure here would only mean no limit.
         let permit = permit.ok();
-        let (client, queue) = (client.clone(), queue.clone());
+        let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let sent = call(items);
         // Sent in its own task, so the next batch gathers meanwhile.
         tokio::spawn(async move {
-            let (bodies, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let result = client.publish_batch(&queue, bodies).await;
+            let result = sent.await;
             drop(permit);
             match result {
-                Ok(ids) => {
-                    for (w, id) in waiters.into_iter().zip(ids) {
-                        let _ = w.send(Ok(id));
+                Ok(answers) => {
+                    for (w, answer) in waiters.into_iter().zip(answers) {
+                        let _ = w.send(answer);
                     }
                 }
                 Err(e) => {

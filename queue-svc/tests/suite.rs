@@ -208,6 +208,34 @@ async fn publisher_coalesces_concurrent_publishes(c: &Client) {
     }
 }
 
+async fn acker_coalesces_concurrent_acks(c: &Client) {
+    let q = "acks";
+    c.declare(q, &plain()).await.unwrap();
+    let bodies: Vec<String> = (0..25).map(|i| format!("a{i}")).collect();
+    for chunk in bodies.chunks(10) {
+        c.publish_batch(q, chunk.to_vec()).await.unwrap();
+    }
+    let mut leases = Vec::new();
+    while leases.len() < 25 {
+        leases.extend(
+            c.lease_held(q, opts(10, Duration::from_secs(30)))
+                .await
+                .unwrap(),
+        );
+    }
+    let acker = c.acker();
+    let acks = leases.into_iter().map(|l| {
+        let a = acker.clone();
+        async move { a.ack(l).await }
+    });
+    for r in futures::future::join_all(acks).await {
+        r.unwrap();
+    }
+    let s = c.stats(q).await.unwrap();
+    assert_eq!((s.depth, s.in_flight), (0, 0), "{s:?}");
+    nothing_within(c, q, Duration::ZERO).await;
+}
+
 async fn stats_and_purge(c: &Client, backend: BackendKind) {
     let q = "stats";
     c.declare(q, &plain()).await.unwrap();
@@ -478,6 +506,7 @@ async fn suite(backend: BackendKind) {
         dead_letters_after_max_deliveries_and_redrive(&c),
         heartbeat_prevents_redelivery(&c),
         publisher_coalesces_concurrent_publishes(&c),
+        acker_coalesces_concurrent_acks(&c),
         stats_and_purge(&c, backend),
         encrypted_queue_round_trips(&c),
         refuses_bad_requests(&svc),

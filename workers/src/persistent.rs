@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use queue_svc::api::QueueSpec;
-use queue_svc::client::{Client, ClientError, Publisher};
+use queue_svc::client::{Acker, Client, ClientError, Lease, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -49,6 +49,7 @@ fn queue_error(queue: &str, e: ClientError) -> FlowError {
 pub struct PersistentQueues {
     client: Client,
     publishers: HashMap<String, Publisher>,
+    acker: Acker,
     lock: Duration,
 }
 
@@ -75,6 +76,7 @@ impl PersistentQueues {
             publishers.insert(name.clone(), client.publisher(name));
         }
         Ok(PersistentQueues {
+            acker: client.acker(),
             client,
             publishers,
             lock: DEFAULT_LOCK,
@@ -90,6 +92,11 @@ impl PersistentQueues {
     /// The client, for consumers.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Acknowledges a lease; concurrent acks share calls of up to ten.
+    pub async fn ack(&self, lease: Lease) -> Result<(), ClientError> {
+        self.acker.ack(lease).await
     }
 
     /// How long a leased message stays locked without a heartbeat.

@@ -140,9 +140,12 @@ async fn consume_leases(
 }
 
 async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) {
-    let Some(Source::Queue { max_deliveries, .. }) = flow.source else {
+    let (Some(Source::Queue { max_deliveries, .. }), Queues::Persistent(queues)) =
+        (&flow.source, engine.queues())
+    else {
         return;
     };
+    let max_deliveries = *max_deliveries;
     let msg = lease.message();
     let (payload, correlation_id) = crate::persistent::decode(&msg.body);
     let mut event = Event::new(
@@ -159,7 +162,7 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
             engine
                 .metrics()
                 .message(&flow.name, MessageOutcome::Processed);
-            if let Err(e) = lease.ack().await {
+            if let Err(e) = queues.ack(lease).await {
                 // The flow's effects stand; the message comes back after its
                 // lock, and `idempotent` is what makes that harmless.
                 tracing::warn!(queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
