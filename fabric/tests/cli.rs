@@ -38,7 +38,8 @@ async fn up_serves_every_component_and_stops_on_sigint() {
         .arg("--data-dir")
         .arg(data.path());
     cmd.args(["--proxy-port", "0"]);
-    let mut up = Proc::spawn(cmd);
+    // Stopped with SIGINT even if an assertion fails, so its workers go too.
+    let mut up = Proc::spawn_graceful(cmd);
     up.wait_for_line(WAIT, |s, l| {
         s == Stream::Stdout && l.contains("Press Ctrl-C")
     });
@@ -187,7 +188,7 @@ async fn up_serves_every_component_and_stops_on_sigint() {
     let mut cmd = fabric();
     cmd.arg("up").arg("--data-dir").arg(data.path());
     cmd.args(["--proxy-port", "0"]);
-    let mut again = Proc::spawn(cmd);
+    let mut again = Proc::spawn_graceful(cmd);
     again.wait_for_line(WAIT, |s, l| {
         s == Stream::Stdout && l.contains("Press Ctrl-C")
     });

@@ -23,6 +23,10 @@ pub struct Proc {
     lines: Receiver<(Stream, String)>,
     /// Every line seen so far, for failure messages.
     pub seen: Vec<(Stream, String)>,
+    /// Stopped with SIGINT (then SIGKILL after a grace) when dropped, so a
+    /// process that owns children (`fabric up` and its workers) stops them
+    /// even when the test fails half-way.
+    graceful: bool,
 }
 
 fn pump(
@@ -64,7 +68,16 @@ impl Proc {
             child,
             lines,
             seen: Vec::new(),
+            graceful: false,
         }
+    }
+
+    /// Like [`Proc::spawn`], but dropping it sends SIGINT and waits up to
+    /// 30 s before SIGKILL.
+    pub fn spawn_graceful(cmd: Command) -> Self {
+        let mut p = Self::spawn(cmd);
+        p.graceful = true;
+        p
     }
 
     /// The child's pid.
@@ -138,6 +151,13 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(self.pid(), Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = kill(self.pid(), Signal::SIGKILL);
             let _ = self.child.wait();
