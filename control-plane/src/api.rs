@@ -309,16 +309,16 @@ async fn queues(
     let record = api.registry.app(&name).map_err(internal)?.ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no app {name}"))
     })?;
-    let manifest = workers::manifest::load(&record.manifest).map_err(internal)?;
-    let names: Vec<String> = manifest.queues().map(|(q, _)| q.to_string()).collect();
     let (Some((url, key)), true) = (&api.queues, record.persistent_queues) else {
+        // Transient queues live in the workers: only their names are known here.
+        let manifest = workers::manifest::load(&record.manifest).map_err(internal)?;
         return Ok(Json(AppQueues {
             app: name,
             mode: "transient".into(),
-            queues: names
-                .into_iter()
-                .map(|name| QueueInfo {
-                    name,
+            queues: manifest
+                .queues()
+                .map(|(q, _)| QueueInfo {
+                    name: q.to_string(),
                     depth: None,
                     in_flight: None,
                     dlq_depth: None,

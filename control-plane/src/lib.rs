@@ -22,6 +22,7 @@ use base64::Engine as _;
 use common::config::ServiceConfig;
 use common::http::{Readiness, ops_router, registry as metrics_registry, serve};
 use common::shutdown::Shutdown;
+use common::token::TokenKey;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -209,10 +210,9 @@ async fn send_events(
 
 /// What every worker is started with beside its manifest: the services'
 /// URLs and an app token that opens its own app's queues and stores only.
-fn worker_env(config: &Config) -> Result<supervisor::WorkerEnv, StartError> {
-    let key = common::secrets::token_key(config).map_err(|e| StartError::Setting(e.to_string()))?;
+fn worker_env(config: &Config, key: TokenKey) -> supervisor::WorkerEnv {
     let s = config.settings.clone();
-    Ok(Arc::new(move |record: &model::AppRecord| {
+    Arc::new(move |record: &model::AppRecord| {
         let token = key.issue(
             &record.name,
             common::token::Scope::Worker,
@@ -236,7 +236,7 @@ fn worker_env(config: &Config) -> Result<supervisor::WorkerEnv, StartError> {
             env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
         }
         env
-    }))
+    })
 }
 
 /// Serves the control plane on `listener` until `shutdown`, then drains and
@@ -257,6 +257,9 @@ pub async fn run(
         None => std::env::current_exe()?,
     };
     let registry = registry::Registry::open(&config.data_dir.join("registry.redb"))?;
+    // The fabric secret: workers' tokens, and read tokens for `fabric queues`.
+    let token_key =
+        common::secrets::token_key(&config).map_err(|e| StartError::Setting(e.to_string()))?;
     registry.add_api_key(&admin_key(&config.data_dir)?, ADMIN)?;
     let scheduler = Arc::new(scheduler::local::LocalScheduler::new(
         binary,
@@ -275,7 +278,7 @@ pub async fn run(
             ready_timeout: s.ready_timeout,
             drain_grace: s.drain_grace,
         },
-        worker_env(&config)?,
+        worker_env(&config, token_key.clone()),
     );
     if let Some(url) = &s.events_webhook {
         let (rx, url, sd) = (
@@ -308,14 +311,11 @@ pub async fn run(
         supervisor,
         registry,
         deploying: Arc::default(),
-        queues: match &config.settings.queue_url {
-            Some(url) => Some((
-                url.clone(),
-                common::secrets::token_key(&config)
-                    .map_err(|e| StartError::Setting(e.to_string()))?,
-            )),
-            None => None,
-        },
+        queues: config
+            .settings
+            .queue_url
+            .clone()
+            .map(|url| (url, token_key)),
         has_store: config.settings.objectstore_url.is_some(),
     };
     let router = api::router(api).merge(ops_router(
