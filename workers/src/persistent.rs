@@ -114,7 +114,7 @@ impl PersistentQueues {
         let publisher = self
             .publishers
             .get(queue)
-            .ok_or_else(|| FlowError::new(ErrorType::Queue, format!("no queue named {queue:?}")))?;
+            .ok_or_else(|| crate::queues::no_queue(queue))?;
         let body = serde_json::to_string(&Envelope {
             payload,
             correlation_id,

@@ -17,6 +17,12 @@ use crate::error::{ErrorType, FlowError};
 /// How long a publish waits for room in a full queue before failing with `QUEUE`.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
+/// A publish to a queue the app does not consume: a guard, since loading
+/// refuses a manifest that publishes to such a queue.
+pub(crate) fn no_queue(name: &str) -> FlowError {
+    FlowError::new(ErrorType::Queue, format!("no queue named {name:?}"))
+}
+
 /// The app's queues in this worker: transient, or persistent in queue-svc.
 #[derive(Clone)]
 pub enum Queues {
@@ -91,9 +97,7 @@ impl TransientQueues {
     }
 
     fn queue(&self, name: &str) -> Result<&Queue, FlowError> {
-        self.queues
-            .get(name)
-            .ok_or_else(|| FlowError::new(ErrorType::Queue, format!("no queue named {name:?}")))
+        self.queues.get(name).ok_or_else(|| no_queue(name))
     }
 
     /// Publishes a message, waiting up to [`PUBLISH_WAIT`] for room.
