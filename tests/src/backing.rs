@@ -24,6 +24,25 @@ pub struct Backing {
     _store: Proc,
 }
 
+/// Every key of `store`, paging through the listing.
+pub async fn all_keys(
+    client: &objectstore_svc::client::Client,
+    store: &str,
+) -> Result<Vec<String>, objectstore_svc::client::ClientError> {
+    let mut keys = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = client
+            .list(store, "", cursor.as_deref(), Some(1000))
+            .await?;
+        keys.extend(page.keys.into_iter().map(|k| k.key));
+        match page.cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(keys),
+        }
+    }
+}
+
 /// The address a component logged when it started listening.
 pub fn listening_addr(proc: &mut Proc) -> String {
     let line = proc.wait_for_line(WAIT, |s, l| s == Stream::Stderr && l.contains("listening"));
@@ -35,7 +54,7 @@ pub fn listening_addr(proc: &mut Proc) -> String {
 }
 
 fn serve(component: &str, dir: &Path) -> (Proc, String) {
-    let mut cmd = Command::new(crate::fabric_bin());
+    let mut cmd = crate::fabric_command();
     cmd.args(["serve", component])
         .env("FABRIC_DATA_DIR", dir)
         .env("FABRIC_LISTEN", "127.0.0.1:0")
@@ -115,7 +134,7 @@ impl Backing {
         id: &str,
         env: &[(&str, &str)],
     ) -> Command {
-        let mut cmd = Command::new(crate::fabric_bin());
+        let mut cmd = crate::fabric_command();
         cmd.args(["serve", "worker"])
             .env("FABRIC_DATA_DIR", self.dir.path())
             .env("FABRIC_LISTEN", "127.0.0.1:0")
@@ -135,19 +154,8 @@ impl Backing {
 
     /// Every key of `store` of `app`, paging through the listing.
     pub async fn keys(&self, app: &str, store: &str) -> Vec<String> {
-        let client = self.stores(app);
-        let mut keys = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = client
-                .list(store, "", cursor.as_deref(), Some(1000))
-                .await
-                .expect("list the store");
-            keys.extend(page.keys.into_iter().map(|k| k.key));
-            match page.cursor {
-                Some(c) => cursor = Some(c),
-                None => return keys,
-            }
-        }
+        all_keys(&self.stores(app), store)
+            .await
+            .unwrap_or_else(|e| panic!("list store {store}: {e}"))
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -208,12 +208,7 @@ impl Service {
             .append(true)
             .open(&self.log)
             .expect("the service's log file");
-        let mut cmd = Command::new(&self.bin);
-        for (key, _) in std::env::vars() {
-            if key.starts_with("FABRIC_") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = crate::clean_command(&self.bin);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -517,20 +512,9 @@ impl Fabric {
 
     /// Every key of `store`, paging.
     async fn keys(&self, store: &str) -> Vec<String> {
-        let client = self.stores();
-        let mut keys = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = client
-                .list(store, "", cursor.as_deref(), Some(1000))
-                .await
-                .unwrap_or_else(|e| panic!("list store {store}: {e}"));
-            keys.extend(page.keys.into_iter().map(|k| k.key));
-            match page.cursor {
-                Some(c) => cursor = Some(c),
-                None => return keys,
-            }
-        }
+        crate::backing::all_keys(&self.stores(), store)
+            .await
+            .unwrap_or_else(|e| panic!("list store {store}: {e}"))
     }
 
     /// Injects one fault and waits until the fabric has recovered from it;

@@ -1,7 +1,7 @@
 //! A whole local fabric (`fabric up`) under test, and its command line.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -48,16 +48,6 @@ impl From<Output> for Run {
     }
 }
 
-fn bare_command() -> Command {
-    let mut cmd = Command::new(crate::fabric_bin());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FABRIC_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
 impl Fabric {
     /// Starts a fabric in a fresh temporary data directory.
     pub fn start() -> Self {
@@ -84,7 +74,7 @@ impl Fabric {
     }
 
     fn launch(data: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = bare_command();
+        let mut cmd = crate::fabric_command();
         cmd.envs(env.iter().copied());
         cmd.arg("up")
             .arg("--data-dir")
@@ -118,7 +108,7 @@ impl Fabric {
 
     /// Runs `fabric ARGS` with extra environment.
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = bare_command();
+        let mut cmd = crate::fabric_command();
         cmd.arg("--data-dir").arg(&self.data).args(args);
         for (k, v) in env {
             cmd.env(k, v);

@@ -49,6 +49,23 @@ pub mod chaos;
 pub mod fabric;
 pub mod process;
 
+/// A command for `bin` that inherits no `FABRIC_*` variable from the test's
+/// environment, so only what the test sets reaches the component.
+pub fn clean_command(bin: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("FABRIC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// [`clean_command`] for the `fabric` binary of this build.
+pub fn fabric_command() -> std::process::Command {
+    clean_command(&fabric_bin())
+}
+
 /// The `fabric` binary of this build (`target/<profile>/fabric`), for tests
 /// that run components as real processes (to `kill -9` them, say).
 ///

@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::config::ServiceConfig;
 use common::token::Scope;
 use fabric_tests::process::{Proc, Stream};
-use fabric_tests::{Emulators, fabric_bin, unique_name};
+use fabric_tests::{Emulators, fabric_command, unique_name};
 use nix::sys::signal::Signal;
 use objectstore_svc::client::{Client, PutOptions};
 
@@ -21,12 +20,7 @@ const WRITERS: usize = 8;
 
 /// Starts `fabric serve objectstore-svc` and returns it with its base URL, once ready.
 async fn start(data: &Path, env: &[(&str, &str)]) -> (Proc, String) {
-    let mut cmd = Command::new(fabric_bin());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FABRIC_") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = fabric_command();
     cmd.args(["serve", "objectstore-svc"])
         .env("FABRIC_DATA_DIR", data)
         .env("FABRIC_LISTEN", "127.0.0.1:0")

@@ -1,17 +1,10 @@
 //! queue-svc's own settings are checked as they are read: a bad one exits 64 with one line.
 
-use std::process::Command;
-
-use fabric_tests::fabric_bin;
+use fabric_tests::fabric_command;
 
 fn refused(var: &str, value: &str) -> String {
     let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(fabric_bin());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FABRIC_") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = fabric_command();
     let out = cmd
         .args(["serve", "queue-svc"])
         .env("FABRIC_DATA_DIR", data.path())

@@ -4,12 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::token::{Scope, TokenKey};
 use fabric_tests::process::{Proc, Stream};
-use fabric_tests::{Emulators, fabric_bin};
+use fabric_tests::{Emulators, fabric_command};
 use nix::sys::signal::Signal;
 use queue_svc::api::QueueSpec;
 use queue_svc::client::{Client, LeaseOptions};
@@ -20,12 +19,7 @@ const APP: &str = "crashy";
 
 /// Starts `fabric serve queue-svc` on 127.0.0.1:0 and returns it with its base URL, once ready.
 async fn start(data: &Path, backend: &str, prefix: &str) -> (Proc, String) {
-    let mut cmd = Command::new(fabric_bin());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FABRIC_") {
-            cmd.env_remove(key);
-        }
-    }
+    let mut cmd = fabric_command();
     cmd.args(["serve", "queue-svc"])
         .env("RUST_LOG", "info")
         .env("FABRIC_LOG_FORMAT", "json")

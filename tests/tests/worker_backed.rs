@@ -32,6 +32,24 @@ async fn wait_ready(http: &reqwest::Client, base: &str) {
     }
 }
 
+/// Workers `{app}-1` and `{app}-2` of the example `{app}.yaml`, both ready.
+async fn two_workers(
+    backing: &Backing,
+    app: &str,
+    env: &[(&str, &str)],
+) -> (
+    (fabric_tests::process::Proc, String),
+    (fabric_tests::process::Proc, String),
+) {
+    let manifest = backing.example(&format!("{app}.yaml"));
+    let first = backing.worker(&manifest, app, &format!("{app}-1"), env);
+    let second = backing.worker(&manifest, app, &format!("{app}-2"), env);
+    let http = reqwest::Client::new();
+    wait_ready(&http, &first.1).await;
+    wait_ready(&http, &second.1).await;
+    (first, second)
+}
+
 /// Polls `check` until it holds, or fails with `what` after [`WAIT`].
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -68,14 +86,10 @@ async fn post_either<'a>(
 async fn orders_are_stored_once_each_with_a_worker_killed_mid_stream() {
     const ORDERS: usize = 1000;
     let backing = Backing::start();
-    let manifest = backing.example("orders.yaml");
     // A short lock, so the killed worker's leased messages come back soon.
-    let env = [("FABRIC_LEASE_LOCK", "2s")];
-    let (w1, u1) = backing.worker(&manifest, "orders", "orders-1", &env);
-    let (_w2, u2) = backing.worker(&manifest, "orders", "orders-2", &env);
+    let ((w1, u1), (_w2, u2)) =
+        two_workers(&backing, "orders", &[("FABRIC_LEASE_LOCK", "2s")]).await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &u1).await;
-    wait_ready(&http, &u2).await;
 
     let done = Arc::new(AtomicUsize::new(0));
     let victim = w1.pid();
@@ -161,12 +175,8 @@ async fn orders_are_stored_once_each_with_a_worker_killed_mid_stream() {
 async fn a_group_outlives_the_worker_that_held_part_of_it() {
     const GROUPS: usize = 10;
     let backing = Backing::start();
-    let manifest = backing.example("aggregator.yaml");
-    let (w1, u1) = backing.worker(&manifest, "aggregator", "agg-1", &[]);
-    let (_w2, u2) = backing.worker(&manifest, "aggregator", "agg-2", &[]);
+    let ((w1, u1), (_w2, u2)) = two_workers(&backing, "aggregator", &[]).await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &u1).await;
-    wait_ready(&http, &u2).await;
 
     // Two items of every group through the first worker...
     for g in 0..GROUPS {
@@ -254,28 +264,28 @@ fn ran_by(beats: &BTreeMap<u64, BTreeMap<String, Value>>, worker: &str) -> usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schedule_runs_on_the_primary_only_and_moves_when_it_dies() {
     let backing = Backing::start();
-    let manifest = backing.example("heartbeat.yaml");
-    let env = [("FABRIC_PRIMARY_TTL", "2s")];
-    let (w1, u1) = backing.worker(&manifest, "heartbeat", "hb-1", &env);
-    let (w2, u2) = backing.worker(&manifest, "heartbeat", "hb-2", &env);
+    let ((w1, u1), (w2, u2)) =
+        two_workers(&backing, "heartbeat", &[("FABRIC_PRIMARY_TTL", "2s")]).await;
     let http = reqwest::Client::new();
-    wait_ready(&http, &u1).await;
-    wait_ready(&http, &u2).await;
 
     eventually("three beats", || async { beats(&backing).await.len() >= 3 }).await;
     let before = beats(&backing).await;
-    let primary = if ran_by(&before, "hb-1") > 0 {
-        "hb-1"
+    let primary = if ran_by(&before, "heartbeat-1") > 0 {
+        "heartbeat-1"
     } else {
-        "hb-2"
+        "heartbeat-2"
     };
-    let other = if primary == "hb-1" { "hb-2" } else { "hb-1" };
+    let other = if primary == "heartbeat-1" {
+        "heartbeat-2"
+    } else {
+        "heartbeat-1"
+    };
     assert_eq!(
         ran_by(&before, other),
         0,
         "only the primary beats: {before:?}"
     );
-    let (victim, survivor_url) = if primary == "hb-1" {
+    let (victim, survivor_url) = if primary == "heartbeat-1" {
         (w1.pid(), &u2)
     } else {
         (w2.pid(), &u1)
