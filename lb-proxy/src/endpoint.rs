@@ -100,27 +100,40 @@ impl Health {
     }
 
     /// Records one active probe; `rise` good ones in a row bring the worker
-    /// back (ending an ejection), `fall` failed ones take it out.
-    pub fn probed(&self, ok: bool, rise: u32, fall: u32) {
+    /// back (ending an ejection), `fall` failed ones take it out. Returns the
+    /// change it made, if any, for the caller to log.
+    pub fn probed(&self, ok: bool, rise: u32, fall: u32) -> Option<Probed> {
         if ok {
             self.falls.store(0, Ordering::Relaxed);
             let rises = self.rises.fetch_add(1, Ordering::Relaxed) + 1;
-            if rises >= rise.max(1) {
-                if !self.probe_ok.swap(true, Ordering::Relaxed)
-                    || self.ejected_until_ms.load(Ordering::Relaxed) != 0
-                {
-                    tracing::info!("worker back after {rises} good probes");
-                }
-                self.ejected_until_ms.store(0, Ordering::Relaxed);
+            if rises < rise.max(1) {
+                return None;
             }
+            let was_out = !self.probe_ok.swap(true, Ordering::Relaxed)
+                || self.ejected_until_ms.swap(0, Ordering::Relaxed) != 0;
+            was_out.then_some(Probed::Back { rises })
         } else {
             self.rises.store(0, Ordering::Relaxed);
             let falls = self.falls.fetch_add(1, Ordering::Relaxed) + 1;
-            if falls >= fall.max(1) && self.probe_ok.swap(false, Ordering::Relaxed) {
-                tracing::warn!("worker out after {falls} failed probes");
-            }
+            (falls >= fall.max(1) && self.probe_ok.swap(false, Ordering::Relaxed))
+                .then_some(Probed::Out { falls })
         }
     }
+}
+
+/// What a probe changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// The worker takes requests again after this many good probes.
+    Back {
+        /// Good probes in a row.
+        rises: u32,
+    },
+    /// The worker is out after this many failed probes.
+    Out {
+        /// Failed probes in a row.
+        falls: u32,
+    },
 }
 
 /// One request in flight to a worker; dropping it (when the response body ends) counts it done.
@@ -151,14 +164,15 @@ mod tests {
         assert!(h.eject(Duration::from_secs(60)));
         assert!(!h.usable());
         assert!(!h.eject(Duration::from_secs(60)), "already out");
-        h.probed(true, 2, 3);
+        assert_eq!(h.probed(true, 2, 3), None);
         assert!(!h.usable(), "one good probe is not enough");
-        h.probed(true, 2, 3);
+        assert_eq!(h.probed(true, 2, 3), Some(Probed::Back { rises: 2 }));
         assert!(h.usable(), "two bring it back");
+        assert_eq!(h.probed(true, 2, 3), None, "already back");
         h.probed(false, 2, 3);
         h.probed(false, 2, 3);
         assert!(h.usable());
-        h.probed(false, 2, 3);
+        assert_eq!(h.probed(false, 2, 3), Some(Probed::Out { falls: 3 }));
         assert!(!h.usable(), "three failures take it out");
         h.eject(Duration::ZERO);
         h.probed(true, 2, 3);

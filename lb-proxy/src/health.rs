@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::endpoint::Health;
+use crate::endpoint::{Health, Probed};
 use crate::routes::Routes;
 use crate::settings::Settings;
 
@@ -55,7 +55,15 @@ pub async fn probe_loop(
                 if !ok {
                     tracing::debug!(addr, "health probe failed");
                 }
-                health.probed(ok, settings.health_rise, settings.health_fall);
+                match health.probed(ok, settings.health_rise, settings.health_fall) {
+                    Some(Probed::Back { rises }) => {
+                        tracing::info!(addr, rises, "worker back after good probes");
+                    }
+                    Some(Probed::Out { falls }) => {
+                        tracing::warn!(addr, falls, "worker out after failed probes");
+                    }
+                    None => {}
+                }
             }
         });
         futures::future::join_all(probes).await;
