@@ -5,40 +5,58 @@ use std::sync::atomic::Ordering;
 
 use rand::Rng;
 
-use crate::endpoint::Endpoint;
-use crate::routes::AppRoute;
+use crate::endpoint::{Endpoint, Health};
+use crate::routes::{AppRoute, WorkerState};
 use crate::settings::Balance;
 
-/// Workers already tried for one request, by position in the app's list.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Tried(u64);
+/// Workers already tried for one request. They are known by their health
+/// record, which every route table listing the same address shares, so a
+/// retry that reads a newer table still skips them.
+#[derive(Debug, Default)]
+pub struct Tried {
+    seen: [Option<Arc<Health>>; Tried::CAP],
+}
 
 impl Tried {
-    /// Marks position `i` as tried.
-    pub fn add(&mut self, i: usize) {
-        self.0 |= 1 << i;
+    /// The most attempts one request makes.
+    pub const CAP: usize = 8;
+
+    /// Marks `w` as tried.
+    pub fn add(&mut self, w: &Endpoint) {
+        if let Some(slot) = self.seen.iter_mut().find(|s| s.is_none()) {
+            *slot = Some(w.health.clone());
+        }
     }
 
-    fn has(self, i: usize) -> bool {
-        self.0 & (1 << i) != 0
-    }
-
-    /// Whether position `i` is still to try.
-    pub fn is_untried(self, i: usize) -> bool {
-        !self.has(i)
+    /// Whether `w` was tried.
+    pub fn has(&self, w: &Endpoint) -> bool {
+        self.seen
+            .iter()
+            .map_while(Option::as_ref)
+            .any(|h| Arc::ptr_eq(h, &w.health))
     }
 }
 
-/// Picks an available, untried worker of `app`; none when there is none.
-pub fn pick(app: &AppRoute, policy: Balance, tried: Tried) -> Option<(usize, Arc<Endpoint>)> {
-    let candidates = || {
-        app.workers
-            .iter()
-            .enumerate()
-            .filter(move |(i, w)| !tried.has(*i) && w.available())
-    };
+/// Picks an untried worker of `app`: a ready and healthy one, by `policy`.
+/// When no ready worker is healthy, any ready one (panic mode, as Envoy
+/// does): health is a guess, and a guess that every worker is bad is more
+/// often wrong than a worker the control plane calls ready. None when no
+/// untried worker is ready.
+pub fn pick(app: &AppRoute, policy: Balance, tried: &Tried) -> Option<Arc<Endpoint>> {
+    let healthy = |w: &Endpoint| w.available();
+    let ready = |w: &Endpoint| w.state == WorkerState::Ready;
+    choose(app, policy, tried, healthy).or_else(|| choose(app, policy, tried, ready))
+}
+
+fn choose(
+    app: &AppRoute,
+    policy: Balance,
+    tried: &Tried,
+    fit: impl Fn(&Endpoint) -> bool,
+) -> Option<Arc<Endpoint>> {
+    let candidates = || app.workers.iter().filter(|w| !tried.has(w) && fit(w));
     let n = candidates().count();
-    let nth = |k: usize| candidates().nth(k).map(|(i, w)| (i, w.clone()));
+    let nth = |k: usize| candidates().nth(k).cloned();
     match n {
         0 => None,
         1 => nth(0),
@@ -49,7 +67,7 @@ pub fn pick(app: &AppRoute, policy: Balance, tried: Tried) -> Option<(usize, Arc
                 let a = rng.random_range(0..n);
                 let b = (a + rng.random_range(1..n)) % n;
                 let (a, b) = (nth(a)?, nth(b)?);
-                Some(if b.1.health.outstanding() < a.1.health.outstanding() {
+                Some(if b.health.outstanding() < a.health.outstanding() {
                     b
                 } else {
                     a
@@ -82,27 +100,77 @@ mod tests {
         let a = app(2);
         let _busy: Vec<_> = (0..5).map(|_| a.workers[0].health.start()).collect();
         for _ in 0..50 {
-            assert_eq!(pick(&a, Balance::P2c, Tried::default()).unwrap().0, 1);
+            assert_eq!(pick(&a, Balance::P2c, &Tried::default()).unwrap().index, 1);
         }
         let mut tried = Tried::default();
-        tried.add(1);
-        assert_eq!(pick(&a, Balance::P2c, tried).unwrap().0, 0);
-        tried.add(0);
-        assert!(pick(&a, Balance::P2c, tried).is_none());
+        tried.add(&a.workers[1]);
+        assert_eq!(pick(&a, Balance::P2c, &tried).unwrap().index, 0);
+        tried.add(&a.workers[0]);
+        assert!(pick(&a, Balance::P2c, &tried).is_none());
     }
 
     #[test]
     fn round_robin_visits_each_and_ejected_workers_are_skipped() {
         let a = app(3);
-        let seen: Vec<usize> = (0..6)
-            .map(|_| pick(&a, Balance::RoundRobin, Tried::default()).unwrap().0)
+        let seen: Vec<u32> = (0..6)
+            .map(|_| {
+                pick(&a, Balance::RoundRobin, &Tried::default())
+                    .unwrap()
+                    .index
+            })
             .collect();
         assert_eq!(seen, [0, 1, 2, 0, 1, 2]);
         a.workers[1]
             .health
             .eject(std::time::Duration::from_secs(60));
         for _ in 0..20 {
-            assert_ne!(pick(&a, Balance::P2c, Tried::default()).unwrap().0, 1);
+            assert_ne!(pick(&a, Balance::P2c, &Tried::default()).unwrap().index, 1);
+        }
+    }
+
+    #[test]
+    fn with_no_healthy_worker_a_ready_one_is_still_tried() {
+        let a = app(2);
+        for w in &a.workers {
+            w.health.eject(std::time::Duration::from_secs(60));
+        }
+        let mut tried = Tried::default();
+        let first = pick(&a, Balance::P2c, &tried).expect("panic mode picks one");
+        tried.add(&first);
+        let second = pick(&a, Balance::P2c, &tried).expect("then the other");
+        assert_ne!(first.index, second.index);
+        tried.add(&second);
+        assert!(pick(&a, Balance::P2c, &tried).is_none());
+    }
+
+    #[test]
+    fn tried_workers_are_known_across_route_tables() {
+        let routes = Routes::new(Metrics::default());
+        let spec = |addrs: &[&str]| -> RouteTable {
+            let workers: Vec<_> = addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| serde_json::json!({"index": i, "address": a, "state": "ready"}))
+                .collect();
+            serde_json::from_value(serde_json::json!({"apps": {"a": {"workers": workers}}}))
+                .unwrap()
+        };
+        routes
+            .replace(spec(&["127.0.0.1:1", "127.0.0.1:2"]))
+            .unwrap();
+        let old = routes.load().apps["a"].clone();
+        let mut tried = Tried::default();
+        tried.add(&old.workers[1]);
+        // The next table lists the tried worker first, beside a new one.
+        routes
+            .replace(spec(&["127.0.0.1:2", "127.0.0.1:3"]))
+            .unwrap();
+        let new = routes.load().apps["a"].clone();
+        for _ in 0..20 {
+            assert_eq!(
+                pick(&new, Balance::P2c, &tried).unwrap().address,
+                "127.0.0.1:3"
+            );
         }
     }
 }

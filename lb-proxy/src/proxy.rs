@@ -161,7 +161,7 @@ impl Proxy {
         &self,
         parts: &mut hyper::http::request::Parts,
         target: &Target,
-        app: &AppRoute,
+        app: &Arc<AppRoute>,
         body: Replayable,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let path = parts
@@ -171,45 +171,38 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut tried = Tried::default();
         let mut last = None;
-        let attempts = self.settings.max_attempts.max(1);
-        let mut headers_given = false;
+        let attempts = self.settings.max_attempts.clamp(1, Tried::CAP);
+        let mut current = app.clone();
         for attempt in 0..attempts {
-            if headers_given {
-                // The last possible attempt took the headers; a worker that
-                // came back since is not tried.
-                break;
+            if attempt > 0 {
+                // A retry reads the live table: while this request was under
+                // way its route may have switched to new workers, and the old
+                // ones may be stopping.
+                if let Some(live) = self.routes.load().apps.get(&app.name) {
+                    current = live.clone();
+                }
             }
             let picked = match target {
-                Target::App(a) => balance::pick(a, self.settings.balance, tried),
-                Target::Worker(a, n) => a
+                Target::App(_) => balance::pick(&current, self.settings.balance, &tried),
+                Target::Worker(_, n) => current
                     .workers
                     .iter()
-                    .enumerate()
-                    .find(|(i, w)| w.index == *n && w.health.usable() && tried.is_untried(*i))
-                    .map(|(i, w)| (i, w.clone())),
+                    .find(|w| w.index == *n && w.health.usable() && !tried.has(w))
+                    .cloned(),
             };
-            let Some((i, ep)) = picked else { break };
-            tried.add(i);
+            let Some(ep) = picked else { break };
+            tried.add(&ep);
             if attempt > 0 {
                 app.metrics.retries.inc();
             }
             let mut req = Request::new(body.attempt());
             *req.method_mut() = parts.method.clone();
             *req.version_mut() = Version::HTTP_11;
-            // Copied only while another attempt may need them.
-            let another = attempt + 1 < attempts
-                && match target {
-                    Target::App(a) => a
-                        .workers
-                        .iter()
-                        .enumerate()
-                        .any(|(j, w)| tried.is_untried(j) && w.available()),
-                    Target::Worker(..) => false,
-                };
-            *req.headers_mut() = if another {
+            // Copied while another attempt may follow, even when no other
+            // worker is listed now: the table may change before this one fails.
+            *req.headers_mut() = if attempt + 1 < attempts {
                 parts.headers.clone()
             } else {
-                headers_given = true;
                 std::mem::take(&mut parts.headers)
             };
             let mut uri = hyper::http::uri::Parts::default();
@@ -247,11 +240,10 @@ impl Proxy {
             // Never the app's last usable worker: a single worker hit by a
             // benign race (a pooled connection closing) must not turn into
             // 503s for `eject_for`; a truly dead one still fails its probes.
-            let others = app
+            let others = current
                 .workers
                 .iter()
-                .enumerate()
-                .any(|(j, w)| j != i && w.available());
+                .any(|w| !Arc::ptr_eq(w, &ep) && w.available());
             if err.ejects() && others && ep.health.eject(self.settings.eject_for) {
                 app.metrics.ejections.inc();
                 tracing::warn!(app = %ep.app, worker = ep.index, addr = %ep.address, error = %err, "worker ejected");

@@ -206,6 +206,60 @@ async fn route_swaps_under_load_drop_no_request() {
     assert!(a.hits() > 0 && b.hits() > 0, "{} {}", a.hits(), b.hits());
 }
 
+/// A worker that reads one request head, tells the test, and drops the
+/// connection without an answer when the test says so: a worker stopping
+/// with a request already written to it.
+async fn dropping_worker() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    let (drop_tx, drop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed first");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_tx.send(());
+        let _ = drop_rx.await;
+        drop(conn);
+        drop(listener);
+    });
+    (addr, got_rx, drop_tx)
+}
+
+#[tokio::test]
+async fn a_retry_follows_a_route_switch_made_while_the_request_was_under_way() {
+    // The app's one worker takes a GET; meanwhile a redeploy switches the
+    // route to a new worker, and the old one stops without answering. The
+    // retry must read the new table, not the one the request started with.
+    let (old, got, stop) = dropping_worker().await;
+    let new = Backend::start("new").await;
+    let proxy = std::sync::Arc::new(Proxy::start(settings()).await);
+    proxy
+        .put_routes(table("orders", &[(0, old, "ready")]))
+        .await;
+    let request = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move { get_text(&proxy, "orders.fabric.localhost", "/x").await })
+    };
+    got.await.expect("the old worker got the request");
+    proxy
+        .put_routes(table("orders", &[(0, new.addr, "ready")]))
+        .await;
+    stop.send(()).unwrap();
+    assert_eq!(request.await.unwrap(), "new GET /x");
+    assert_eq!(new.hits(), 1);
+}
+
 #[tokio::test]
 async fn a_slow_worker_is_a_504_and_is_not_retried() {
     let (a, b, proxy) = two_workers(lb_proxy::Settings {
