@@ -134,17 +134,18 @@ fn outbound_http() -> reqwest::Client {
 
 /// Pushes every new route table to `target` until shutdown; a failed push is
 /// retried (with the newest table) until it lands.
-async fn push_routes(
-    mut rx: tokio::sync::watch::Receiver<supervisor::RouteTable>,
-    target: String,
-    shutdown: Shutdown,
-) {
+async fn push_routes(sup: supervisor::Supervisor, target: String, shutdown: Shutdown) {
     let http = outbound_http();
+    let mut rx = sup.routes();
+    let id = sup.route_target();
     loop {
         let table = rx.borrow_and_update().clone();
         loop {
             match http.put(&target).json(&table).send().await {
-                Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().is_success() => {
+                    sup.route_landed(id, table.version);
+                    break;
+                }
                 Ok(r) => {
                     tracing::warn!(%target, status = %r.status(), version = table.version, "route push refused")
                 }
@@ -293,9 +294,9 @@ pub async fn run(
     }
     supervisor.recover().await?;
     for target in &s.routes_push {
-        let (rx, target, sd) = (supervisor.routes(), target.clone(), shutdown.clone());
+        let (sup, target, sd) = (supervisor.clone(), target.clone(), shutdown.clone());
         shutdown.spawn("routes-push", async move {
-            push_routes(rx, target, sd).await;
+            push_routes(sup, target, sd).await;
             Ok::<_, std::convert::Infallible>(())
         });
     }

@@ -126,8 +126,14 @@ struct Inner {
     settings: SupervisorSettings,
     http: reqwest::Client,
     routes: watch::Sender<RouteTable>,
+    /// The route table version each load balancer pushed to has applied.
+    landed: watch::Sender<Vec<u64>>,
     worker_env: WorkerEnv,
 }
+
+/// The longest a stop waits for the load balancers to apply the table that
+/// no longer sends the stopping workers new requests.
+const ROUTE_SETTLE: Duration = Duration::from_secs(2);
 
 /// The supervisor. Cheap to clone.
 #[derive(Clone)]
@@ -172,6 +178,7 @@ impl Supervisor {
                     .build()
                     .unwrap_or_default(),
                 routes: watch::channel(RouteTable::default()).0,
+                landed: watch::channel(Vec::new()).0,
                 worker_env,
             }),
         }
@@ -185,6 +192,42 @@ impl Supervisor {
     /// Follows the route table.
     pub fn routes(&self) -> watch::Receiver<RouteTable> {
         self.inner.routes.subscribe()
+    }
+
+    /// Registers a load balancer the route table is pushed to; the number
+    /// returned reports, through [`Supervisor::route_landed`], which table
+    /// it has applied.
+    pub fn route_target(&self) -> usize {
+        let mut i = 0;
+        self.inner.landed.send_modify(|v| {
+            i = v.len();
+            v.push(0);
+        });
+        i
+    }
+
+    /// Records that load balancer `target` applied table `version`.
+    pub fn route_landed(&self, target: usize, version: u64) {
+        self.inner.landed.send_modify(|v| {
+            if let Some(x) = v.get_mut(target) {
+                *x = (*x).max(version);
+            }
+        });
+    }
+
+    /// Waits, at most [`ROUTE_SETTLE`], until every load balancer has applied
+    /// the current route table, so that workers about to stop are sent no new
+    /// request (the deregistration delay, measured instead of guessed).
+    async fn routes_settled(&self) {
+        let want = self.inner.routes.borrow().version;
+        let mut rx = self.inner.landed.subscribe();
+        let settled = rx.wait_for(|v| v.iter().all(|x| *x >= want));
+        if tokio::time::timeout(ROUTE_SETTLE, settled).await.is_err() {
+            tracing::warn!(
+                version = want,
+                "a load balancer has not applied the route table; stopping workers anyway"
+            );
+        }
     }
 
     /// The app's URL through the load balancer.
@@ -717,6 +760,7 @@ impl Supervisor {
     }
 
     async fn stop_slots(&self, name: &str, slots: Vec<Slot>) {
+        self.routes_settled().await;
         let grace = self.inner.settings.drain_grace;
         let mut stopping = Vec::new();
         for mut slot in slots {
@@ -910,6 +954,7 @@ impl Supervisor {
         };
         self.publish_routes();
         if let Some(r) = old {
+            self.routes_settled().await;
             let _ = self
                 .inner
                 .scheduler
