@@ -157,6 +157,20 @@ impl Fabric {
         }
     }
 
+    /// The lines `fabric up` has logged so far that contain `needle`, for
+    /// failure messages.
+    pub fn log_lines(&mut self, needle: &str) -> Vec<String> {
+        let Some(p) = self.proc.as_mut() else {
+            return Vec::new();
+        };
+        p.drain();
+        p.seen
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
     /// Kills `fabric up` with SIGKILL, leaving its workers running (a crash).
     pub fn crash(&mut self) {
         if let Some(mut p) = self.proc.take() {

@@ -139,6 +139,13 @@ impl Proc {
         }
     }
 
+    /// Takes every line the child has written so far into `seen`.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
     /// All lines seen on `stream`.
     pub fn lines_of(&self, stream: Stream) -> Vec<&str> {
         self.seen

@@ -96,7 +96,7 @@ fn ready(ws: &[Value], n: usize) -> bool {
 
 #[test]
 fn no_request_fails_through_a_kill_an_az_failure_a_redeploy_and_a_restart() {
-    let fabric = Fabric::start();
+    let mut fabric = Fabric::start();
     let run = fabric.cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.1"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let (load, thread) = Load::start(fabric.proxy.clone());
@@ -174,9 +174,10 @@ fn no_request_fails_through_a_kill_an_az_failure_a_redeploy_and_a_restart() {
     let failures = load.failures.lock().unwrap();
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed: {:?}",
+        "{} of {} requests failed: {:?}\nthe load balancer's log:\n{}",
         failures.len(),
         load.ok.load(Ordering::SeqCst) + failures.len(),
-        &failures[..failures.len().min(10)]
+        &failures[..failures.len().min(10)],
+        fabric.log_lines("lb_proxy").join("\n")
     );
 }
