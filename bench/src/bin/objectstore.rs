@@ -3,12 +3,16 @@
 //! For each of get, put and compare-and-set, the same number of operations
 //! runs from the same number of concurrent tasks through the service (HTTP,
 //! sealing, DynamoDB backend) and straight through the SDK, alternating in
-//! rounds so that drift in the emulator's speed hits both alike. Values are
-//! 1 KiB. The closing line:
+//! rounds so that drift in the emulator's speed hits both alike. Then each
+//! operation runs `SINGLES` times one at a time, service and SDK interleaved
+//! call by call: the latency the service adds. (The concurrent rounds
+//! saturate the emulator, so their latencies are mostly queueing for its
+//! CPU, which the service shares on one machine; they are printed, and their
+//! cost is the throughput ratio.) Values are 1 KiB. The closing line:
 //!
 //! `BENCH objectstore throughput_ratio=<service ops/s ÷ SDK ops/s, all three
-//! operations> added_p50_ms=<largest per-operation p50 difference>
-//! embedded_ops_per_s=<the same mix against the embedded backend>`
+//! operations> added_p50_ms=<largest per-operation p50 difference, one call
+//! at a time> embedded_ops_per_s=<the same mix against the embedded backend>`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,7 @@ use tokio::net::TcpListener;
 const TASKS: usize = 8;
 const OPS_PER_TASK: usize = 150;
 const ROUNDS: usize = 3;
+const SINGLES: usize = 200;
 const VALUE: usize = 1024;
 const APP: &str = "bench";
 
@@ -266,6 +271,25 @@ async fn main() {
         store,
     });
 
+    // One call at a time, the two sides interleaved call by call.
+    let (mut svc_one, mut sdk_one) = (
+        vec![Latencies::default(); OPS.len()],
+        vec![Latencies::default(); OPS.len()],
+    );
+    let (mut svc_etag, mut sdk_etag) = (String::new(), String::new());
+    service.op(Op::Put, 0, &mut svc_etag).await;
+    sdk.op(Op::Put, 0, &mut sdk_etag).await;
+    for (i, op) in OPS.into_iter().enumerate() {
+        for _ in 0..SINGLES {
+            let t = Instant::now();
+            service.op(op, 0, &mut svc_etag).await;
+            svc_one[i].record(t.elapsed());
+            let t = Instant::now();
+            sdk.op(op, 0, &mut sdk_etag).await;
+            sdk_one[i].record(t.elapsed());
+        }
+    }
+
     let mut svc_runs: Vec<Run> = vec![Run::default(); OPS.len()];
     let mut sdk_runs: Vec<Run> = vec![Run::default(); OPS.len()];
     let mut emb_runs: Vec<Run> = vec![Run::default(); OPS.len()];
@@ -309,13 +333,22 @@ async fn main() {
         report("service", op, &svc_runs[i]);
         report("embedded", op, &emb_runs[i]);
     }
+    println!("one call at a time ({SINGLES} each, interleaved):");
+    for (i, op) in OPS.into_iter().enumerate() {
+        println!(
+            "  {:<4} p50 sdk {:>7.3} ms  service {:>7.3} ms  p99 sdk {:>7.3} ms  service {:>7.3} ms",
+            op.name(),
+            sdk_one[i].percentile_ms(50.0),
+            svc_one[i].percentile_ms(50.0),
+            sdk_one[i].percentile_ms(99.0),
+            svc_one[i].percentile_ms(99.0),
+        );
+    }
     let ratio = total_ops_per_s(&svc_runs) / total_ops_per_s(&sdk_runs);
-    let added = OPS
+    let added = svc_one
         .iter()
-        .enumerate()
-        .map(|(i, _)| {
-            svc_runs[i].latencies.percentile_ms(50.0) - sdk_runs[i].latencies.percentile_ms(50.0)
-        })
+        .zip(&sdk_one)
+        .map(|(svc, sdk)| svc.percentile_ms(50.0) - sdk.percentile_ms(50.0))
         .fold(f64::MIN, f64::max);
     let embedded_ops = total_ops_per_s(&emb_runs);
     shutdown.trigger();
