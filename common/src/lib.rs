@@ -8,6 +8,8 @@ pub mod app;
 pub mod aws;
 pub mod config;
 pub mod envelope;
+#[cfg(feature = "embedded")]
+pub mod group_commit;
 pub mod http;
 mod secret_file;
 pub mod secrets;

@@ -6,18 +6,18 @@
 //! transaction, and a compare-and-set reads and writes inside it, so redb's
 //! single writer makes every condition atomic.
 //!
-//! Writes are group-committed: one writer thread takes every write waiting
-//! for it, applies them in order in one transaction and commits once (one
-//! fsync), then answers each. A write is acknowledged only after its commit.
+//! Writes are group-committed (`common::group_commit`): concurrent writes
+//! share one transaction and one fsync, and each is acknowledged only after
+//! its commit.
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
+use common::group_commit::{CommitError, GroupCommit, Outcome};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
-use tokio::sync::oneshot;
 
 use super::{
     BackendError, Condition, Entry, LeaseId, LeaseOutcome, LeaseState, Millis, ObjectId, Page,
@@ -34,61 +34,15 @@ const META: TableDefinition<ObjectKey, Meta> = TableDefinition::new("objectstore
 const DATA: TableDefinition<ObjectKey, &[u8]> = TableDefinition::new("objectstore_data");
 const LEASES: TableDefinition<(&str, &str), Lease> = TableDefinition::new("objectstore_leases");
 
-/// The most writes one transaction takes.
-const MAX_BATCH: usize = 256;
-
-/// Reports a write's outcome once its transaction committed (`Ok`) or failed.
-type Done = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-/// A write applied inside a shared transaction: whether it succeeded, and its report.
-type Job = Box<dyn FnOnce(&WriteTransaction) -> (bool, Done) + Send>;
-
 pub(crate) struct Embedded {
     db: Arc<Database>,
-    jobs: mpsc::Sender<Job>,
+    writer: GroupCommit,
 }
 
 fn err(op: &'static str) -> impl Fn(redb::Error) -> BackendError {
     move |e| BackendError::Embedded {
         op,
         message: e.to_string(),
-    }
-}
-
-/// The writer thread: batches waiting writes into one transaction each.
-fn writer(db: Arc<Database>, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let txn = match db.begin_write() {
-            Ok(txn) => txn,
-            Err(e) => {
-                // Dropping the jobs unapplied tells each waiting caller.
-                tracing::error!(error = %e, writes = batch.len(), "embedded store cannot begin a write");
-                continue;
-            }
-        };
-        let mut all_ok = true;
-        let mut reports = Vec::with_capacity(batch.len());
-        for job in batch {
-            let (ok, done) = job(&txn);
-            all_ok &= ok;
-            reports.push((ok, done));
-        }
-        let committed = if all_ok {
-            txn.commit().map_err(|e| e.to_string())
-        } else {
-            // A write failed half-way: none of the batch may land.
-            let _ = txn.abort();
-            Err("aborted with a failed write of the same batch".to_string())
-        };
-        for (ok, done) in reports {
-            done(if ok { committed.clone() } else { Ok(()) });
-        }
     }
 }
 
@@ -111,16 +65,13 @@ impl Embedded {
         }
         txn.commit().map_err(|e| err("open")(e.into()))?;
         let db = Arc::new(db);
-        let (jobs, queue) = mpsc::channel();
-        let writer_db = db.clone();
-        std::thread::Builder::new()
-            .name("objectstore-writer".into())
-            .spawn(move || writer(writer_db, queue))
-            .map_err(|e| BackendError::Embedded {
+        let writer = GroupCommit::start(db.clone(), "objectstore-writer").map_err(|e| {
+            BackendError::Embedded {
                 op: "open",
                 message: format!("cannot start the writer thread: {e}"),
-            })?;
-        Ok(Embedded { db, jobs })
+            }
+        })?;
+        Ok(Embedded { db, writer })
     }
 
     /// Applies `f` in the writer's next transaction; answers once it committed.
@@ -129,38 +80,18 @@ impl Embedded {
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> std::result::Result<T, redb::Error> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |txn| match f(txn) {
-            Ok(value) => (
-                true,
-                Box::new(move |committed| {
-                    let _ = tx.send(
-                        committed
-                            .map(|()| value)
-                            .map_err(|message| BackendError::Embedded { op, message }),
-                    );
-                }),
-            ),
-            Err(e) => {
-                let e = err(op)(e);
-                (
-                    false,
-                    Box::new(move |_| {
-                        let _ = tx.send(Err(e));
-                    }),
-                )
-            }
-        });
-        let sent = self.jobs.send(job).is_ok();
+        let writer = self.writer.clone();
         async move {
-            let gone = || BackendError::Embedded {
-                op,
-                message: "the write was not applied (see the service log)".into(),
-            };
-            if !sent {
-                return Err(gone());
-            }
-            rx.await.map_err(|_| gone())?
+            writer
+                .write(move |txn| match f(txn) {
+                    Ok(value) => Outcome::Done(value),
+                    Err(e) => Outcome::Failed(e),
+                })
+                .await
+                .map_err(|e| match e {
+                    CommitError::Write(e) => err(op)(e),
+                    CommitError::NotCommitted(message) => BackendError::Embedded { op, message },
+                })
         }
         .boxed()
     }

@@ -7,6 +7,10 @@
 //! - `bodies`: (part, id) -> the stored body;
 //! - `schedule`: (part, visible at ms, id) -> (): what becomes visible when.
 //!
+//! Writes are group-committed (`common::group_commit`): concurrent publishes,
+//! leases and acks share one transaction and one fsync, each acknowledged
+//! only after its commit.
+//!
 //! A lease rewrites the message's schedule entry to the end of its lock and
 //! gives it a fresh random token; the handle is `id:token`, so a lease whose
 //! message was delivered again can no longer ack it.
@@ -15,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::group_commit::{CommitError, GroupCommit, Outcome};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -65,6 +70,7 @@ fn parse_handle(handle: &str) -> Result<(u128, u64), BackendError> {
 /// The embedded backend.
 pub(crate) struct Embedded {
     db: Arc<Database>,
+    writer: GroupCommit,
     retention: Duration,
     /// Woken on every publish, rollback and redrive, for long polls.
     wake: Arc<Notify>,
@@ -83,28 +89,37 @@ impl Embedded {
         txn.open_table(QUEUES).map_err(err)?;
         txn.open_table(SCHEDULE).map_err(err)?;
         txn.commit().map_err(err)?;
+        let db = Arc::new(db);
+        let writer = GroupCommit::start(db.clone(), "queue-writer").map_err(err)?;
         Ok(Embedded {
-            db: Arc::new(db),
+            db,
+            writer,
             retention,
             wake: Arc::new(Notify::new()),
         })
     }
 
-    /// Runs `f` in a write transaction on a blocking thread; commits when it returns Ok.
+    /// Runs `f` in the writer's next transaction, shared with the writes
+    /// waiting beside it (one fsync for all); answers once it committed. An
+    /// error that is the caller's (a lost lease) must be returned before `f`
+    /// changes anything: it does not stop the batch. A store error may come
+    /// part-way, so it rolls the batch back.
     async fn write<T, F>(&self, f: F) -> Result<T, BackendError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<T, BackendError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_write().map_err(err)?;
-            let out = f(&txn)?;
-            txn.commit().map_err(err)?;
-            Ok(out)
-        })
-        .await
-        .map_err(err)?
+        self.writer
+            .write(move |txn| match f(txn) {
+                Ok(value) => Outcome::Done(value),
+                Err(e @ BackendError::Store { .. }) => Outcome::Failed(e),
+                Err(e) => Outcome::Refused(e),
+            })
+            .await
+            .map_err(|e| match e {
+                CommitError::Write(e) => e,
+                CommitError::NotCommitted(why) => err(why),
+            })
     }
 
     fn retention_of(&self, part: Part) -> u64 {
@@ -409,13 +424,18 @@ impl QueueBackend for Embedded {
     fn publish<'a>(&'a self, q: &'a QueueId, batch: Vec<Stored>) -> BoxFut<'a, ()> {
         Box::pin(async move {
             let pk = part_key(q, Part::Main);
+            // Ids are checked before the write: an error there must not
+            // come after part of the batch was written.
+            let batch = batch
+                .into_iter()
+                .map(|m| Ok((Uuid::parse_str(&m.id).map_err(err)?.as_u128(), m)))
+                .collect::<Result<Vec<_>, BackendError>>()?;
             self.write(move |txn| {
                 let mut messages = txn.open_table(MESSAGES).map_err(err)?;
                 let mut bodies = txn.open_table(BODIES).map_err(err)?;
                 let mut schedule = txn.open_table(SCHEDULE).map_err(err)?;
                 let now = now_ms();
-                for m in batch {
-                    let id = Uuid::parse_str(&m.id).map_err(err)?.as_u128();
+                for (id, m) in batch {
                     let meta = Meta {
                         enqueued_ms: m.enqueued_ms,
                         visible_ms: now,
