@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::envelope::{Aad, Keyring, ResourceKind};
+use common::envelope::{Aad, Keyring, OpenError, ResourceKind};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -193,7 +193,13 @@ impl Sealer {
             .map_err(|e| RegistryError::Record {
                 kind,
                 id: id.to_string(),
-                reason: e.to_string(),
+                reason: match e {
+                    OpenError::Rejected => "sealed record failed authentication: altered, \
+                                            moved from another record, or sealed with \
+                                            another master key"
+                        .into(),
+                    other => other.to_string(),
+                },
             })
     }
 }
