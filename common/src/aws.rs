@@ -1,4 +1,4 @@
-//! The AWS SDK configuration, from aws-config's default chain.
+//! The AWS SDK configuration, from aws-config's default chain, and DynamoDB tables made ready on start.
 //!
 //! `AWS_ENDPOINT_URL_SQS` and `AWS_ENDPOINT_URL_DYNAMODB` point the clients at
 //! the emulators; credentials and region come from the usual variables, files
@@ -9,4 +9,119 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await
+}
+
+/// A DynamoDB table could not be made ready.
+#[cfg(feature = "dynamodb")]
+#[derive(Debug, thiserror::Error)]
+#[error("dynamodb table {table}: {op}: {message}")]
+pub struct TableError {
+    /// The table.
+    pub table: String,
+    /// What was being done.
+    pub op: &'static str,
+    /// The SDK's account of the failure.
+    pub message: String,
+}
+
+/// Makes sure `table` exists, with the string partition key `partition` and
+/// sort key `sort` (on-demand billing): creates it when it is missing, then
+/// waits until it is active (one created a moment ago, here or by another
+/// instance, may still be `CREATING`). Returns whether this call created it.
+#[cfg(feature = "dynamodb")]
+pub async fn ensure_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    partition: &str,
+    sort: &str,
+) -> Result<bool, TableError> {
+    use aws_sdk_dynamodb::error::DisplayErrorContext;
+    use aws_sdk_dynamodb::types::TableStatus;
+
+    let fail = |op: &'static str, message: String| TableError {
+        table: table.to_string(),
+        op,
+        message,
+    };
+    let described = client.describe_table().table_name(table).send().await;
+    let created = match described {
+        Ok(_) => false,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception()) =>
+        {
+            create_table(client, table, partition, sort)
+                .await
+                .map_err(|m| fail("create table", m))?
+        }
+        Err(e) => {
+            return Err(fail("describe table", DisplayErrorContext(&e).to_string()));
+        }
+    };
+    for _ in 0..120 {
+        let described = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| fail("describe table", DisplayErrorContext(&e).to_string()))?;
+        if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(created);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(fail("wait", "the table did not become active".into()))
+}
+
+/// Creates the table; false when another instance created it first.
+#[cfg(feature = "dynamodb")]
+async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    partition: &str,
+    sort: &str,
+) -> Result<bool, String> {
+    use aws_sdk_dynamodb::error::DisplayErrorContext;
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let key = |name: &str, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+    };
+    let request = (|| {
+        Ok::<_, aws_sdk_dynamodb::error::BuildError>(
+            client
+                .create_table()
+                .table_name(table)
+                .attribute_definitions(attr(partition)?)
+                .attribute_definitions(attr(sort)?)
+                .key_schema(key(partition, KeyType::Hash)?)
+                .key_schema(key(sort, KeyType::Range)?)
+                .billing_mode(BillingMode::PayPerRequest),
+        )
+    })()
+    .map_err(|e| e.to_string())?;
+    match request.send().await {
+        Ok(_) => {
+            tracing::info!(table, "created the DynamoDB table");
+            Ok(true)
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(DisplayErrorContext(&e).to_string()),
+    }
 }

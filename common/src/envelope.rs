@@ -11,8 +11,9 @@
 //!
 //! The data key for an app and key version is HKDF-SHA256 over that version's
 //! master key, with the app name in the `info`. The AAD binds the header, the
-//! app, the resource kind (queue or store), the resource name and the record
-//! key, so a record copied to another app, resource or key fails to open.
+//! app, the resource kind (queue, store or the control plane's registry), the
+//! resource name and the record key, so a record copied to another app,
+//! resource or key fails to open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -43,6 +44,8 @@ pub enum ResourceKind {
     Queue,
     /// A value of an object store.
     Store,
+    /// A record of the control plane's registry (an app, a placement, a tenant).
+    Registry,
 }
 
 impl ResourceKind {
@@ -50,6 +53,7 @@ impl ResourceKind {
         match self {
             ResourceKind::Queue => b'q',
             ResourceKind::Store => b's',
+            ResourceKind::Registry => b'r',
         }
     }
 }
@@ -57,13 +61,13 @@ impl ResourceKind {
 /// Where a record lives: everything the AAD binds besides the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Aad<'a> {
-    /// The app that owns the record.
+    /// The app that owns the record (for the registry, a name no app can have).
     pub app: &'a str,
-    /// Queue or store.
+    /// Queue, store or registry.
     pub kind: ResourceKind,
-    /// The queue or store name.
+    /// The queue or store name (for the registry, the record's kind).
     pub resource: &'a str,
-    /// The message id or object key.
+    /// The message id or object key (for the registry, the record's id).
     pub key: &'a str,
 }
 

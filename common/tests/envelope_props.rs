@@ -4,7 +4,11 @@ use common::envelope::{Aad, Keyring, MasterKey, OVERHEAD, OpenError, ResourceKin
 use proptest::prelude::*;
 
 fn kind() -> impl Strategy<Value = ResourceKind> {
-    prop_oneof![Just(ResourceKind::Queue), Just(ResourceKind::Store)]
+    prop_oneof![
+        Just(ResourceKind::Queue),
+        Just(ResourceKind::Store),
+        Just(ResourceKind::Registry)
+    ]
 }
 
 #[derive(Debug, Clone)]

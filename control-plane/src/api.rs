@@ -81,12 +81,9 @@ impl Api {
                 "no API key presented",
             )
         })?;
-        self.registry
-            .tenant_of(key)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown API key")
-            })
+        self.registry.tenant_of(key).ok_or_else(|| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown API key")
+        })
     }
 
     fn admin(&self, headers: &HeaderMap) -> ApiResult<()> {
@@ -102,7 +99,7 @@ impl Api {
 
     /// The app, if the tenant may see it; another tenant's app is not found.
     fn owned(&self, tenant: &str, name: &str) -> ApiResult<AppRecord> {
-        match self.registry.app(name).map_err(internal)? {
+        match self.registry.app(name) {
             Some(app) if tenant == ADMIN || app.tenant == tenant => Ok(app),
             _ => Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -186,7 +183,7 @@ async fn deploy(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     // The registry is read once: the owner decides both the refusal and the record.
-    let existing = api.registry.app(&name).map_err(internal)?;
+    let existing = api.registry.app(&name);
     if let Some(existing) = &existing
         && existing.tenant != tenant
         && tenant != ADMIN
@@ -214,7 +211,7 @@ async fn deploy(
 
 async fn list_apps(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Vec<AppStatus>>> {
     let tenant = api.tenant(&headers)?;
-    let apps = api.registry.apps().map_err(internal)?;
+    let apps = api.registry.apps();
     Ok(Json(
         apps.into_iter()
             .filter(|a| tenant == ADMIN || a.tenant == tenant)
@@ -306,7 +303,7 @@ async fn queues(
 ) -> ApiResult<Json<AppQueues>> {
     let tenant = api.tenant(&headers)?;
     api.owned(&tenant, &name)?;
-    let record = api.registry.app(&name).map_err(internal)?.ok_or_else(|| {
+    let record = api.registry.app(&name).ok_or_else(|| {
         ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", format!("no app {name}"))
     })?;
     let (Some((url, key)), true) = (&api.queues, record.persistent_queues) else {
@@ -374,12 +371,7 @@ async fn events(
             tenant == ADMIN
                 || match app {
                     None => true,
-                    Some(name) => api
-                        .registry
-                        .app(name)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|a| a.tenant == tenant),
+                    Some(name) => api.registry.app(name).is_some_and(|a| a.tenant == tenant),
                 }
         }
     };
@@ -455,6 +447,7 @@ async fn create_tenant(
     let key = crate::new_api_key();
     api.registry
         .add_api_key(&key, &req.name)
+        .await
         .map_err(internal)?;
     Ok((
         StatusCode::CREATED,

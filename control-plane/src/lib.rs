@@ -32,6 +32,8 @@ pub use api::ADMIN;
 pub const NAME: &str = "control-plane";
 /// The admin API key's file name in the data directory.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
+/// The embedded registry's file name in the data directory.
+pub const REGISTRY_FILE: &str = "registry.redb";
 
 /// The control plane's own settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +65,9 @@ pub struct Settings {
     /// How long a worker's app token is valid; a worker started later gets a fresh one.
     #[serde(with = "humantime_serde")]
     pub worker_token_ttl: Duration,
+    /// The DynamoDB table the registry is kept in (created when missing);
+    /// unset, it is the file `registry.redb` in the data directory.
+    pub registry_table: Option<String>,
 }
 
 impl Default for Settings {
@@ -79,6 +84,7 @@ impl Default for Settings {
             objectstore_url: None,
             events_webhook: None,
             worker_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            registry_table: None,
         }
     }
 }
@@ -257,11 +263,16 @@ pub async fn run(
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
-    let registry = registry::Registry::open(&config.data_dir.join("registry.redb"))?;
     // The fabric secret: workers' tokens, and read tokens for `fabric queues`.
     let token_key =
         common::secrets::token_key(&config).map_err(|e| StartError::Setting(e.to_string()))?;
-    registry.add_api_key(&admin_key(&config.data_dir)?, ADMIN)?;
+    // The master keyring: the registry's records are sealed with it.
+    let keyring =
+        common::secrets::keyring(&config).map_err(|e| StartError::Setting(e.to_string()))?;
+    let registry = open_registry(&config, keyring).await?;
+    registry
+        .add_api_key(&admin_key(&config.data_dir)?, ADMIN)
+        .await?;
     let scheduler = Arc::new(scheduler::local::LocalScheduler::new(
         binary,
         s.azs.clone(),
@@ -292,7 +303,7 @@ pub async fn run(
             Ok::<_, std::convert::Infallible>(())
         });
     }
-    supervisor.recover().await?;
+    supervisor.recover().await;
     for target in &s.routes_push {
         let (sup, target, sd) = (supervisor.clone(), target.clone(), shutdown.clone());
         shutdown.spawn("routes-push", async move {
@@ -300,17 +311,17 @@ pub async fn run(
             Ok::<_, std::convert::Infallible>(())
         });
     }
-    {
+    let supervising = {
         let sup = supervisor.clone();
         shutdown.spawn("supervisor", {
             let sd = shutdown.clone();
             async move { sup.run(sd).await }
-        });
-    }
+        })
+    };
     let readiness = Readiness::new("starting");
     let api = api::Api {
         supervisor,
-        registry,
+        registry: registry.clone(),
         deploying: Arc::default(),
         queues: config
             .settings
@@ -325,5 +336,44 @@ pub async fn run(
     ));
     readiness.set_ready();
     serve(NAME, listener, router, readiness, shutdown).await?;
+    // The workers are stopped and their placements forgotten first; then the
+    // registry's last changes are persisted.
+    let _ = supervising.await;
+    let left = registry.close(config.shutdown_grace).await;
+    if left > 0 {
+        tracing::warn!(
+            unpersisted = left,
+            "stopping with registry changes not persisted: the registry is unreachable"
+        );
+    }
     Ok(())
+}
+
+/// Opens the registry: the DynamoDB table `registry_table` when set, else
+/// the file in the data directory. With a table, a registry file left in the
+/// data directory by an earlier version (which kept it there with every
+/// backend) is moved into an empty table and renamed `registry.redb.imported`.
+async fn open_registry(
+    config: &Config,
+    keyring: common::envelope::Keyring,
+) -> Result<registry::Registry, StartError> {
+    use registry::{Location, Registry};
+    let file = config.data_dir.join(REGISTRY_FILE);
+    let Some(table) = &config.settings.registry_table else {
+        return Ok(Registry::open(&Location::Embedded(file), keyring).await?);
+    };
+    let registry = Registry::open(&Location::DynamoDb(table.clone()), keyring.clone()).await?;
+    if file.exists() {
+        let older = Registry::open(&Location::Embedded(file.clone()), keyring).await?;
+        let imported = registry.import(&older).await;
+        older.close(Duration::from_secs(5)).await;
+        if imported? {
+            let moved = file.with_extension("redb.imported");
+            std::fs::rename(&file, &moved)?;
+            tracing::info!(file = %moved.display(), table, "moved the registry file's records into the registry table");
+        } else {
+            tracing::warn!(file = %file.display(), table, "the registry table holds apps already, so the registry file in the data directory is not read");
+        }
+    }
+    Ok(registry)
 }

@@ -1,47 +1,121 @@
-//! The registry of apps, their workers' placements and the tenants' API keys,
-//! kept in a crash-safe embedded store (redb) so a restarted control plane
-//! still knows every app and can take its workers back.
+//! The registry of apps, their workers' placements and the tenants' API-key
+//! hashes: held whole in memory, persisted in order to a backend (a redb
+//! file, or a DynamoDB table), every value sealed.
+//!
+//! Reads are served from memory and never wait on the backend. A change
+//! updates memory at once (the next read sees it) and is queued for one
+//! writer task, which persists the changed records in the order they first
+//! changed, retrying with back-off while the backend is unreachable (see
+//! `registry/writer.rs`). The changes a caller must know are durable
+//! ([`Registry::put_app`], [`Registry::delete_app`],
+//! [`Registry::add_api_key`]) return once persisted; placements, which change
+//! under the supervisor's lock, are written behind.
+//!
+//! Every value is sealed with the fabric's keyring, the AAD binding the
+//! record's kind and id, so what reaches the file or the table is ciphertext
+//! and a value moved under another id fails to open. An API key is kept only
+//! as its SHA-256 hash: the id of its tenant record.
 
-use std::path::Path;
+mod dynamodb;
+mod embedded;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use common::envelope::{Aad, Keyring, OpenError, ResourceKind};
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::AppRecord;
 
-const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
-const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
-const TENANTS: TableDefinition<&str, &str> = TableDefinition::new("tenants");
+/// Where the registry is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A redb file (a local control plane: `<data_dir>/registry.redb`).
+    Embedded(PathBuf),
+    /// A DynamoDB table, created when missing, reached through aws-config's
+    /// default chain (`AWS_ENDPOINT_URL_DYNAMODB` points it at an emulator).
+    DynamoDb(String),
+}
+
+/// The kinds of record the registry keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKind {
+    /// An app, by name.
+    App,
+    /// A worker's placement, by `{app}/{version}/{index}`.
+    Placement,
+    /// A tenant, by the SHA-256 hash of one of its API keys.
+    Tenant,
+}
+
+impl RecordKind {
+    /// Every kind, in the order they are loaded.
+    pub const ALL: [RecordKind; 3] = [RecordKind::App, RecordKind::Placement, RecordKind::Tenant];
+
+    /// The kind's name in the store (and in the AAD).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::App => "app",
+            RecordKind::Placement => "placement",
+            RecordKind::Tenant => "tenant",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        RecordKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {message}")]
+pub struct StoreError {
+    /// The operation.
+    pub op: &'static str,
+    /// The cause.
+    pub message: String,
+}
 
 /// A registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The store failed.
-    #[error("registry store: {0}")]
-    Store(#[from] redb::Error),
-    /// A record could not be (de)serialised.
-    #[error("registry record: {0}")]
-    Record(#[from] serde_json::Error),
+    /// The backend failed.
+    #[error("registry {store}: {source}")]
+    Store {
+        /// Which backend (a file or a table).
+        store: String,
+        /// What failed.
+        source: StoreError,
+    },
+    /// A stored record cannot be opened or read: tampered, moved under
+    /// another id, sealed with a key this fabric does not hold, or malformed.
+    #[error("registry record {kind} {id:?} cannot be read: {reason}")]
+    Record {
+        /// Its kind.
+        kind: RecordKind,
+        /// Its id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The registry was closed: a change made since is in memory only.
+    #[error("the registry is closed; the change was not persisted")]
+    Closed,
 }
-
-macro_rules! store_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for RegistryError {
-            fn from(e: $t) -> Self {
-                RegistryError::Store(e.into())
-            }
-        }
-    )*};
-}
-store_err!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// Where a worker runs, remembered so a restarted control plane can adopt it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,10 +143,123 @@ impl Placement {
     }
 }
 
-/// The registry. Cheap to clone.
+/// A record's kind and id.
+type Key = (RecordKind, String);
+
+/// A record as a backend keeps it: its value sealed.
+struct Sealed {
+    kind: RecordKind,
+    id: String,
+    value: Vec<u8>,
+}
+
+/// Where sealed records are kept: one implementation per file in this module.
+trait Store: Send + Sync {
+    /// The backend, for logs and errors (a file's path, a table's name).
+    fn name(&self) -> &str;
+    /// Every record.
+    fn load(&self) -> BoxFuture<'_, Result<Vec<Sealed>, StoreError>>;
+    /// Inserts or replaces one record, durably.
+    fn put(&self, record: Sealed) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Removes one record, durably (removing a missing record is no error).
+    fn delete(&self, kind: RecordKind, id: String) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The app name the registry's records are sealed under: not a valid app
+/// name, so no app derives the same data key.
+const SEAL_SCOPE: &str = "control-plane/registry";
+
+/// Seals and opens record values, bound to their kind and id.
 #[derive(Clone)]
-pub struct Registry {
-    db: Arc<Database>,
+struct Sealer(Keyring);
+
+impl Sealer {
+    fn aad(kind: RecordKind, id: &str) -> Aad<'_> {
+        Aad {
+            app: SEAL_SCOPE,
+            kind: ResourceKind::Registry,
+            resource: kind.as_str(),
+            key: id,
+        }
+    }
+
+    fn seal(&self, kind: RecordKind, id: &str, plaintext: &[u8]) -> Vec<u8> {
+        self.0.seal(&Self::aad(kind, id), plaintext)
+    }
+
+    fn open(&self, kind: RecordKind, id: &str, sealed: &[u8]) -> Result<Vec<u8>, RegistryError> {
+        self.0
+            .open(&Self::aad(kind, id), sealed)
+            .map_err(|e| RegistryError::Record {
+                kind,
+                id: id.to_string(),
+                reason: match e {
+                    OpenError::Rejected => "sealed record failed authentication: altered, \
+                                            moved from another record, or sealed with \
+                                            another master key"
+                        .into(),
+                    other => other.to_string(),
+                },
+            })
+    }
+}
+
+/// Everything the registry holds, in memory.
+#[derive(Debug, Clone, Default)]
+struct Records {
+    apps: BTreeMap<String, AppRecord>,
+    placements: BTreeMap<String, Placement>,
+    /// Tenant by API-key hash.
+    tenants: BTreeMap<String, String>,
+}
+
+impl Records {
+    /// Takes in one stored record's plaintext.
+    fn insert(&mut self, kind: RecordKind, id: String, plaintext: &[u8]) -> Result<(), String> {
+        let json = |e: serde_json::Error| e.to_string();
+        match kind {
+            RecordKind::App => {
+                self.apps
+                    .insert(id, serde_json::from_slice(plaintext).map_err(json)?);
+            }
+            RecordKind::Placement => {
+                self.placements
+                    .insert(id, serde_json::from_slice(plaintext).map_err(json)?);
+            }
+            RecordKind::Tenant => {
+                let tenant = std::str::from_utf8(plaintext).map_err(|e| e.to_string())?;
+                self.tenants.insert(id, tenant.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// The plaintext a record is stored as, or `None` when it is gone.
+    fn value(&self, kind: RecordKind, id: &str) -> Option<Vec<u8>> {
+        // Serialising these plain structs to JSON cannot fail.
+        match kind {
+            RecordKind::App => self.apps.get(id).and_then(|a| serde_json::to_vec(a).ok()),
+            RecordKind::Placement => self
+                .placements
+                .get(id)
+                .and_then(|p| serde_json::to_vec(p).ok()),
+            RecordKind::Tenant => self.tenants.get(id).map(|t| t.as_bytes().to_vec()),
+        }
+    }
+
+    /// The key of every record held.
+    fn keys(&self) -> Vec<Key> {
+        let apps = self.apps.keys().map(|id| (RecordKind::App, id.clone()));
+        let placements = self
+            .placements
+            .keys()
+            .map(|id| (RecordKind::Placement, id.clone()));
+        let tenants = self
+            .tenants
+            .keys()
+            .map(|id| (RecordKind::Tenant, id.clone()));
+        apps.chain(placements).chain(tenants).collect()
+    }
 }
 
 fn key_hash(api_key: &str) -> String {
@@ -82,172 +269,188 @@ fn key_hash(api_key: &str) -> String {
         .collect()
 }
 
+/// The registry. Cheap to clone; every clone shares one memory and one writer.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<writer::Shared>,
+}
+
 impl Registry {
-    /// Opens (or creates) the registry file at `path`.
-    pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| RegistryError::Store(redb::Error::Io(e)))?;
-        }
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(APPS)?;
-        txn.open_table(PLACEMENTS)?;
-        txn.open_table(TENANTS)?;
-        txn.commit()?;
-        Ok(Registry { db: Arc::new(db) })
-    }
-
-    /// Saves an app record (insert or replace).
-    pub fn put_app(&self, app: &AppRecord) -> Result<(), RegistryError> {
-        let bytes = serde_json::to_vec(app)?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(APPS)?
-            .insert(app.name.as_str(), bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Removes an app and every placement of it.
-    pub fn delete_app(&self, name: &str) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(APPS)?.remove(name)?;
-        {
-            let mut placements = txn.open_table(PLACEMENTS)?;
-            let prefix = format!("{name}/");
-            let keys: Vec<String> = placements
-                .iter()?
-                .filter_map(Result::ok)
-                .map(|(k, _)| k.value().to_string())
-                .filter(|k| k.starts_with(&prefix))
-                .collect();
-            for k in keys {
-                placements.remove(k.as_str())?;
+    /// Opens the registry at `location` (creating the file or the table when
+    /// missing), loads it whole and starts its writer. `keyring` seals and
+    /// opens every value; a record it cannot open stops the start with an
+    /// error naming the record.
+    pub async fn open(location: &Location, keyring: Keyring) -> Result<Self, RegistryError> {
+        let sealer = Sealer(keyring);
+        let store: Arc<dyn Store> = match location {
+            Location::Embedded(path) => Arc::new(
+                embedded::Embedded::open(path.clone(), sealer.clone())
+                    .await
+                    .map_err(|source| RegistryError::Store {
+                        store: path.display().to_string(),
+                        source,
+                    })?,
+            ),
+            Location::DynamoDb(table) => {
+                let sdk = common::aws::sdk_config().await;
+                Arc::new(
+                    dynamodb::DynamoDb::open(&sdk, table)
+                        .await
+                        .map_err(|source| RegistryError::Store {
+                            store: format!("dynamodb table {table}"),
+                            source,
+                        })?,
+                )
             }
+        };
+        Self::start(store, sealer).await
+    }
+
+    /// Loads every record of `store` and starts the writer.
+    async fn start(store: Arc<dyn Store>, sealer: Sealer) -> Result<Self, RegistryError> {
+        let sealed = store.load().await.map_err(|source| RegistryError::Store {
+            store: store.name().to_string(),
+            source,
+        })?;
+        let mut records = Records::default();
+        for s in sealed {
+            let plaintext = sealer.open(s.kind, &s.id, &s.value)?;
+            records
+                .insert(s.kind, s.id.clone(), &plaintext)
+                .map_err(|reason| RegistryError::Record {
+                    kind: s.kind,
+                    id: s.id,
+                    reason,
+                })?;
         }
-        txn.commit()?;
-        Ok(())
+        tracing::info!(
+            store = store.name(),
+            apps = records.apps.len(),
+            placements = records.placements.len(),
+            "registry loaded"
+        );
+        Ok(Registry {
+            shared: writer::Shared::start(records, store, sealer),
+        })
+    }
+
+    /// Saves an app record (insert or replace); returns once it is persisted.
+    pub async fn put_app(&self, app: &AppRecord) -> Result<(), RegistryError> {
+        let change = self.shared.change(|r| {
+            r.apps.insert(app.name.clone(), app.clone());
+            vec![(RecordKind::App, app.name.clone())]
+        });
+        self.shared.persisted(change).await
+    }
+
+    /// Removes an app and every placement of it; returns once persisted.
+    pub async fn delete_app(&self, name: &str) -> Result<(), RegistryError> {
+        let change = self.shared.change(|r| {
+            r.apps.remove(name);
+            let prefix = format!("{name}/");
+            let gone: Vec<String> = r
+                .placements
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            let mut changed = vec![(RecordKind::App, name.to_string())];
+            for k in gone {
+                r.placements.remove(&k);
+                changed.push((RecordKind::Placement, k));
+            }
+            changed
+        });
+        self.shared.persisted(change).await
     }
 
     /// One app.
-    pub fn app(&self, name: &str) -> Result<Option<AppRecord>, RegistryError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(APPS)?;
-        match table.get(name)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
-            None => Ok(None),
-        }
+    pub fn app(&self, name: &str) -> Option<AppRecord> {
+        self.shared.read(|r| r.apps.get(name).cloned())
     }
 
     /// Every app, by name.
-    pub fn apps(&self) -> Result<Vec<AppRecord>, RegistryError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(APPS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (_, v) = item?;
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
+    pub fn apps(&self) -> Vec<AppRecord> {
+        self.shared.read(|r| r.apps.values().cloned().collect())
     }
 
-    /// Records where a worker runs.
-    pub fn put_placement(&self, p: &Placement) -> Result<(), RegistryError> {
-        let bytes = serde_json::to_vec(p)?;
-        let txn = self.db.begin_write()?;
-        txn.open_table(PLACEMENTS)?
-            .insert(p.key().as_str(), bytes.as_slice())?;
-        txn.commit()?;
-        Ok(())
+    /// Records where a worker runs (written behind: this never waits).
+    pub fn put_placement(&self, p: &Placement) {
+        self.shared.change(|r| {
+            r.placements.insert(p.key(), p.clone());
+            vec![(RecordKind::Placement, p.key())]
+        });
     }
 
-    /// Forgets a worker.
-    pub fn remove_placement(&self, p: &Placement) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(PLACEMENTS)?.remove(p.key().as_str())?;
-        txn.commit()?;
-        Ok(())
+    /// Forgets a worker (written behind: this never waits).
+    pub fn remove_placement(&self, p: &Placement) {
+        self.shared.change(|r| {
+            r.placements.remove(&p.key());
+            vec![(RecordKind::Placement, p.key())]
+        });
     }
 
     /// Every recorded worker.
-    pub fn placements(&self) -> Result<Vec<Placement>, RegistryError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PLACEMENTS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (_, v) = item?;
-            out.push(serde_json::from_slice(v.value())?);
-        }
-        Ok(out)
+    pub fn placements(&self) -> Vec<Placement> {
+        self.shared
+            .read(|r| r.placements.values().cloned().collect())
     }
 
-    /// Registers an API key for `tenant`; only its hash is stored.
-    pub fn add_api_key(&self, api_key: &str, tenant: &str) -> Result<(), RegistryError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(TENANTS)?
-            .insert(key_hash(api_key).as_str(), tenant)?;
-        txn.commit()?;
-        Ok(())
+    /// Registers an API key for `tenant`; only its hash is stored. Returns
+    /// once persisted (at once when the key is registered already).
+    pub async fn add_api_key(&self, api_key: &str, tenant: &str) -> Result<(), RegistryError> {
+        let hash = key_hash(api_key);
+        let change = self.shared.change(|r| {
+            if r.tenants.get(&hash).map(String::as_str) == Some(tenant) {
+                return Vec::new();
+            }
+            r.tenants.insert(hash.clone(), tenant.to_string());
+            vec![(RecordKind::Tenant, hash.clone())]
+        });
+        self.shared.persisted(change).await
     }
 
     /// The tenant an API key belongs to.
-    pub fn tenant_of(&self, api_key: &str) -> Result<Option<String>, RegistryError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(TENANTS)?;
-        Ok(table
-            .get(key_hash(api_key).as_str())?
-            .map(|v| v.value().to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(name: &str) -> AppRecord {
-        AppRecord {
-            name: name.into(),
-            tenant: "t1".into(),
-            version: 1,
-            manifest: "flows: []".into(),
-            workers: 2,
-            size: 0.1,
-            persistent_queues: false,
-            encrypt_queues: false,
-        }
+    pub fn tenant_of(&self, api_key: &str) -> Option<String> {
+        let hash = key_hash(api_key);
+        self.shared.read(|r| r.tenants.get(&hash).cloned())
     }
 
-    #[test]
-    fn survives_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.redb");
-        {
-            let r = Registry::open(&path).unwrap();
-            r.put_app(&record("orders")).unwrap();
-            r.put_app(&record("billing")).unwrap();
-            r.add_api_key("secret-key", "t1").unwrap();
-            let p = Placement {
-                app: "orders".into(),
-                version: 1,
-                index: 1,
-                az: "a".into(),
-                address: "127.0.1.1:5000".into(),
-                pid: Some(42),
-                restarts: 0,
-            };
-            r.put_placement(&p).unwrap();
-        }
-        let r = Registry::open(&path).unwrap();
-        let names: Vec<String> = r.apps().unwrap().into_iter().map(|a| a.name).collect();
-        assert_eq!(names, ["billing", "orders"]);
-        assert_eq!(r.placements().unwrap().len(), 1);
-        assert_eq!(r.tenant_of("secret-key").unwrap().as_deref(), Some("t1"));
-        assert_eq!(r.tenant_of("other").unwrap(), None);
-        r.delete_app("orders").unwrap();
-        assert!(r.app("orders").unwrap().is_none());
-        assert!(r.placements().unwrap().is_empty());
-        // Only the key's hash is on disk.
-        drop(r);
-        let raw = std::fs::read(&path).unwrap();
-        assert!(!raw.windows(10).any(|w| w == b"secret-key"));
+    /// Copies every record of `older` into this registry when this one holds
+    /// no app yet (moving a registry to another backend); returns whether it
+    /// did, once the copies are persisted.
+    pub async fn import(&self, older: &Registry) -> Result<bool, RegistryError> {
+        let from = older.shared.read(Records::clone);
+        let mut copied = false;
+        let change = self.shared.change(|r| {
+            if !r.apps.is_empty() {
+                return Vec::new();
+            }
+            copied = true;
+            let keys = from.keys();
+            r.apps.extend(from.apps);
+            r.placements.extend(from.placements);
+            r.tenants.extend(from.tenants);
+            keys
+        });
+        self.shared.persisted(change).await?;
+        Ok(copied)
+    }
+
+    /// Waits until every change made so far is persisted.
+    pub async fn flush(&self) -> Result<(), RegistryError> {
+        self.shared.flush().await
+    }
+
+    /// How many changed records are not persisted yet.
+    pub fn unpersisted(&self) -> usize {
+        self.shared.unpersisted()
+    }
+
+    /// Persists what is left (waiting at most `within`), then stops the
+    /// writer and releases the backend (the file's lock). Returns how many
+    /// changed records were left unpersisted: 0 when everything landed.
+    pub async fn close(&self, within: Duration) -> usize {
+        self.shared.close(within).await
     }
 }

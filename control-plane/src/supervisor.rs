@@ -259,9 +259,9 @@ impl Supervisor {
 
     /// Takes back the registry's apps after a restart: adopts workers that
     /// still run and answer, starts the rest, stops leftovers of old versions.
-    pub async fn recover(&self) -> Result<(), RegistryError> {
-        let records = self.inner.registry.apps()?;
-        let placements = self.inner.registry.placements()?;
+    pub async fn recover(&self) {
+        let records = self.inner.registry.apps();
+        let placements = self.inner.registry.placements();
         let mut adopted = Vec::new();
         for p in placements {
             let current = records.iter().find(|r| r.name == p.app).map(|r| r.version);
@@ -278,7 +278,7 @@ impl Supervisor {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
-                self.inner.registry.remove_placement(&p)?;
+                self.inner.registry.remove_placement(&p);
             }
         }
         let now = Instant::now();
@@ -336,7 +336,6 @@ impl Supervisor {
             }
         }
         self.publish_routes();
-        Ok(())
     }
 
     /// Checks every worker until `shutdown`, then stops them all.
@@ -552,9 +551,7 @@ impl Supervisor {
                     pid: Some(running.pid),
                     restarts: slot.restarts,
                 };
-                if let Err(e) = self.inner.registry.put_placement(&placement) {
-                    tracing::error!(app, error = %e, "could not record a placement");
-                }
+                self.inner.registry.put_placement(&placement);
                 slot.running = Some(running);
                 slot.state = WorkerState::Starting;
             }
@@ -653,7 +650,7 @@ impl Supervisor {
         }
         match self.wait_ready(&name, version).await {
             Ok(()) => {
-                self.inner.registry.put_app(&record)?;
+                self.inner.registry.put_app(&record).await?;
                 self.switch(&record).await;
                 self.inner.events.emit(
                     Some(&name),
@@ -750,7 +747,7 @@ impl Supervisor {
             if run.pending.as_ref().is_some_and(|p| p.version == version) {
                 run.pending = None;
             }
-            if run.slots.is_empty() && self.inner.registry.app(name).ok().flatten().is_none() {
+            if run.slots.is_empty() && self.inner.registry.app(name).is_none() {
                 st.apps.remove(name);
             }
             gone
@@ -773,7 +770,7 @@ impl Supervisor {
                 pid: None,
                 restarts: 0,
             };
-            let _ = self.inner.registry.remove_placement(&placement);
+            self.inner.registry.remove_placement(&placement);
             if let Some(r) = slot.running.take() {
                 stopping.push(self.inner.scheduler.stop(r, grace));
             }
@@ -823,7 +820,7 @@ impl Supervisor {
             run.slots = keep;
             (run.record.clone(), extra)
         };
-        self.inner.registry.put_app(&record)?;
+        self.inner.registry.put_app(&record).await?;
         self.publish_routes();
         self.stop_slots(name, extra).await;
         self.wait_ready(name, record.version)
@@ -839,7 +836,7 @@ impl Supervisor {
 
     /// Drains and stops every worker of `name` and forgets the app.
     pub async fn delete(&self, name: &str) -> Result<(), DeployError> {
-        self.inner.registry.delete_app(name)?;
+        self.inner.registry.delete_app(name).await?;
         let slots = {
             let mut st = lock(&self.inner.state);
             st.apps.remove(name).map(|r| r.slots).unwrap_or_default()
@@ -1002,12 +999,7 @@ impl Supervisor {
             .iter()
             .filter(|s| s.version == run.record.version && s.state == WorkerState::Ready)
             .count() as u32;
-        self.inner
-            .registry
-            .app(name)
-            .ok()
-            .flatten()
-            .map(|r| (r, ready))
+        self.inner.registry.app(name).map(|r| (r, ready))
     }
 
     /// Every worker of `name`.

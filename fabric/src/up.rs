@@ -13,15 +13,16 @@ use tokio::net::TcpListener;
 pub enum Backend {
     /// redb files in the data directory: one machine, no AWS needed.
     Embedded,
-    /// SQS and DynamoDB through aws-config's default chain (credentials,
-    /// region, and `AWS_ENDPOINT_URL_*` for emulators).
+    /// SQS and DynamoDB (the object store and the registry) through
+    /// aws-config's default chain (credentials, region, and
+    /// `AWS_ENDPOINT_URL_*` for emulators).
     Aws,
 }
 
 /// Options of `fabric up`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Where queues and the object store live.
+    /// Where queues, the object store and the control plane's registry live.
     #[arg(
         long,
         value_enum,
@@ -30,8 +31,8 @@ pub struct Args {
     )]
     backend: Backend,
     /// With `--backend aws`: the prefix of every SQS queue, and of the
-    /// DynamoDB table (`{prefix}objectstore`), so fabrics sharing an account
-    /// stay apart (at most 16 letters, digits or `-`).
+    /// DynamoDB tables (`{prefix}objectstore`, `{prefix}registry`), so
+    /// fabrics sharing an account stay apart (at most 16 letters, digits or `-`).
     #[arg(long, env = "FABRIC_AWS_PREFIX", default_value = "fabric-")]
     aws_prefix: String,
     /// Availability zones (labels; each gets its own loopback range).
@@ -182,20 +183,29 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         queue_url: Some(urls[0].clone()),
         objectstore_url: Some(urls[1].clone()),
         events_webhook: args.events_webhook.clone(),
+        registry_table: aws.then(|| format!("{}registry", args.aws_prefix)),
         ..Default::default()
     });
     let admin_key = control_plane::admin_key(&data_dir)?;
+    // A fabric without its control plane is of no use: if it cannot start
+    // (say, its registry cannot be opened), everything stops and says why.
+    let cp_failed = std::sync::Arc::new(std::sync::OnceLock::new());
     {
-        let sd = shutdown.clone();
+        let (sd, failed) = (shutdown.clone(), cp_failed.clone());
         shutdown.spawn(control_plane::NAME, async move {
-            control_plane::run(cp_config, listener, sd).await
+            let result = control_plane::run(cp_config, listener, sd.clone()).await;
+            if let Err(e) = &result {
+                let _ = failed.set(e.to_string());
+                sd.trigger();
+            }
+            result
         });
     }
     let url_file = data_dir.join(crate::cli::URL_FILE);
     std::fs::write(&url_file, format!("{cp_url}\n"))?;
 
     println!(
-        "Worker Fabric is up (data in {}, master key version {}; queues and object store: {}).",
+        "Worker Fabric is up (data in {}, master key version {}; queues, object store and registry: {}).",
         data_dir.display(),
         keyring.newest_version(),
         if aws { "SQS and DynamoDB" } else { "embedded" }
@@ -223,6 +233,9 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     shutdown.triggered().await;
     let clean = shutdown.drain().await;
     let _ = std::fs::remove_file(&url_file);
+    if let Some(e) = cp_failed.get() {
+        anyhow::bail!("the control plane stopped: {e}");
+    }
     println!(
         "Worker Fabric stopped{}.",
         if clean { "" } else { " (grace period expired)" }

@@ -73,6 +73,12 @@ impl Fabric {
         Self::launch(data, &[])
     }
 
+    /// Starts a fabric on an existing data directory with extra environment
+    /// (a restart with the same options).
+    pub fn start_in_env(data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::launch(data, env)
+    }
+
     fn launch(data: &Path, env: &[(&str, &str)]) -> Self {
         let mut cmd = crate::fabric_command();
         cmd.envs(env.iter().copied());

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use fabric_tests::fabric::Fabric;
 use serde_json::Value;
 
@@ -292,6 +293,94 @@ async fn fabric_up_runs_on_sqs_and_dynamodb_with_the_aws_backend() {
             .any(|u| u.contains("orders") && u.contains("incoming")),
         "{urls:?}"
     );
+}
+
+/// Waits until `hello` answers through `fabric`'s load balancer.
+async fn hello_through_the_load_balancer(fabric: &Fabric) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/hello/test", fabric.proxy))
+            .header("host", "hello.fabric.localhost")
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 200 => {
+                let v: Value = r.json().await.unwrap();
+                assert_eq!(v["message"], "hello, test");
+                return;
+            }
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "hello never answered through the load balancer: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_aws_backend_the_registry_is_a_table_that_outlives_stops_and_crashes() {
+    fabric_tests::Emulators::from_env();
+    // A prefix of its own (at most 16 characters), so this run's tables are its own.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let prefix = format!("r{}x{}-", std::process::id() % 100_000, nanos % 10_000);
+    let env = [("FABRIC_UP_BACKEND", "aws"), ("FABRIC_AWS_PREFIX", &prefix)];
+    let mut first = Fabric::start_env(&env);
+    let run = first.cli(&["apps", "deploy", HELLO, "--workers", "2", "--size", "0.1"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    hello_through_the_load_balancer(&first).await;
+    assert!(
+        !first.data.join("registry.redb").exists(),
+        "the registry is the table, not a file"
+    );
+    // The app is an item of the table, sealed: its manifest is not readable there.
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let table = format!("{prefix}registry");
+    let item = dynamodb
+        .get_item()
+        .table_name(&table)
+        .key("kind", AttributeValue::S("app".into()))
+        .key("id", AttributeValue::S("hello".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the app is in the registry table");
+    let sealed = item["v"].as_b().expect("a binary value").as_ref();
+    assert!(
+        !fabric_tests::contains(sealed, b"greeting"),
+        "plaintext manifest"
+    );
+
+    // A clean stop stops the workers; the next start starts them again.
+    assert!(first.stop());
+    let mut second = Fabric::start_in_env(&first.data, &env);
+    let before = second.wait_workers("hello", "workers started again", |ws| ready(ws, 2));
+    let list = second.cli(&["apps", "list", "--output", "json"]).json();
+    assert_eq!(list[0]["name"], "hello", "{list}");
+    hello_through_the_load_balancer(&second).await;
+
+    // A crash leaves the workers running; the next start takes them back.
+    second.crash();
+    let mut third = Fabric::start_in_env(&first.data, &env);
+    let after = third.wait_workers("hello", "adopted workers", |ws| ready(ws, 2));
+    let pids = |ws: &[Value]| ws.iter().map(pid).collect::<Vec<_>>();
+    assert_eq!(
+        pids(&after),
+        pids(&before),
+        "the same processes, taken back"
+    );
+    let list = third.cli(&["apps", "list", "--output", "json"]).json();
+    assert_eq!(list[0]["name"], "hello", "{list}");
+    hello_through_the_load_balancer(&third).await;
+    assert!(third.stop());
+    let _ = dynamodb.delete_table().table_name(&table).send().await;
 }
 
 async fn orders_through_the_load_balancer(fabric: &Fabric) {

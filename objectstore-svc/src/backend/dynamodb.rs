@@ -24,14 +24,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus, TimeToLiveSpecification,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TimeToLiveSpecification};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
@@ -180,75 +176,23 @@ impl DynamoDb {
         Ok(this)
     }
 
-    /// Creates the table when it is missing and waits until it is active.
+    /// Creates the table when it is missing (with TTL deletion on) and waits
+    /// until it is active.
     async fn ensure_table(&self) -> Result<()> {
-        let described = self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await;
-        match described {
-            Ok(_) => {}
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
-            {
-                self.create_table().await?;
-            }
-            Err(e) => return Err(sdk("describe table")(e)),
+        let created = common::aws::ensure_table(&self.client, &self.table, "pk", "sk")
+            .await
+            .map_err(|e| BackendError::DynamoDb {
+                op: e.op,
+                message: format!("table {}: {}", e.table, e.message),
+            })?;
+        if created {
+            self.enable_ttl().await?;
         }
-        // A table created a moment ago (here or by another instance) may still be CREATING.
-        for _ in 0..120 {
-            let table = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(sdk("describe table"))?;
-            if table.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        Err(malformed(&self.table, "table did not become active"))
+        Ok(())
     }
 
-    async fn create_table(&self) -> Result<()> {
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-        };
-        let key = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-        };
-        let built = (|| {
-            Ok::<_, aws_sdk_dynamodb::error::BuildError>(
-                self.client
-                    .create_table()
-                    .table_name(&self.table)
-                    .attribute_definitions(attr("pk")?)
-                    .attribute_definitions(attr("sk")?)
-                    .key_schema(key("pk", KeyType::Hash)?)
-                    .key_schema(key("sk", KeyType::Range)?)
-                    .billing_mode(BillingMode::PayPerRequest),
-            )
-        })()
-        .map_err(|e| malformed(&self.table, &e.to_string()))?;
-        match built.send().await {
-            Ok(_) => tracing::info!(table = %self.table, "created the object store table"),
-            // Another instance created it first.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-            Err(e) => return Err(sdk("create table")(e)),
-        }
+    /// Turns on DynamoDB's TTL deletion of expired items.
+    async fn enable_ttl(&self) -> Result<()> {
         let spec = TimeToLiveSpecification::builder()
             .attribute_name("ttl")
             .enabled(true)
