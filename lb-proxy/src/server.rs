@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use common::shutdown::Shutdown;
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -24,8 +24,7 @@ use crate::smuggle::{Inspected, Verdict};
 #[derive(Clone)]
 pub struct Server {
     proxy: Arc<Proxy>,
-    h1: Arc<http1::Builder>,
-    h2: Arc<http2::Builder<TokioExecutor>>,
+    http: Arc<auto::Builder<TokioExecutor>>,
     permits: Arc<Semaphore>,
     connections: TaskTracker,
     handshake_timeout: std::time::Duration,
@@ -40,17 +39,17 @@ impl Server {
         connections: TaskTracker,
         shutdown: Shutdown,
     ) -> Self {
-        let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(settings.idle_timeout)
             .max_buf_size(settings.max_header_bytes.max(8192));
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
+        http.http2()
+            .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         Server {
             proxy,
-            h1: Arc::new(h1),
-            h2: Arc::new(h2),
+            http: Arc::new(http),
             permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             connections,
             handshake_timeout: settings.idle_timeout,
@@ -116,7 +115,7 @@ impl Server {
         match tls {
             None => {
                 let io = Inspected::new(stream, verdict.clone(), false);
-                self.serve(io, conn(None, false), false).await;
+                self.serve(io, conn(None, false)).await;
             }
             Some(acceptor) => {
                 let stream =
@@ -137,14 +136,12 @@ impl Server {
                 let sni = session.server_name().map(str::to_ascii_lowercase);
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 let io = Inspected::new(stream, verdict.clone(), h2);
-                self.serve(io, conn(sni, true), h2).await;
+                self.serve(io, conn(sni, true)).await;
             }
         }
     }
 
-    /// Serves one connection: HTTP/2 when TLS's ALPN chose it, HTTP/1.1
-    /// otherwise (plain-text HTTP/2 is not offered, so nothing is sniffed).
-    async fn serve<I>(&self, io: I, conn: Conn, h2: bool)
+    async fn serve<I>(&self, io: I, conn: Conn)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -154,27 +151,14 @@ impl Server {
             let (proxy, conn) = (proxy.clone(), conn.clone());
             async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
         });
-        let io = TokioIo::new(io);
-        // The two connection types share no trait the compiler can name here
-        // without a higher-ranked bound it cannot prove, so the same lines
-        // run twice through a macro.
-        macro_rules! drive {
-            ($served:expr) => {{
-                let served = $served;
-                tokio::pin!(served);
-                tokio::select! {
-                    r = served.as_mut() => r,
-                    () = self.shutdown.triggered() => {
-                        served.as_mut().graceful_shutdown();
-                        served.await
-                    }
-                }
-            }};
-        }
-        let result = if h2 {
-            drive!(self.h2.serve_connection(io, service))
-        } else {
-            drive!(self.h1.serve_connection(io, service))
+        let served = self.http.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(served);
+        let result = tokio::select! {
+            r = served.as_mut() => r,
+            () = self.shutdown.triggered() => {
+                served.as_mut().graceful_shutdown();
+                served.await
+            }
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
