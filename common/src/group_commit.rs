@@ -216,7 +216,10 @@ mod tests {
                 }
                 Err(e) => panic!("write {i}: {e}"),
             }
-            assert_eq!(get(&db, &format!("k{i}")), (!i.is_multiple_of(10)).then_some(i));
+            assert_eq!(
+                get(&db, &format!("k{i}")),
+                (!i.is_multiple_of(10)).then_some(i)
+            );
         }
     }
 
