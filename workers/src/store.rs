@@ -5,6 +5,7 @@
 //! it outlives the worker: a key claimed by `idempotent` or a group half
 //! gathered by `aggregate` is there for the worker that takes over.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use objectstore_svc::client::{Client, ClientError, Precondition, PutOptions};
@@ -19,9 +20,12 @@ const IDEMPOTENT_STORE: &str = "_idempotent";
 const AGGREGATE_STORE: &str = "_aggregate";
 /// Where schedule ticks are claimed and the last one is recorded.
 pub const SCHEDULE_STORE: &str = "_schedule";
-/// A claim left `pending` this long by an event of another id is taken over:
-/// its worker died and no redelivery of the same message came to finish it.
-const STALE_CLAIM: Duration = Duration::from_secs(120);
+/// A pending claim lives this long unless its delivery's heartbeat renews
+/// it (every third of it): a claim whose worker died expires by itself.
+const CLAIM_LIVE: Duration = Duration::from_secs(15);
+/// How long a delivery waits for a running one of the same key to end before
+/// it is rolled back to be tried later.
+const CLAIM_WAIT: Duration = Duration::from_secs(60);
 /// Compare-and-set attempts before a contended group gives up (the event is
 /// rolled back and tried again later).
 const CAS_ATTEMPTS: usize = 64;
@@ -48,19 +52,41 @@ fn encode(value: &Value) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// A claim `idempotent` made; settled when the flow ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A claim `idempotent` made; settled when the flow ends. While it is held,
+/// a heartbeat keeps it from expiring; dropping it (the flow's worker died,
+/// or the flow ended) stops the heartbeat.
+#[derive(Debug)]
 pub struct Claim {
     key: String,
-    etag: String,
     owner: String,
     ttl: Duration,
+    held: Arc<tokio::sync::Mutex<Held>>,
+    _heartbeat: AbortOnDrop,
+}
+
+/// What a claim's holder and its heartbeat share.
+#[derive(Debug)]
+struct Held {
+    /// The record's current version.
+    etag: String,
+    /// Settled or released: the heartbeat writes no more.
+    ended: bool,
+}
+
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What `idempotent` decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Admission {
-    /// First time (or a redelivery of the same message): go on, settle the claim at the end.
+    /// First time (or a redelivery after the first delivery's worker died):
+    /// go on, settle the claim at the end.
     Proceed(Claim),
     /// Seen and finished before: stop the flow as a success.
     Duplicate,
@@ -70,8 +96,8 @@ pub enum Admission {
 #[serde(rename_all = "camelCase")]
 struct ClaimRecord {
     done: bool,
+    /// The event (message id) that made it.
     owner: String,
-    at_ms: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,12 +137,27 @@ pub enum Gathered {
 #[derive(Debug, Clone)]
 pub struct Stores {
     client: Client,
+    claim_live: Duration,
+    claim_wait: Duration,
 }
 
 impl Stores {
     /// Stores through `client`.
     pub fn new(client: Client) -> Self {
-        Stores { client }
+        Stores {
+            client,
+            claim_live: CLAIM_LIVE,
+            claim_wait: CLAIM_WAIT,
+        }
+    }
+
+    /// The same, with pending `idempotent` claims living `live` between
+    /// heartbeats, and a delivery waiting at most `wait` for a running one
+    /// of its key (tests use short ones).
+    pub fn with_claim_times(mut self, live: Duration, wait: Duration) -> Self {
+        self.claim_live = live;
+        self.claim_wait = wait;
+        self
     }
 
     /// Waits until the object store answers this app's token (retrying for
@@ -187,14 +228,22 @@ impl Stores {
         }
     }
 
-    /// Claims `key` for the event `owner` (put if absent, kept `ttl`).
+    /// Claims `key` for the event `owner`.
     ///
-    /// A claim is `pending` until its flow ends: done on success, deleted on
-    /// failure. So a worker killed between the claim and the end of the flow
-    /// does not lose the event: its message comes back with the same id, finds
-    /// its own pending claim and goes on. A pending claim of another event
-    /// means a duplicate is running right now: that is a `STORE` error, so the
-    /// event is rolled back and tried again once the first has settled.
+    /// A claim is `pending` while its flow runs, done (kept `ttl`) when it
+    /// succeeds, deleted when it fails. A pending claim lives `claim_live` and
+    /// its heartbeat renews it every third of that, so:
+    /// - a claim found done means a duplicate: stop;
+    /// - a claim found pending means a delivery of this key is running right
+    ///   now, whether of another message or of this very one (its lease
+    ///   lapsed, or the queue delivered it twice): wait until it is done (a
+    ///   duplicate) or gone (released, or expired because its worker died
+    ///   and stopped renewing it; then go on), at most `claim_wait`, after
+    ///   which this event is rolled back (`STORE`) to be tried later.
+    ///
+    /// Waiting rather than rolling back at once keeps the redeliveries of a
+    /// killed worker's message from spending their delivery count (and
+    /// reaching the DLQ) while its claim expires.
     pub async fn claim(
         &self,
         flow: &str,
@@ -203,87 +252,118 @@ impl Stores {
         ttl: Duration,
     ) -> Result<Admission, FlowError> {
         let key = format!("{flow}/{key}");
-        let record = |at_ms| ClaimRecord {
+        let pending = ClaimRecord {
             done: false,
             owner: owner.to_string(),
-            at_ms,
         };
-        let proceed = |etag: String| {
-            Admission::Proceed(Claim {
-                key: key.clone(),
-                etag,
-                owner: owner.to_string(),
-                ttl,
-            })
+        let body = serde_json::to_vec(&pending).unwrap_or_default();
+        let live = self.claim_live.min(ttl);
+        let create = PutOptions {
+            ttl: Some(live),
+            precondition: Precondition::IfAbsent,
         };
-        for _ in 0..CAS_ATTEMPTS {
-            let body = serde_json::to_vec(&record(now_ms())).unwrap_or_default();
-            let create = PutOptions {
-                ttl: Some(ttl),
-                precondition: Precondition::IfAbsent,
-            };
+        let deadline = tokio::time::Instant::now() + self.claim_wait;
+        loop {
             match self
                 .client
                 .put(IDEMPOTENT_STORE, &key, body.clone(), &create)
                 .await
             {
-                Ok(put) => return Ok(proceed(put.etag)),
+                Ok(put) => {
+                    return Ok(Admission::Proceed(
+                        self.hold(key, owner, ttl, live, put.etag),
+                    ));
+                }
                 Err(e) if e.is_precondition_failed() => {}
                 Err(e) => return Err(store_error(e)),
             }
-            let Some(current) = self
+            let current = self
                 .client
                 .get(IDEMPOTENT_STORE, &key)
                 .await
-                .map_err(store_error)?
-            else {
-                continue; // expired or released meanwhile: try to create it again
+                .map_err(store_error)?;
+            let pending = match current {
+                Some(c)
+                    if serde_json::from_slice::<ClaimRecord>(&c.value).is_ok_and(|r| r.done) =>
+                {
+                    return Ok(Admission::Duplicate);
+                }
+                // Another delivery runs (or its worker died and the claim
+                // has yet to expire).
+                Some(_) => true,
+                None => false,
             };
-            let existing: ClaimRecord = match serde_json::from_slice(&current.value) {
-                Ok(r) => r,
-                Err(_) => ClaimRecord {
-                    done: false,
-                    owner: String::new(),
-                    at_ms: 0,
-                },
-            };
-            if existing.done {
-                return Ok(Admission::Duplicate);
-            }
-            let stale = now_ms().saturating_sub(existing.at_ms) > STALE_CLAIM.as_millis() as u64;
-            if existing.owner != owner && !stale {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(FlowError::new(
                     ErrorType::Store,
-                    format!("a duplicate of key {key:?} is being processed; try again"),
+                    format!("a delivery with key {key:?} is being processed; try again"),
                 ));
             }
-            // Our own claim (a redelivery) or an abandoned one: take it over.
-            let take = PutOptions {
-                ttl: Some(ttl),
-                precondition: Precondition::IfMatch(current.etag),
-            };
-            match self.client.put(IDEMPOTENT_STORE, &key, body, &take).await {
-                Ok(put) => return Ok(proceed(put.etag)),
-                Err(e) if e.is_precondition_failed() => {}
-                Err(e) => return Err(store_error(e)),
+            if pending {
+                tokio::time::sleep(live / 6).await;
             }
+            // Gone (expired or released meanwhile): try to create it again.
         }
-        Err(FlowError::new(
-            ErrorType::Store,
-            format!("key {key:?} is contended; try again"),
-        ))
+    }
+
+    /// A claim just made, with its heartbeat running.
+    fn hold(&self, key: String, owner: &str, ttl: Duration, live: Duration, etag: String) -> Claim {
+        let held = Arc::new(tokio::sync::Mutex::new(Held { etag, ended: false }));
+        let heartbeat = {
+            let (client, key, held) = (self.client.clone(), key.clone(), held.clone());
+            let body = serde_json::to_vec(&ClaimRecord {
+                done: false,
+                owner: owner.to_string(),
+            })
+            .unwrap_or_default();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(live / 3).await;
+                    let mut held = held.lock().await;
+                    if held.ended {
+                        return;
+                    }
+                    let renew = PutOptions {
+                        ttl: Some(live),
+                        precondition: Precondition::IfMatch(held.etag.clone()),
+                    };
+                    match client
+                        .put(IDEMPOTENT_STORE, &key, body.clone(), &renew)
+                        .await
+                    {
+                        Ok(put) => held.etag = put.etag,
+                        Err(e) if e.is_precondition_failed() => {
+                            tracing::warn!(%key, "idempotency claim expired before its heartbeat (the store was out of reach too long); a duplicate may run");
+                            return;
+                        }
+                        // Out of reach for now: the next beat tries again.
+                        Err(e) => {
+                            tracing::warn!(%key, error = %e, "idempotency claim heartbeat failed")
+                        }
+                    }
+                }
+            })
+        };
+        Claim {
+            key,
+            owner: owner.to_string(),
+            ttl,
+            held,
+            _heartbeat: AbortOnDrop(heartbeat),
+        }
     }
 
     /// Marks a claim done: later events with its key are duplicates.
     pub async fn settle(&self, claim: &Claim) -> Result<(), FlowError> {
+        let mut held = claim.held.lock().await;
+        held.ended = true;
         let record = ClaimRecord {
             done: true,
             owner: claim.owner.clone(),
-            at_ms: now_ms(),
         };
         let options = PutOptions {
             ttl: Some(claim.ttl),
-            precondition: Precondition::IfMatch(claim.etag.clone()),
+            precondition: Precondition::IfMatch(held.etag.clone()),
         };
         let body = serde_json::to_vec(&record).unwrap_or_default();
         match self
@@ -292,10 +372,11 @@ impl Stores {
             .await
         {
             Ok(_) => Ok(()),
-            // Taken over as abandoned while this flow ran long: the other
-            // event settles it; this one's work is done either way.
+            // The claim expired while the store was out of reach for its
+            // heartbeat: another delivery may have run; this one's work is
+            // done either way.
             Err(e) if e.is_precondition_failed() => {
-                tracing::warn!(key = %claim.key, "idempotency claim was taken over before it was settled");
+                tracing::warn!(key = %claim.key, "idempotency claim lapsed before it was settled");
                 Ok(())
             }
             Err(e) => Err(store_error(e)),
@@ -304,11 +385,13 @@ impl Stores {
 
     /// Gives a claim back after its flow failed, so a retry is not a duplicate.
     pub async fn release(&self, claim: &Claim) {
-        let pre = Precondition::IfMatch(claim.etag.clone());
+        let mut held = claim.held.lock().await;
+        held.ended = true;
+        let pre = Precondition::IfMatch(held.etag.clone());
         if let Err(e) = self.client.delete(IDEMPOTENT_STORE, &claim.key, &pre).await
             && !e.is_precondition_failed()
         {
-            tracing::warn!(key = %claim.key, error = %e, "could not release an idempotency claim; it lapses as stale");
+            tracing::warn!(key = %claim.key, error = %e, "could not release an idempotency claim; it expires by itself");
         }
     }
 
