@@ -64,12 +64,15 @@ impl PersistentQueues {
         give_up: Duration,
     ) -> Result<Self, ClientError> {
         let mut publishers = HashMap::new();
+        // `give_up` is for all the queues together, not for each.
+        let deadline = std::time::Instant::now() + give_up;
         for (name, max_deliveries) in queues {
             let spec = QueueSpec {
                 encrypted,
                 max_deliveries: Some(*max_deliveries),
             };
-            crate::until_answered("queue-svc", give_up, ClientError::status, || {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            crate::until_answered("queue-svc", left, ClientError::status, || {
                 client.declare(name, &spec)
             })
             .await?;
