@@ -327,6 +327,9 @@ fn kill_workers_of(dir: &Path) {
 struct AwsNames {
     sqs_prefix: String,
     table: String,
+    /// The control plane's registry, so its `kill -9` and restart are
+    /// recovered from DynamoDB too.
+    registry_table: String,
 }
 
 impl Fabric {
@@ -414,11 +417,11 @@ impl Fabric {
         .expect("the control plane's config");
         // Workers inherit the control plane's environment: a short lease
         // lock brings a killed worker's messages back in seconds, not 30.
-        let control = service(
-            "control-plane",
-            c,
-            &[("FABRIC_LEASE_LOCK", format!("{}s", LEASE_LOCK.as_secs()))],
-        );
+        let mut control_env = vec![("FABRIC_LEASE_LOCK", format!("{}s", LEASE_LOCK.as_secs()))];
+        if let Some(n) = aws {
+            control_env.push(("FABRIC_REGISTRY_TABLE", n.registry_table.clone()));
+        }
+        let control = service("control-plane", c, &control_env);
         let mut fabric = Fabric {
             dir,
             queue,
@@ -660,6 +663,7 @@ pub async fn run(plan: &Plan) -> Report {
         AwsNames {
             sqs_prefix: format!("ch{run}-"),
             table: format!("chaos-{run}"),
+            registry_table: format!("chaos-{run}-registry"),
         }
     });
     let http = reqwest::Client::builder()
@@ -1052,5 +1056,7 @@ async fn remove_aws(names: &AwsNames) {
         }
     }
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let _ = ddb.delete_table().table_name(&names.table).send().await;
+    for table in [&names.table, &names.registry_table] {
+        let _ = ddb.delete_table().table_name(table).send().await;
+    }
 }
