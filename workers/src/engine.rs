@@ -38,7 +38,7 @@ pub struct Exec {
     /// `idempotent` claims to settle when the flow ends.
     claims: Vec<Claim>,
     /// The flow the event started in: it scopes idempotency keys and groups.
-    flow: String,
+    flow: Arc<str>,
 }
 
 /// Everything a flow needs at run time. Shared by every source of the worker.
@@ -60,7 +60,7 @@ impl Engine {
         let flows = app
             .flows
             .iter()
-            .map(|f| (f.name.clone(), f.clone()))
+            .map(|f| (f.name.to_string(), f.clone()))
             .collect();
         Engine {
             app,

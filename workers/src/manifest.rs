@@ -209,7 +209,7 @@ pub struct App {
 impl App {
     /// The flow named `name`.
     pub fn flow(&self, name: &str) -> Option<&Arc<Flow>> {
-        self.flows.iter().find(|f| f.name == name)
+        self.flows.iter().find(|f| &*f.name == name)
     }
 
     /// Whether the app needs the object store: a store processor, or a
@@ -237,7 +237,7 @@ impl App {
 #[derive(Debug)]
 pub struct Flow {
     /// Its name.
-    pub name: String,
+    pub name: Arc<str>,
     /// What starts it; `None` for a flow only reached by `flow-ref`.
     pub source: Option<Source>,
     /// How it is run.
@@ -620,7 +620,7 @@ impl Checker {
             });
             let steps = self.steps(f.steps)?;
             flows.push(Arc::new(Flow {
-                name: f.name.value,
+                name: f.name.value.into(),
                 source,
                 strategy,
                 steps,
@@ -970,7 +970,7 @@ fn check_flow_refs_acyclic(flows: &[Arc<Flow>]) -> Result<(), ManifestError> {
         .map(|f| {
             let mut out = Vec::new();
             refs(&f.steps, &mut out);
-            (f.name.as_str(), out)
+            (&*f.name, out)
         })
         .collect();
     // Depth-first search with colours: a grey node met again closes a cycle.
