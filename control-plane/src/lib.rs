@@ -330,10 +330,13 @@ pub async fn run(
             .map(|url| (url, token_key)),
         has_store: config.settings.objectstore_url.is_some(),
     };
-    let router = api::router(api).merge(ops_router(
-        readiness.clone(),
-        Arc::new(metrics_registry(NAME)),
-    ));
+    let mut metrics = metrics_registry(NAME);
+    metrics.register(
+        "registry_unpersisted",
+        "Changed registry records not yet persisted (above 0 for long: the registry's store is unreachable)",
+        registry.unpersisted_metric(),
+    );
+    let router = api::router(api).merge(ops_router(readiness.clone(), Arc::new(metrics)));
     readiness.set_ready();
     serve(NAME, listener, router, readiness, shutdown).await?;
     // The workers are stopped and their placements forgotten first; then the

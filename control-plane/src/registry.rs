@@ -447,6 +447,11 @@ impl Registry {
         self.shared.unpersisted()
     }
 
+    /// The same as a metric, kept up to date by every change and write.
+    pub fn unpersisted_metric(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.shared.unwritten()
+    }
+
     /// Persists what is left (waiting at most `within`), then stops the
     /// writer and releases the backend (the file's lock). Returns how many
     /// changed records were left unpersisted: 0 when everything landed.

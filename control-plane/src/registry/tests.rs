@@ -486,6 +486,8 @@ async fn writes_wait_out_an_unreachable_table() {
         "a durable write returned while the table was away"
     );
     assert!(r.unpersisted() >= 1);
+    let metric = r.unpersisted_metric();
+    assert!(metric.get() >= 1, "the metric shows the unwritten changes");
     assert_eq!(
         names(&r),
         ["billing", "orders"],
@@ -502,6 +504,7 @@ async fn writes_wait_out_an_unreachable_table() {
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(metric.get(), 0, "and falls back to 0 once they landed");
     assert_eq!(r.close(WAIT).await, 0);
     let text = log.text();
     assert!(text.contains("registry reachable again"), "{text}");

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -85,6 +86,8 @@ pub(super) struct Shared {
     wake: Notify,
     progress: watch::Sender<Progress>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// Changed records not persisted yet, as a metric.
+    unwritten: Gauge,
 }
 
 impl Shared {
@@ -98,6 +101,7 @@ impl Shared {
             wake: Notify::new(),
             progress: watch::channel(Progress::default()).0,
             task: Mutex::new(None),
+            unwritten: Gauge::default(),
         });
         let task = tokio::spawn(write_loop(shared.clone(), store, sealer));
         *shared.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -131,6 +135,7 @@ impl Shared {
             st.outbox.mark(key);
         }
         let number = st.outbox.last;
+        self.unwritten.set(st.outbox.pending() as i64);
         drop(st);
         self.wake.notify_one();
         number
@@ -157,6 +162,11 @@ impl Shared {
 
     pub(super) fn unpersisted(&self) -> usize {
         self.state().outbox.pending()
+    }
+
+    /// The metric of changed records not persisted yet (shares its value).
+    pub(super) fn unwritten(&self) -> Gauge {
+        self.unwritten.clone()
     }
 
     pub(super) async fn close(&self, within: Duration) -> usize {
@@ -197,6 +207,7 @@ async fn write_loop(shared: Arc<Shared>, store: Arc<dyn Store>, sealer: Sealer) 
         let persisted = {
             let mut st = shared.write();
             st.outbox.writing = None;
+            shared.unwritten.set(st.outbox.pending() as i64);
             st.outbox.persisted()
         };
         shared
