@@ -41,6 +41,29 @@ impl Latencies {
     }
 }
 
+/// The release `fabric` binary beside this bench's own; panics with
+/// `how_to_build` when it is missing.
+pub fn fabric_binary(how_to_build: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let fabric = exe.with_file_name("fabric");
+    assert!(
+        fabric.is_file(),
+        "{} is missing: {how_to_build}",
+        fabric.display()
+    );
+    fabric
+}
+
+/// A field of `/proc/PID/status` (`VmRSS`, `VmHWM`) in MB; 0 when unreadable.
+pub fn mem_mb(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 /// Formats the closing `BENCH <name> key=value ...` line.
 pub fn bench_line(name: &str, fields: &[(&str, f64)]) -> String {
     let mut line = format!("BENCH {name}");

@@ -21,13 +21,7 @@ fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[tokio::main]
 async fn main() {
-    let exe = std::env::current_exe().expect("own path");
-    let fabric_bin = exe.with_file_name("fabric");
-    assert!(
-        fabric_bin.is_file(),
-        "{} is missing: build it with `cargo build --release -p fabric`",
-        fabric_bin.display()
-    );
+    let fabric_bin = fabric_bench::fabric_binary("build it with `cargo build --release -p fabric`");
     let backends = match std::env::var("CHAOS_BACKEND").as_deref() {
         Ok("embedded") => Backends::Embedded,
         Ok("aws") => Backends::Aws,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use control_plane::client::Client;
 use control_plane::model::{DeployRequest, WorkerState};
-use fabric_bench::bench_line;
+use fabric_bench::{bench_line, mem_mb};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -24,24 +24,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[tokio::main]
 async fn main() {
-    let exe = std::env::current_exe().expect("own path");
-    let fabric = exe.with_file_name("fabric");
-    assert!(
-        fabric.is_file(),
-        "{} missing: run bench/fabric/run",
-        fabric.display()
-    );
+    let fabric = fabric_bench::fabric_binary("run bench/fabric/run");
     let data = tempfile::tempdir().expect("temp dir");
     let mut up = Command::new(&fabric)
         .args(["up", "--data-dir"])
@@ -87,7 +72,12 @@ async fn main() {
         let workers = client.workers(&name).await.expect("workers");
         // Let them settle to idle before reading their memory.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        rss.extend(workers.iter().filter_map(|w| w.pid).map(rss_mb));
+        rss.extend(
+            workers
+                .iter()
+                .filter_map(|w| w.pid)
+                .map(|pid| mem_mb(pid, "VmRSS")),
+        );
         let victim = workers[0].pid.expect("pid");
         let started = Instant::now();
         kill(Pid::from_raw(victim as i32), Signal::SIGKILL).expect("kill");

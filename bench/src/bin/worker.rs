@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::token::{Scope, TokenKey};
-use fabric_bench::{Latencies, bench_line};
+use fabric_bench::{Latencies, bench_line, mem_mb};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -129,16 +129,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A field of `/proc/PID/status` in MB (`VmRSS`, `VmHWM`).
-fn mem_mb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -511,13 +501,7 @@ async fn bench(fabric: &Path) {
 
 #[tokio::main]
 async fn main() {
-    let exe = std::env::current_exe().expect("own path");
-    let fabric = exe.with_file_name("fabric");
-    assert!(
-        fabric.is_file(),
-        "{} missing: run bench/worker/run",
-        fabric.display()
-    );
+    let fabric = fabric_bench::fabric_binary("run bench/worker/run");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     // Leaving `main` drops the processes, which kills them: after the run,
