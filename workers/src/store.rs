@@ -271,7 +271,7 @@ impl Stores {
             {
                 Ok(put) => {
                     return Ok(Admission::Proceed(
-                        self.hold(key, owner, ttl, live, put.etag),
+                        self.hold(key, owner, body, ttl, live, put.etag),
                     ));
                 }
                 Err(e) if e.is_precondition_failed() => {}
@@ -306,16 +306,20 @@ impl Stores {
         }
     }
 
-    /// A claim just made, with its heartbeat running.
-    fn hold(&self, key: String, owner: &str, ttl: Duration, live: Duration, etag: String) -> Claim {
+    /// A claim just made, with its heartbeat running; `pending` is the
+    /// record as written, which each beat writes again.
+    fn hold(
+        &self,
+        key: String,
+        owner: &str,
+        pending: Vec<u8>,
+        ttl: Duration,
+        live: Duration,
+        etag: String,
+    ) -> Claim {
         let held = Arc::new(tokio::sync::Mutex::new(Held { etag, ended: false }));
         let heartbeat = {
             let (client, key, held) = (self.client.clone(), key.clone(), held.clone());
-            let body = serde_json::to_vec(&ClaimRecord {
-                done: false,
-                owner: owner.to_string(),
-            })
-            .unwrap_or_default();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(live / 3).await;
@@ -328,7 +332,7 @@ impl Stores {
                         precondition: Precondition::IfMatch(held.etag.clone()),
                     };
                     match client
-                        .put(IDEMPOTENT_STORE, &key, body.clone(), &renew)
+                        .put(IDEMPOTENT_STORE, &key, pending.clone(), &renew)
                         .await
                     {
                         Ok(put) => held.etag = put.etag,
