@@ -83,15 +83,25 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::routes::{RouteTable, Routes};
 
-    fn app(n: usize) -> Arc<AppRoute> {
-        let workers: Vec<_> = (0..n)
-            .map(|i| serde_json::json!({"index": i, "address": format!("127.0.0.1:{}", 1000 + i), "state": "ready"}))
+    /// A table with app `a` whose workers, ready, listen at `addrs` in order.
+    fn spec(addrs: &[String]) -> RouteTable {
+        let workers: Vec<_> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| serde_json::json!({"index": i, "address": a, "state": "ready"}))
             .collect();
-        let spec: RouteTable =
-            serde_json::from_value(serde_json::json!({"apps": {"a": {"workers": workers}}}))
-                .unwrap();
+        serde_json::from_value(serde_json::json!({"apps": {"a": {"workers": workers}}})).unwrap()
+    }
+
+    fn addrs(ports: &[u16]) -> Vec<String> {
+        ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    }
+
+    fn app(n: u16) -> Arc<AppRoute> {
         let routes = Routes::new(Metrics::default());
-        routes.replace(spec).unwrap();
+        routes
+            .replace(spec(&addrs(&(1000..1000 + n).collect::<Vec<_>>())))
+            .unwrap();
         routes.load().apps["a"].clone()
     }
 
@@ -146,25 +156,12 @@ mod tests {
     #[test]
     fn tried_workers_are_known_across_route_tables() {
         let routes = Routes::new(Metrics::default());
-        let spec = |addrs: &[&str]| -> RouteTable {
-            let workers: Vec<_> = addrs
-                .iter()
-                .enumerate()
-                .map(|(i, a)| serde_json::json!({"index": i, "address": a, "state": "ready"}))
-                .collect();
-            serde_json::from_value(serde_json::json!({"apps": {"a": {"workers": workers}}}))
-                .unwrap()
-        };
-        routes
-            .replace(spec(&["127.0.0.1:1", "127.0.0.1:2"]))
-            .unwrap();
+        routes.replace(spec(&addrs(&[1, 2]))).unwrap();
         let old = routes.load().apps["a"].clone();
         let mut tried = Tried::default();
         tried.add(&old.workers[1]);
         // The next table lists the tried worker first, beside a new one.
-        routes
-            .replace(spec(&["127.0.0.1:2", "127.0.0.1:3"]))
-            .unwrap();
+        routes.replace(spec(&addrs(&[2, 3]))).unwrap();
         let new = routes.load().apps["a"].clone();
         for _ in 0..20 {
             assert_eq!(
