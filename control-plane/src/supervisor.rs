@@ -757,7 +757,11 @@ impl Supervisor {
     }
 
     async fn stop_slots(&self, name: &str, slots: Vec<Slot>) {
-        self.routes_settled().await;
+        // Only a running worker can still be sent requests (a scale up, or
+        // workers already gone, need no wait).
+        if slots.iter().any(|s| s.running.is_some()) {
+            self.routes_settled().await;
+        }
         let grace = self.inner.settings.drain_grace;
         let mut stopping = Vec::new();
         for mut slot in slots {
