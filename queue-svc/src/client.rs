@@ -478,10 +478,13 @@ impl Lease {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = c.extend(&id, lock).await {
-                    tracing::warn!(error = %e, "lease heartbeat failed; stopping it");
+                    // An answer (the lease is gone, say) is final; no answer
+                    // (queue-svc restarting) may pass before the lock does.
                     if e.status().is_some() {
+                        tracing::warn!(error = %e, "lease heartbeat refused; stopping it");
                         return;
                     }
+                    tracing::warn!(error = %e, "lease heartbeat failed; trying again");
                 }
             }
         })

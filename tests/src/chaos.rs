@@ -131,7 +131,7 @@ pub struct Report {
     pub unconfirmed_stored: usize,
     /// Accepted orders not in the `orders` store (the first few ids in `lost_ids`).
     pub lost: usize,
-    /// Up to ten lost order ids.
+    /// Up to ten lost orders, each with what the stores hold about it.
     pub lost_ids: Vec<String>,
     /// Effects beyond the first per order whose earlier delivery did not
     /// visibly fail: a second processing `idempotent` should have stopped.
@@ -149,6 +149,8 @@ pub struct Report {
     pub duplicates_caught: usize,
     /// Messages left in the dead-letter queue.
     pub dead_lettered: u64,
+    /// Up to ten of them: the body, deliveries and last error of each.
+    pub dead_letters: Vec<String>,
     /// The faults injected, in order.
     pub faults: Vec<String>,
     /// Plaintext found at rest (empty when none).
@@ -485,7 +487,8 @@ impl Fabric {
         }
     }
 
-    /// What the stores hold about one order: its claim, deliveries and effects.
+    /// What the stores hold about one order: its claim, whether it is stored,
+    /// its deliveries and effects.
     async fn explain(&self, order: &str) -> String {
         let client = self.stores();
         let mut out = format!("{order}:");
@@ -496,6 +499,8 @@ impl Fabric {
             .flatten()
             .map(|f| String::from_utf8_lossy(&f.value).into_owned());
         out.push_str(&format!(" claim {claim:?};"));
+        let stored = client.get("orders", order).await.map(|f| f.is_some());
+        out.push_str(&format!(" in orders (by get) {stored:?};"));
         for store in ["deliveries", "effects"] {
             let page = client
                 .list(store, &format!("{order}/"), None, Some(100))
@@ -760,6 +765,24 @@ pub async fn run(plan: &Plan) -> Report {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    if report.dead_lettered > 0 {
+        let peek = queue_svc::client::LeaseOptions {
+            max: 10,
+            wait: Duration::from_secs(1),
+            lock: Duration::from_secs(1),
+        };
+        for m in queues
+            .lease_dead("incoming", peek)
+            .await
+            .unwrap_or_default()
+        {
+            report.dead_letters.push(format!(
+                "{} after {} deliveries: {:?}",
+                m.body, m.delivery_count, m.last_error
+            ));
+        }
+    }
+
     // The history against what was stored.
     let answers = std::mem::take(&mut *history.answers.lock().expect("history"));
     let id = |n: usize| format!("c-{run}-{n}");
@@ -773,7 +796,7 @@ pub async fn run(plan: &Plan) -> Report {
                 if !stored.contains(&id(*n)) {
                     report.lost += 1;
                     if report.lost_ids.len() < 10 {
-                        report.lost_ids.push(id(*n));
+                        report.lost_ids.push(fabric.explain(&id(*n)).await);
                     }
                 }
             }
@@ -799,6 +822,21 @@ pub async fn run(plan: &Plan) -> Report {
     //   rightly lets through;
     // - nothing explains it: a duplicate.
     let workers_dir = fabric.dir.path().join("workers");
+    // A worker whose drain outlived its grace period exits (or is killed by
+    // the control plane) with deliveries half-way through: a kill.
+    let logs = std::fs::read_dir(&workers_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .chain([fabric.control.log.clone()]);
+    kills.extend(logged_times(
+        logs,
+        &[
+            "grace period expired",
+            "a worker did not stop within its grace period",
+        ],
+    ));
     let failed = logged_deliveries(&workers_dir, &["rolled back", "dead-lettered"]);
     let completed = logged_deliveries(&workers_dir, &["ack failed"]);
     let mut effects: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
@@ -913,6 +951,27 @@ fn logged_deliveries(dir: &Path, what: &[&str]) -> BTreeSet<(String, u32)> {
         }
     }
     found
+}
+
+/// When (Unix seconds) a message starting with one of `what` was logged in `files`.
+fn logged_times(files: impl Iterator<Item = PathBuf>, what: &[&str]) -> Vec<f64> {
+    let mut times = Vec::new();
+    for text in files.filter_map(|f| std::fs::read_to_string(f).ok()) {
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let message = event["message"].as_str().unwrap_or_default();
+            if what.iter().any(|w| message.starts_with(w))
+                && let Some(at) = event["timestamp"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            {
+                times.push(at.timestamp_micros() as f64 / 1e6);
+            }
+        }
+    }
+    times
 }
 
 /// Lines containing `needle` in every file of `dir`.

@@ -36,8 +36,8 @@ fn check(report: &Report) {
     println!("chaos: at rest read {}", report.at_rest_read);
     assert_eq!(
         report.lost, 0,
-        "accepted orders lost (seed {}): {:?}",
-        report.seed, report.lost_ids
+        "accepted orders lost (seed {}): {:?}; dead letters: {:?}",
+        report.seed, report.lost_ids, report.dead_letters
     );
     assert_eq!(
         report.duplicated_effects, 0,
@@ -46,8 +46,8 @@ fn check(report: &Report) {
     );
     assert_eq!(
         report.dead_lettered, 0,
-        "messages dead-lettered (seed {})",
-        report.seed
+        "messages dead-lettered (seed {}): {:?}",
+        report.seed, report.dead_letters
     );
     assert!(
         report.at_rest_leaks.is_empty(),

@@ -2,10 +2,11 @@
 //! is never joined by a duplicate of itself (a lapsed lease, a queue that
 //! delivered twice), however long it runs; the duplicate waits and ends as a
 //! duplicate. A delivery whose worker died is taken over once its claim
-//! expires.
+//! expires; one whose worker is stopping is rolled back rather than wait.
 
 use std::time::Duration;
 
+use common::shutdown::Shutdown;
 use fabric_tests::backing::Backing;
 use workers::error::ErrorType;
 use workers::store::{Admission, Claim, Stores};
@@ -74,4 +75,26 @@ async fn a_running_delivery_is_never_joined_by_its_own_duplicate() {
     // A failed flow gives its claim back at once.
     stores.release(&long).await;
     proceed(&stores, "order-3", "msg-5").await;
+
+    // A worker told to stop does not wait for a running delivery of its key
+    // (it would start the work at the end of its grace period, and be killed
+    // half-way through it): its delivery is rolled back, for a worker that
+    // stays. Were the stop ignored, it would wait for the settle below and
+    // end as a duplicate.
+    let running = proceed(&stores, "order-4", "msg-6").await;
+    let stop = Shutdown::new(Duration::from_secs(1));
+    let stopping = Stores::new(backing.stores("idem"))
+        .with_claim_times(LIVE, WAIT)
+        .stopping_on(stop.clone());
+    let waiting =
+        tokio::spawn(async move { stopping.claim("process", "order-4", "msg-7", WINDOW).await });
+    tokio::time::sleep(LIVE).await;
+    assert!(!waiting.is_finished(), "it waits while the worker runs");
+    stop.trigger();
+    tokio::time::sleep(LIVE * 4).await;
+    stores.settle(&running).await.expect("settle");
+    match waiting.await.unwrap() {
+        Err(e) => assert_eq!(e.kind, ErrorType::Store, "{e:?}"),
+        Ok(a) => panic!("a stopping worker should roll the delivery back: {a:?}"),
+    }
 }

@@ -254,7 +254,9 @@ pub async fn run(
         .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
     let readiness = Readiness::new("starting flows");
     let metrics = Metrics::new();
-    let stores = settings.stores(&app, &name)?;
+    let stores = settings
+        .stores(&app, &name)?
+        .map(|s| s.stopping_on(shutdown.clone()));
     if let Some(stores) = &stores {
         stores.reachable(settings.backing_wait).await?;
     }

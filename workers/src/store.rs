@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use common::shutdown::Shutdown;
 use objectstore_svc::client::{Client, ClientError, Precondition, PutOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -139,6 +140,8 @@ pub struct Stores {
     client: Client,
     claim_live: Duration,
     claim_wait: Duration,
+    /// The worker's stop signal: a delivery waiting on a claim gives up when it fires.
+    stop: Option<Shutdown>,
 }
 
 impl Stores {
@@ -148,7 +151,17 @@ impl Stores {
             client,
             claim_live: CLAIM_LIVE,
             claim_wait: CLAIM_WAIT,
+            stop: None,
         }
+    }
+
+    /// The same, for a worker that stops on `stop`: once it fires, a delivery
+    /// waiting for a running one of its key stops waiting and is rolled back,
+    /// so a draining worker starts no work it may not finish (the worker that
+    /// leases the message next waits instead).
+    pub fn stopping_on(mut self, stop: Shutdown) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// The same, with pending `idempotent` claims living `live` between
@@ -239,7 +252,8 @@ impl Stores {
     ///   lapsed, or the queue delivered it twice): wait until it is done (a
     ///   duplicate) or gone (released, or expired because its worker died
     ///   and stopped renewing it; then go on), at most `claim_wait`, after
-    ///   which this event is rolled back (`STORE`) to be tried later.
+    ///   which this event is rolled back (`STORE`) to be tried later; at
+    ///   once if the worker is stopping.
     ///
     /// Waiting rather than rolling back at once keeps the redeliveries of a
     /// killed worker's message from spending their delivery count (and
@@ -293,14 +307,24 @@ impl Stores {
                 Some(_) => true,
                 None => false,
             };
-            if tokio::time::Instant::now() >= deadline {
-                return Err(FlowError::new(
+            let busy = || {
+                FlowError::new(
                     ErrorType::Store,
                     format!("a delivery with key {key:?} is being processed; try again"),
-                ));
+                )
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(busy());
             }
             if pending {
-                tokio::time::sleep(live / 6).await;
+                let pause = tokio::time::sleep(live / 6);
+                match &self.stop {
+                    Some(stop) => tokio::select! {
+                        () = pause => {}
+                        () = stop.triggered() => return Err(busy()),
+                    },
+                    None => pause.await,
+                }
             }
             // Gone (expired or released meanwhile): try to create it again.
         }

@@ -136,6 +136,11 @@ impl Scheduler for LocalScheduler {
                 }
             };
             if !exited {
+                tracing::warn!(
+                    pid = worker.pid,
+                    grace = ?grace,
+                    "a worker did not stop within its grace period; killing it"
+                );
                 let _ = kill(pid_of(worker.pid), Signal::SIGKILL);
                 if let Some(child) = &mut worker.child {
                     let _ = child.wait().await;
