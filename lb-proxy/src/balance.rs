@@ -165,7 +165,7 @@ mod tests {
         let new = routes.load().apps["a"].clone();
         for _ in 0..20 {
             assert_eq!(
-                pick(&new, Balance::P2c, &tried).unwrap().address,
+                &*pick(&new, Balance::P2c, &tried).unwrap().address,
                 "127.0.0.1:3"
             );
         }

@@ -1,7 +1,8 @@
 //! Bodies streamed through the proxy, never buffered whole: the request body
 //! (with its size limit, idle timeout, and a record of whether any byte has
 //! left for a worker, so a retry knows whether it may resend), and the
-//! response body (which holds the worker's in-flight count until it ends).
+//! response body (which holds the worker's in-flight count, and its
+//! connection, until it ends).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use tokio::time::Sleep;
 
 use crate::endpoint::InFlight;
 use crate::error::BoxError;
+use crate::upstream::Lent;
 
 /// The body every response of the proxy has.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -197,21 +199,33 @@ impl Body for RequestBody {
     }
 }
 
-/// A worker's response body, counted in flight until it ends or is dropped.
+/// A worker's response body, counted in flight until it ends or is dropped;
+/// its connection goes back to the pool when it ends, not before.
 pub struct Tracked {
     inner: Incoming,
+    lent: Option<Lent>,
     _in_flight: InFlight,
 }
 
 impl Tracked {
-    /// Streams `inner`, holding `in_flight` meanwhile.
-    pub fn boxed(inner: Incoming, in_flight: InFlight) -> ResponseBody {
-        Tracked {
+    /// Streams `inner`, which came on `lent`, holding `in_flight` meanwhile.
+    pub fn boxed(inner: Incoming, lent: Lent, in_flight: InFlight) -> ResponseBody {
+        let mut tracked = Tracked {
             inner,
+            lent: Some(lent),
             _in_flight: in_flight,
+        };
+        // No body (HEAD, 204, 304, a length of 0): nothing more to read.
+        tracked.give_back_at_end();
+        tracked.map_err(BoxError::from).boxed_unsync()
+    }
+
+    fn give_back_at_end(&mut self) {
+        if self.inner.is_end_stream()
+            && let Some(mut lent) = self.lent.take()
+        {
+            lent.give_back();
         }
-        .map_err(BoxError::from)
-        .boxed_unsync()
     }
 }
 
@@ -223,7 +237,19 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(mut lent) = self.lent.take() {
+                    lent.give_back();
+                }
+            }
+            Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
+            // The connection goes with its broken response.
+            Poll::Ready(Some(Err(_))) => drop(self.lent.take()),
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

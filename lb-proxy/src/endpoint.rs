@@ -14,8 +14,8 @@ pub struct Endpoint {
     pub app: String,
     /// Its number within the app.
     pub index: u32,
-    /// Where it listens, `host:port`.
-    pub address: String,
+    /// Where it listens, `host:port` (shared, as it also names its upstream connections).
+    pub address: std::sync::Arc<str>,
     /// The same, parsed once for every request's URI.
     pub authority: hyper::http::uri::Authority,
     /// Whether it takes new requests.

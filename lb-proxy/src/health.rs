@@ -39,7 +39,7 @@ pub async fn probe_loop(
             .apps
             .values()
             .flat_map(|a| a.workers.iter())
-            .map(|w| (w.address.as_str(), &w.health))
+            .map(|w| (&*w.address, &w.health))
             .collect();
         let probes = workers.into_iter().map(|(addr, health)| {
             let client = client.clone();

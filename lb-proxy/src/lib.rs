@@ -21,6 +21,7 @@ pub mod settings;
 pub mod smuggle;
 mod threads;
 pub mod tls;
+pub mod upstream;
 mod watch;
 
 use std::net::SocketAddr;

@@ -10,18 +10,16 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{self, Tried};
-use crate::body::{BodyError, Replayable, RequestBody, ResponseBody, Tracked, full};
-use crate::error::{ProxyError, RetrySafety, find_cause, is_timeout};
+use crate::body::{BodyError, Replayable, ResponseBody, Tracked, full};
+use crate::error::{ProxyError, RetrySafety, find_cause};
 use crate::headers::{self, ForwardedFor, X_REQUEST_ID};
 use crate::metrics::{AppMetrics, Metrics, NO_APP};
 use crate::routes::{AppRoute, Routes, Target};
 use crate::settings::Settings;
 use crate::smuggle::Verdict;
+use crate::upstream::{SendError, Upstream};
 
 /// What the proxy knows of one client connection.
 pub struct Conn {
@@ -39,24 +37,12 @@ pub struct Conn {
     pub served: AtomicU64,
 }
 
-/// The proxy's shared state: settings, the live route table, the upstream pool.
+/// One data thread's proxy: settings, the live route table, the upstream pool.
 pub struct Proxy {
     settings: Settings,
     routes: Arc<Routes>,
-    client: Client<HttpConnector, RequestBody>,
+    upstream: Arc<Upstream>,
     unrouted: AppMetrics,
-}
-
-/// The upstream connection pool: HTTP/1.1 keep-alive to every worker.
-fn upstream_client(s: &Settings) -> Client<HttpConnector, RequestBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(s.connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(s.pool_idle_timeout)
-        .pool_max_idle_per_host(s.pool_max_idle_per_worker)
-        .build(connector)
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -67,10 +53,15 @@ fn idempotent(m: &Method) -> bool {
 }
 
 impl Proxy {
-    /// A proxy over `routes`.
+    /// A proxy over `routes`, made inside the runtime that serves it (its
+    /// upstream pool is that runtime's).
     pub fn new(settings: Settings, routes: Arc<Routes>, metrics: &Metrics) -> Self {
         Proxy {
-            client: upstream_client(&settings),
+            upstream: Upstream::new(
+                settings.connect_timeout,
+                settings.pool_idle_timeout,
+                settings.pool_max_idle_per_worker,
+            ),
             settings,
             routes,
             unrouted: metrics.app(NO_APP),
@@ -205,35 +196,28 @@ impl Proxy {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            let mut uri = hyper::http::uri::Parts::default();
-            uri.scheme = Some(hyper::http::uri::Scheme::HTTP);
-            uri.authority = Some(ep.authority.clone());
-            uri.path_and_query = Some(path.clone());
-            *req.uri_mut() = Uri::from_parts(uri).map_err(|e| ProxyError::Connect {
-                addr: ep.address.clone(),
-                timed_out: false,
-                source: e.into(),
-            })?;
+            // Origin form: the worker is named by the connection and `Host`.
+            *req.uri_mut() = Uri::from(path.clone());
             let in_flight = ep.health.start();
             let started = Instant::now();
             let err = match tokio::time::timeout(
                 self.settings.first_byte_timeout,
-                self.client.request(req),
+                self.upstream.send(&ep.address, req),
             )
             .await
             {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, lent))) => {
                     app.metrics.latency.observe(started.elapsed().as_secs_f64());
                     let (mut rparts, rbody) = resp.into_parts();
                     headers::strip_hop_by_hop(&mut rparts.headers);
                     return Ok(Response::from_parts(
                         rparts,
-                        Tracked::boxed(rbody, in_flight),
+                        Tracked::boxed(rbody, lent, in_flight),
                     ));
                 }
                 Ok(Err(e)) => classify(e, &ep.address, body.sent()),
                 Err(_) => ProxyError::FirstByteTimeout {
-                    addr: ep.address.clone(),
+                    addr: ep.address.to_string(),
                     after: self.settings.first_byte_timeout,
                 },
             };
@@ -268,8 +252,18 @@ impl Proxy {
     }
 }
 
-/// Turns an upstream client error into a typed one, by the error's types.
-fn classify(e: hyper_util::client::legacy::Error, addr: &str, body_sent: bool) -> ProxyError {
+/// Turns an upstream error into a typed one, by the error's types.
+fn classify(e: SendError, addr: &str, body_sent: bool) -> ProxyError {
+    let e = match e {
+        SendError::Connect { timed_out, source } => {
+            return ProxyError::Connect {
+                addr: addr.into(),
+                timed_out,
+                source,
+            };
+        }
+        SendError::Request(e) => e,
+    };
     if let Some(b) = find_cause::<BodyError>(&e) {
         return match b {
             BodyError::TooLarge { limit } => ProxyError::BodyTooLarge { limit: *limit },
@@ -282,13 +276,6 @@ fn classify(e: hyper_util::client::legacy::Error, addr: &str, body_sent: bool) -
                 body_sent: true,
                 source: e.into(),
             },
-        };
-    }
-    if e.is_connect() {
-        return ProxyError::Connect {
-            addr: addr.into(),
-            timed_out: is_timeout(&e),
-            source: e.into(),
         };
     }
     ProxyError::Upstream {

@@ -253,7 +253,7 @@ impl Routes {
                     Some(Arc::new(Endpoint {
                         app: name.clone(),
                         index: w.index,
-                        address: w.address.clone(),
+                        address: w.address.as_str().into(),
                         authority,
                         state: w.state,
                         health: h,

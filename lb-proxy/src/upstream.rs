@@ -1,0 +1,230 @@
+//! The upstream side of one data thread: HTTP/1.1 keep-alive connections to
+//! workers, over hyper's client connection, pooled here.
+//!
+//! A connection is lent to one request and comes back when that request's
+//! response has been read to its end (a response cut short takes its
+//! connection with it). Nothing is spawned per request, and the pool is the
+//! data thread's own, so no other thread ever waits on its lock.
+//!
+//! A pooled connection can close just as it is reused (the worker's idle
+//! timeout, a worker stopping). hyper then hands the request back unsent, and
+//! it goes out on another connection: that is no failure of the worker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+
+/// One data thread's connections to workers, by worker address.
+pub struct Upstream {
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing reached the worker: no connection (refused, unreachable, or
+    /// not within the connect timeout), or one that closed before the
+    /// request was written.
+    Connect {
+        /// Whether the connect timeout ran out.
+        timed_out: bool,
+        /// The cause.
+        source: crate::error::BoxError,
+    },
+    /// The connection failed once the request was under way.
+    Request(hyper::Error),
+}
+
+/// A connection lent to one request.
+pub struct Lent {
+    sender: Option<SendRequest<RequestBody>>,
+    address: Arc<str>,
+    pool: Arc<Upstream>,
+}
+
+impl Lent {
+    /// The response was read to its end: the connection may serve another
+    /// request. A `Lent` dropped without this closes its connection.
+    pub fn give_back(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.put(&self.address, sender);
+        }
+    }
+}
+
+impl Upstream {
+    /// A pool keeping at most `max_idle` idle connections a worker, each for
+    /// at most `idle_timeout`; new connections get `connect_timeout`.
+    ///
+    /// Called inside the data thread's runtime: a task there closes idle
+    /// connections past their time (so that connections to workers no longer
+    /// routed to do not stay open), until the pool is dropped.
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
+        let pool = Arc::new(Upstream {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+        });
+        let weak = Arc::downgrade(&pool);
+        let every = (idle_timeout / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match weak.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+        pool
+    }
+
+    fn idle(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `req` to the worker at `address` on a pooled connection, or a
+    /// new one when none is idle.
+    pub async fn send(
+        self: &Arc<Self>,
+        address: &Arc<str>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lent), SendError> {
+        loop {
+            let (mut sender, pooled) = match self.take(address) {
+                Some(sender) => (sender, true),
+                None => (self.connect(address).await?, false),
+            };
+            if let Err(e) = sender.ready().await {
+                if pooled {
+                    continue;
+                }
+                return Err(SendError::Connect {
+                    timed_out: false,
+                    source: e.into(),
+                });
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lent = Lent {
+                        sender: Some(sender),
+                        address: address.clone(),
+                        pool: self.clone(),
+                    };
+                    return Ok((resp, lent));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if pooled => req = unsent,
+                    Some(_) => {
+                        return Err(SendError::Connect {
+                            timed_out: false,
+                            source: e.into_error().into(),
+                        });
+                    }
+                    None => return Err(SendError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection still open; expired or closed
+    /// ones met on the way are dropped.
+    fn take(&self, address: &str) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle();
+        let list = idle.get_mut(address)?;
+        let now = Instant::now();
+        let mut found = None;
+        while let Some(entry) = list.pop() {
+            if entry.sender.is_closed() || now.duration_since(entry.since) > self.idle_timeout {
+                continue;
+            }
+            found = Some(entry.sender);
+            break;
+        }
+        // The oldest are at the front: the expired among them go too.
+        list.retain(|e| now.duration_since(e.since) <= self.idle_timeout);
+        if list.is_empty() {
+            idle.remove(address);
+        }
+        found
+    }
+
+    fn put(&self, address: &Arc<str>, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        let list = idle.entry(address.clone()).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Drops idle connections past their idle timeout, and those their worker closed.
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.idle().retain(|_, list| {
+            list.retain(|e| {
+                !e.sender.is_closed() && now.duration_since(e.since) <= self.idle_timeout
+            });
+            !list.is_empty()
+        });
+    }
+
+    async fn connect(&self, address: &str) -> Result<SendRequest<RequestBody>, SendError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    return Err(SendError::Connect {
+                        timed_out: false,
+                        source: e.into(),
+                    });
+                }
+                Err(_) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {:?}", self.connect_timeout),
+                    );
+                    return Err(SendError::Connect {
+                        timed_out: true,
+                        source: e.into(),
+                    });
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Connect {
+                timed_out: false,
+                source: e.into(),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}

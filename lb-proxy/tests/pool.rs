@@ -1,0 +1,125 @@
+//! The upstream pool against a worker written at the byte level, which counts
+//! the connections it gets: a connection serves one request after another,
+//! and one whose response was cut short is never used again.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use support::{Proxy, settings, table};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A worker that answers each request head with the number of its
+/// connection; when `cut` is set, the next answer declares 100 bytes, sends
+/// 10 and closes.
+struct Worker {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    cut: Arc<AtomicBool>,
+}
+
+impl Worker {
+    async fn start() -> Worker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connections, cut) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (count, cutting) = (connections.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let cutting = cutting.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => pending.extend_from_slice(&buf[..read]),
+                            }
+                            continue;
+                        };
+                        pending.drain(..end + 4);
+                        if cutting.swap(false, Ordering::SeqCst) {
+                            let _ = conn
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789",
+                                )
+                                .await;
+                            return;
+                        }
+                        let body = format!("connection {n}");
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if conn.write_all((head + &body).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Worker {
+            addr,
+            connections,
+            cut,
+        }
+    }
+}
+
+async fn proxy_to(worker: &Worker) -> Proxy {
+    let proxy = Proxy::start(settings()).await;
+    proxy
+        .put_routes(table("orders", &[(0, worker.addr, "ready")]))
+        .await;
+    proxy
+}
+
+#[tokio::test]
+async fn one_upstream_connection_serves_request_after_request() {
+    let worker = Worker::start().await;
+    let proxy = proxy_to(&worker).await;
+    // One client connection: its requests are all served by one data thread.
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let resp = client
+            .get(proxy.url("/"))
+            .header("host", "orders.fabric.localhost")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "connection 1");
+    }
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_whose_response_was_cut_short_is_not_used_again() {
+    let worker = Worker::start().await;
+    let proxy = proxy_to(&worker).await;
+    let client = reqwest::Client::new();
+    let get = || {
+        client
+            .get(proxy.url("/"))
+            .header("host", "orders.fabric.localhost")
+            .send()
+    };
+    assert_eq!(get().await.unwrap().text().await.unwrap(), "connection 1");
+    worker.cut.store(true, Ordering::SeqCst);
+    let cut = get().await.unwrap();
+    assert!(
+        cut.text().await.is_err(),
+        "the client sees the body end early"
+    );
+    // The client may reconnect too; the worker must see a new connection.
+    let next = get().await.unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(next.text().await.unwrap(), "connection 2");
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 2);
+}
