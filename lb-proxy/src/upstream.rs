@@ -11,8 +11,9 @@
 //! it goes out on another connection: that is no failure of the worker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -26,13 +27,20 @@ use crate::body::RequestBody;
 pub struct Upstream {
     idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
     connect_timeout: Duration,
-    idle_timeout: Duration,
+    /// Sweeps so far; each idle connection notes the count it went idle at.
+    sweeps: AtomicU64,
     max_idle: usize,
 }
 
+/// An idle connection lives until the `SWEEPS_IDLE`th sweep after it went
+/// idle, one sweep every `idle_timeout / (SWEEPS_IDLE - 1)`: between its
+/// idle timeout and a quarter more, with no clock read on a request's way.
+const SWEEPS_IDLE: u64 = 5;
+
 struct Idle {
     sender: SendRequest<RequestBody>,
-    since: Instant,
+    /// The sweep count when it went idle.
+    since: u64,
 }
 
 /// Why a request got no response.
@@ -70,7 +78,7 @@ impl Lent {
 
 impl Upstream {
     /// A pool keeping at most `max_idle` idle connections a worker, each for
-    /// at most `idle_timeout`; new connections get `connect_timeout`.
+    /// `idle_timeout` (up to a quarter more); new connections get `connect_timeout`.
     ///
     /// Called inside the data thread's runtime: a task there closes idle
     /// connections past their time (so that connections to workers no longer
@@ -79,11 +87,11 @@ impl Upstream {
         let pool = Arc::new(Upstream {
             idle: Mutex::new(HashMap::new()),
             connect_timeout,
-            idle_timeout,
+            sweeps: AtomicU64::new(0),
             max_idle,
         });
         let weak = Arc::downgrade(&pool);
-        let every = (idle_timeout / 2).max(Duration::from_secs(1));
+        let every = (idle_timeout / (SWEEPS_IDLE - 1) as u32).max(Duration::from_millis(250));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -144,22 +152,18 @@ impl Upstream {
         }
     }
 
-    /// The most recently used idle connection still open; expired or closed
-    /// ones met on the way are dropped.
+    /// The most recently used idle connection still open (closed ones met
+    /// on the way are dropped; expired ones are the sweep's).
     fn take(&self, address: &str) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle();
         let list = idle.get_mut(address)?;
-        let now = Instant::now();
         let mut found = None;
         while let Some(entry) = list.pop() {
-            if entry.sender.is_closed() || now.duration_since(entry.since) > self.idle_timeout {
-                continue;
+            if !entry.sender.is_closed() {
+                found = Some(entry.sender);
+                break;
             }
-            found = Some(entry.sender);
-            break;
         }
-        // The oldest are at the front: the expired among them go too.
-        list.retain(|e| now.duration_since(e.since) <= self.idle_timeout);
         if list.is_empty() {
             idle.remove(address);
         }
@@ -170,23 +174,19 @@ impl Upstream {
         if sender.is_closed() {
             return;
         }
+        let since = self.sweeps.load(Ordering::Relaxed);
         let mut idle = self.idle();
         let list = idle.entry(address.clone()).or_default();
         if list.len() < self.max_idle {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            list.push(Idle { sender, since });
         }
     }
 
     /// Drops idle connections past their idle timeout, and those their worker closed.
     fn sweep(&self) {
-        let now = Instant::now();
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
         self.idle().retain(|_, list| {
-            list.retain(|e| {
-                !e.sender.is_closed() && now.duration_since(e.since) <= self.idle_timeout
-            });
+            list.retain(|e| !e.sender.is_closed() && now - e.since < SWEEPS_IDLE);
             !list.is_empty()
         });
     }

@@ -1,6 +1,7 @@
 //! The upstream pool against a worker written at the byte level, which counts
 //! the connections it gets: a connection serves one request after another,
-//! and one whose response was cut short is never used again.
+//! one whose response was cut short is never used again, and an idle one is
+//! closed after the idle timeout.
 
 mod support;
 
@@ -18,6 +19,8 @@ use tokio::net::TcpListener;
 struct Worker {
     addr: SocketAddr,
     connections: Arc<AtomicU64>,
+    /// Connections the proxy closed.
+    closed: Arc<AtomicU64>,
     cut: Arc<AtomicBool>,
 }
 
@@ -25,22 +28,23 @@ impl Worker {
     async fn start() -> Worker {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (connections, cut) = (
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (count, cutting) = (connections.clone(), cut.clone());
+        let (connections, closed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let cut = Arc::new(AtomicBool::new(false));
+        let (count, closing, cutting) = (connections.clone(), closed.clone(), cut.clone());
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                let cutting = cutting.clone();
+                let (closing, cutting) = (closing.clone(), cutting.clone());
                 tokio::spawn(async move {
                     let mut pending = Vec::new();
                     let mut buf = [0u8; 4096];
                     loop {
                         let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
                             match conn.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
+                                Ok(0) | Err(_) => {
+                                    closing.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
                                 Ok(read) => pending.extend_from_slice(&buf[..read]),
                             }
                             continue;
@@ -67,13 +71,18 @@ impl Worker {
         Worker {
             addr,
             connections,
+            closed,
             cut,
         }
     }
 }
 
 async fn proxy_to(worker: &Worker) -> Proxy {
-    let proxy = Proxy::start(settings()).await;
+    proxy_with(worker, settings()).await
+}
+
+async fn proxy_with(worker: &Worker, settings: lb_proxy::settings::Settings) -> Proxy {
+    let proxy = Proxy::start(settings).await;
     proxy
         .put_routes(table("orders", &[(0, worker.addr, "ready")]))
         .await;
@@ -122,4 +131,34 @@ async fn a_connection_whose_response_was_cut_short_is_not_used_again() {
     assert_eq!(next.status(), 200);
     assert_eq!(next.text().await.unwrap(), "connection 2");
     assert_eq!(worker.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
+    let worker = Worker::start().await;
+    let proxy = proxy_with(
+        &worker,
+        lb_proxy::settings::Settings {
+            pool_idle_timeout: std::time::Duration::from_secs(1),
+            ..settings()
+        },
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .get(proxy.url("/"))
+        .header("host", "orders.fabric.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "connection 1");
+    // Waits for the close, bounded: a connection kept forever fails here.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while worker.closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
 }
