@@ -89,6 +89,15 @@ async fn proxy_with(worker: &Worker, settings: lb_proxy::settings::Settings) -> 
     proxy
 }
 
+/// A GET for the app on `client`'s own connections.
+async fn send(client: &reqwest::Client, proxy: &Proxy) -> reqwest::Result<reqwest::Response> {
+    client
+        .get(proxy.url("/"))
+        .header("host", "orders.fabric.localhost")
+        .send()
+        .await
+}
+
 #[tokio::test]
 async fn one_upstream_connection_serves_request_after_request() {
     let worker = Worker::start().await;
@@ -96,12 +105,7 @@ async fn one_upstream_connection_serves_request_after_request() {
     // One client connection: its requests are all served by one data thread.
     let client = reqwest::Client::new();
     for _ in 0..20 {
-        let resp = client
-            .get(proxy.url("/"))
-            .header("host", "orders.fabric.localhost")
-            .send()
-            .await
-            .unwrap();
+        let resp = send(&client, &proxy).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "connection 1");
     }
@@ -113,12 +117,7 @@ async fn a_connection_whose_response_was_cut_short_is_not_used_again() {
     let worker = Worker::start().await;
     let proxy = proxy_to(&worker).await;
     let client = reqwest::Client::new();
-    let get = || {
-        client
-            .get(proxy.url("/"))
-            .header("host", "orders.fabric.localhost")
-            .send()
-    };
+    let get = || send(&client, &proxy);
     assert_eq!(get().await.unwrap().text().await.unwrap(), "connection 1");
     worker.cut.store(true, Ordering::SeqCst);
     let cut = get().await.unwrap();
@@ -144,13 +143,8 @@ async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
         },
     )
     .await;
-    let resp = reqwest::Client::new()
-        .get(proxy.url("/"))
-        .header("host", "orders.fabric.localhost")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.text().await.unwrap(), "connection 1");
+    let answer = support::get_text(&proxy, "orders.fabric.localhost", "/").await;
+    assert_eq!(answer, "connection 1");
     // Waits for the close, bounded: a connection kept forever fails here.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     while worker.closed.load(Ordering::SeqCst) == 0 {
