@@ -220,11 +220,15 @@ impl Tracked {
         tracked.map_err(BoxError::from).boxed_unsync()
     }
 
-    fn give_back_at_end(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(mut lent) = self.lent.take()
-        {
+    fn give_back(&mut self) {
+        if let Some(mut lent) = self.lent.take() {
             lent.give_back();
+        }
+    }
+
+    fn give_back_at_end(&mut self) {
+        if self.inner.is_end_stream() {
+            self.give_back();
         }
     }
 }
@@ -239,11 +243,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => {
-                if let Some(mut lent) = self.lent.take() {
-                    lent.give_back();
-                }
-            }
+            Poll::Ready(None) => self.give_back(),
             Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
             // The connection goes with its broken response.
             Poll::Ready(Some(Err(_))) => drop(self.lent.take()),

@@ -16,8 +16,6 @@ pub struct Endpoint {
     pub index: u32,
     /// Where it listens, `host:port` (shared, as it also names its upstream connections).
     pub address: std::sync::Arc<str>,
-    /// The same, parsed once for every request's URI.
-    pub authority: hyper::http::uri::Authority,
     /// Whether it takes new requests.
     pub state: WorkerState,
     /// Health shared by every table that lists this address.

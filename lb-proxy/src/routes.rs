@@ -242,22 +242,19 @@ impl Routes {
             let mut workers: Vec<Arc<Endpoint>> = app
                 .workers
                 .iter()
-                .filter_map(|w| {
-                    // Validated above; a worker that still does not parse is left out.
-                    let authority = w.address.parse().ok()?;
+                .map(|w| {
                     let h = health
                         .get(&w.address)
                         .cloned()
                         .unwrap_or_else(|| Arc::new(Health::new()));
                     kept.insert(w.address.clone(), h.clone());
-                    Some(Arc::new(Endpoint {
+                    Arc::new(Endpoint {
                         app: name.clone(),
                         index: w.index,
                         address: w.address.as_str().into(),
-                        authority,
                         state: w.state,
                         health: h,
-                    }))
+                    })
                 })
                 .collect();
             workers.sort_by_key(|w| w.index);
