@@ -203,7 +203,7 @@ impl Body for RequestBody {
 /// its connection goes back to the pool when it ends, not before.
 pub struct Tracked {
     inner: Incoming,
-    lent: Option<Lent>,
+    lent: Lent,
     _in_flight: InFlight,
 }
 
@@ -212,7 +212,7 @@ impl Tracked {
     pub fn boxed(inner: Incoming, lent: Lent, in_flight: InFlight) -> ResponseBody {
         let mut tracked = Tracked {
             inner,
-            lent: Some(lent),
+            lent,
             _in_flight: in_flight,
         };
         // No body (HEAD, 204, 304, a length of 0): nothing more to read.
@@ -220,15 +220,9 @@ impl Tracked {
         tracked.map_err(BoxError::from).boxed_unsync()
     }
 
-    fn give_back(&mut self) {
-        if let Some(mut lent) = self.lent.take() {
-            lent.give_back();
-        }
-    }
-
     fn give_back_at_end(&mut self) {
         if self.inner.is_end_stream() {
-            self.give_back();
+            self.lent.give_back();
         }
     }
 }
@@ -243,10 +237,10 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(None) => self.lent.give_back(),
             Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
             // The connection goes with its broken response.
-            Poll::Ready(Some(Err(_))) => drop(self.lent.take()),
+            Poll::Ready(Some(Err(_))) => self.lent.close(),
             Poll::Pending => {}
         }
         polled

@@ -74,6 +74,11 @@ impl Lent {
             self.pool.put(&self.address, sender);
         }
     }
+
+    /// The response broke off: the connection closes now, never to be reused.
+    pub fn close(&mut self) {
+        self.sender = None;
+    }
 }
 
 impl Upstream {
