@@ -140,8 +140,9 @@ pub struct Stores {
     client: Client,
     claim_live: Duration,
     claim_wait: Duration,
-    /// The worker's stop signal: a delivery waiting on a claim gives up when it fires.
-    stop: Option<Shutdown>,
+    /// The worker's stop signal (one nothing triggers, until `stopping_on`):
+    /// a delivery waiting on a claim gives up when it fires.
+    stop: Shutdown,
 }
 
 impl Stores {
@@ -151,7 +152,7 @@ impl Stores {
             client,
             claim_live: CLAIM_LIVE,
             claim_wait: CLAIM_WAIT,
-            stop: None,
+            stop: Shutdown::new(Duration::ZERO),
         }
     }
 
@@ -160,7 +161,7 @@ impl Stores {
     /// so a draining worker starts no work it may not finish (the worker that
     /// leases the message next waits instead).
     pub fn stopping_on(mut self, stop: Shutdown) -> Self {
-        self.stop = Some(stop);
+        self.stop = stop;
         self
     }
 
@@ -317,13 +318,9 @@ impl Stores {
                 return Err(busy());
             }
             if pending {
-                let pause = tokio::time::sleep(live / 6);
-                match &self.stop {
-                    Some(stop) => tokio::select! {
-                        () = pause => {}
-                        () = stop.triggered() => return Err(busy()),
-                    },
-                    None => pause.await,
+                tokio::select! {
+                    () = tokio::time::sleep(live / 6) => {}
+                    () = self.stop.triggered() => return Err(busy()),
                 }
             }
             // Gone (expired or released meanwhile): try to create it again.
