@@ -821,24 +821,20 @@ pub async fn run(plan: &Plan) -> Report {
     //   at-least-once for a delivery that never completed, which idempotent
     //   rightly lets through;
     // - nothing explains it: a duplicate.
-    let workers_dir = fabric.dir.path().join("workers");
+    let worker_logs = files_in(&fabric.dir.path().join("workers"));
     // A worker whose drain outlived its grace period exits (or is killed by
     // the control plane) with deliveries half-way through: a kill.
-    let logs = std::fs::read_dir(&workers_dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .chain([fabric.control.log.clone()]);
+    let mut logs = worker_logs.clone();
+    logs.push(fabric.control.log.clone());
     kills.extend(logged_times(
-        logs,
+        &logs,
         &[
             "grace period expired",
             "a worker did not stop within its grace period",
         ],
     ));
-    let failed = logged_deliveries(&workers_dir, &["rolled back", "dead-lettered"]);
-    let completed = logged_deliveries(&workers_dir, &["ack failed"]);
+    let failed = logged_deliveries(&worker_logs, &["rolled back", "dead-lettered"]);
+    let completed = logged_deliveries(&worker_logs, &["ack failed"]);
     let mut effects: BTreeMap<String, Vec<(u32, String)>> = BTreeMap::new();
     for key in fabric.keys("effects").await {
         if let Some((order, message, count)) = split_record(&key) {
@@ -889,8 +885,7 @@ pub async fn run(plan: &Plan) -> Report {
         .filter_map(|k| split_record(k))
         .filter(|(_, _, count)| *count > 1)
         .count();
-    report.duplicates_caught =
-        count_in_logs(&fabric.dir.path().join("workers"), "duplicate; stopped");
+    report.duplicates_caught = count_in_logs(&worker_logs, "duplicate; stopped");
 
     // At rest: the app is deleted (its workers stop), then a few orders are
     // published the way its workers publish, so they stay queued.
@@ -925,66 +920,64 @@ pub async fn run(plan: &Plan) -> Report {
     report
 }
 
-/// The deliveries (message id, delivery count) whose worker logged `what`
-/// (`rolled back`, `dead-lettered`, `ack failed`).
-fn logged_deliveries(dir: &Path, what: &[&str]) -> BTreeSet<(String, u32)> {
-    let mut found = BTreeSet::new();
-    for text in std::fs::read_dir(dir)
+/// The files in `dir` (none when it cannot be read).
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-    {
-        for line in text.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The JSON log events in `files` whose message starts with one of `what`.
+fn logged(files: &[PathBuf], what: &[&str]) -> Vec<serde_json::Value> {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .collect::<Vec<_>>()
+        })
+        .filter(|event| {
             let message = event["message"].as_str().unwrap_or_default();
-            if !what.iter().any(|w| message.starts_with(w)) {
-                continue;
-            }
-            if let (Some(id), Some(n)) =
-                (event["message_id"].as_str(), event["deliveries"].as_u64())
-            {
-                found.insert((id.to_string(), n as u32));
-            }
-        }
-    }
-    found
+            what.iter().any(|w| message.starts_with(w))
+        })
+        .collect()
+}
+
+/// The deliveries (message id, delivery count) whose worker logged `what`
+/// (`rolled back`, `dead-lettered`, `ack failed`).
+fn logged_deliveries(files: &[PathBuf], what: &[&str]) -> BTreeSet<(String, u32)> {
+    logged(files, what)
+        .iter()
+        .filter_map(|event| {
+            let id = event["message_id"].as_str()?;
+            let n = event["deliveries"].as_u64()?;
+            Some((id.to_string(), n as u32))
+        })
+        .collect()
 }
 
 /// When (Unix seconds) a message starting with one of `what` was logged in `files`.
-fn logged_times(files: impl Iterator<Item = PathBuf>, what: &[&str]) -> Vec<f64> {
-    let mut times = Vec::new();
-    for text in files.filter_map(|f| std::fs::read_to_string(f).ok()) {
-        for line in text.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let message = event["message"].as_str().unwrap_or_default();
-            if what.iter().any(|w| message.starts_with(w))
-                && let Some(at) = event["timestamp"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            {
-                times.push(at.timestamp_micros() as f64 / 1e6);
-            }
-        }
-    }
-    times
+fn logged_times(files: &[PathBuf], what: &[&str]) -> Vec<f64> {
+    logged(files, what)
+        .iter()
+        .filter_map(|event| {
+            let at = chrono::DateTime::parse_from_rfc3339(event["timestamp"].as_str()?).ok()?;
+            Some(at.timestamp_micros() as f64 / 1e6)
+        })
+        .collect()
 }
 
-/// Lines containing `needle` in every file of `dir`.
-fn count_in_logs(dir: &Path, needle: &str) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .map(|text| text.lines().filter(|l| l.contains(needle)).count())
-                .sum()
-        })
-        .unwrap_or(0)
+/// Lines containing `needle` in `files`.
+fn count_in_logs(files: &[PathBuf], needle: &str) -> usize {
+    files
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .map(|text| text.lines().filter(|l| l.contains(needle)).count())
+        .sum()
 }
 
 /// The embedded files: no card number anywhere (keys included); no order id
