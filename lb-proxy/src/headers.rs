@@ -65,6 +65,12 @@ pub fn request_host(parts: &Parts) -> Option<Cow<'_, str>> {
         Some(a) => a.host(),
         None => parts.headers.get(header::HOST)?.to_str().ok()?,
     };
+    host_name(raw)
+}
+
+/// The host name of a `Host` value: without port, lower case (copied only
+/// when it was not).
+pub fn host_name(raw: &str) -> Option<Cow<'_, str>> {
     let host = strip_port(raw.trim());
     if host.is_empty() {
         return None;
@@ -89,19 +95,27 @@ fn strip_port(host: &str) -> &str {
 /// The client's request id when it sent a sane one, else a new random one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID)
-        && !v.is_empty()
-        && v.len() <= 128
-        && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+        && sane_request_id(v.as_bytes())
     {
         return v.clone();
     }
+    HeaderValue::from_bytes(&new_request_id()).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Whether a client's request id may be passed on: 1 to 128 visible ASCII characters.
+pub fn sane_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// A new random request id: 32 hex digits.
+pub fn new_request_id() -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::rng().random();
     let mut id = [0u8; 32];
     for (i, b) in id.iter_mut().enumerate() {
         *b = HEX[((n >> (4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    id
 }
 
 /// Who asked and how, formatted once per client connection: the values the
@@ -115,7 +129,7 @@ pub struct ForwardedFor {
     node: String,
     /// The `Forwarded` element for the last host asked for on this
     /// connection (usually its only one), so it is formatted once.
-    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
+    last: Mutex<Option<(Vec<u8>, HeaderValue)>>,
 }
 
 impl ForwardedFor {
@@ -135,26 +149,37 @@ impl ForwardedFor {
         }
     }
 
+    /// `http` or `https`.
+    pub fn proto(&self) -> &'static str {
+        self.proto
+    }
+
+    /// The client's address as `X-Forwarded-For` lists it.
+    pub fn ip(&self) -> &[u8] {
+        self.ip.as_bytes()
+    }
+
     /// This connection's `Forwarded` element for a request to `host`.
-    fn element(&self, host: &HeaderValue) -> Option<HeaderValue> {
+    pub fn element(&self, host: &[u8]) -> Option<HeaderValue> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((h, e)) = &*last
-            && h == host
+            && h.as_slice() == host
         {
             return Some(e.clone());
         }
         let (node, proto) = (&self.node, self.proto);
-        let name = host.to_str().unwrap_or_default();
-        let element = if name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
-        {
-            format!("for={node};host={name};proto={proto}")
-        } else {
-            format!("for={node};proto={proto}")
+        let element = match std::str::from_utf8(host) {
+            Ok(name)
+                if name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b)) =>
+            {
+                format!("for={node};host={name};proto={proto}")
+            }
+            _ => format!("for={node};proto={proto}"),
         };
         let element = HeaderValue::from_maybe_shared(Bytes::from(element)).ok()?;
-        *last = Some((host.clone(), element.clone()));
+        *last = Some((host.to_vec(), element.clone()));
         Some(element)
     }
 }
@@ -192,7 +217,7 @@ pub fn to_upstream(
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     headers.insert(&X_FORWARDED_HOST, host.clone());
-    if let Some(element) = fwd.element(host)
+    if let Some(element) = fwd.element(host.as_bytes())
         && let Some(v) = appended(headers.get(&FORWARDED), element)
     {
         headers.insert(&FORWARDED, v);

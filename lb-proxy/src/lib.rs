@@ -11,6 +11,7 @@ pub mod balance;
 pub mod body;
 pub mod endpoint;
 pub mod error;
+mod express;
 pub mod headers;
 mod health;
 pub mod metrics;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
@@ -13,13 +14,15 @@ use hyper::{Method, Request, Response, Uri, Version};
 
 use crate::balance::{self, Tried};
 use crate::body::{BodyError, Replayable, ResponseBody, Tracked, full};
+use crate::endpoint::{Endpoint, InFlight};
 use crate::error::{ProxyError, RetrySafety, find_cause};
 use crate::headers::{self, ForwardedFor, X_REQUEST_ID};
 use crate::metrics::{AppMetrics, Metrics, NO_APP};
 use crate::routes::{AppRoute, Routes, Target};
 use crate::settings::Settings;
 use crate::smuggle::Verdict;
-use crate::upstream::{SendError, Upstream};
+use crate::upstream::{Pool, SendError, Upstream};
+use tokio::net::TcpStream;
 
 /// What the proxy knows of one client connection.
 pub struct Conn {
@@ -39,10 +42,12 @@ pub struct Conn {
 
 /// One data thread's proxy: settings, the live route table, the upstream pool.
 pub struct Proxy {
-    settings: Settings,
-    routes: Arc<Routes>,
+    pub(crate) settings: Settings,
+    pub(crate) routes: Arc<Routes>,
     upstream: Arc<Upstream>,
-    unrouted: AppMetrics,
+    /// The pass-through lane's connections to workers.
+    pub(crate) raw: Arc<Pool<TcpStream>>,
+    pub(crate) unrouted: AppMetrics,
 }
 
 fn idempotent(m: &Method) -> bool {
@@ -59,6 +64,10 @@ impl Proxy {
         Proxy {
             upstream: Upstream::new(
                 settings.connect_timeout,
+                settings.pool_idle_timeout,
+                settings.pool_max_idle_per_worker,
+            ),
+            raw: Pool::new(
                 settings.pool_idle_timeout,
                 settings.pool_max_idle_per_worker,
             ),
@@ -107,6 +116,11 @@ impl Proxy {
             return Err(ProxyError::Smuggling { reason });
         }
         let (target, host_value) = {
+            if parts.headers.get_all(header::HOST).iter().nth(1).is_some() {
+                return Err(ProxyError::Smuggling {
+                    reason: "more than one Host",
+                });
+            }
             let host = headers::request_host(parts).ok_or(ProxyError::NoHost)?;
             if let Some(sni) = &conn.sni
                 && *sni != host
@@ -160,6 +174,60 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let method = parts.method.clone();
+        let headers = &mut parts.headers;
+        let may_repeat = || idempotent(&method) && !body.sent();
+        let upstream = &self.upstream;
+        let send = |ep: &Arc<Endpoint>, last: bool| {
+            let mut req = Request::new(body.attempt());
+            *req.method_mut() = method.clone();
+            *req.version_mut() = Version::HTTP_11;
+            // Copied while another attempt may follow, even when no other
+            // worker is listed now: the table may change before this one fails.
+            *req.headers_mut() = if last {
+                std::mem::take(headers)
+            } else {
+                headers.clone()
+            };
+            // Origin form: the worker is named by the connection and `Host`.
+            *req.uri_mut() = Uri::from(path.clone());
+            let (address, body) = (ep.address.clone(), body.clone());
+            async move {
+                upstream
+                    .send(&address, req)
+                    .await
+                    .map_err(|e| classify(e, &address, body.sent()))
+            }
+        };
+        let ((resp, lent), in_flight) = self.attempts(target, app, may_repeat, send).await?;
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        Ok(Response::from_parts(
+            rparts,
+            Tracked::boxed(rbody, lent, in_flight),
+        ))
+    }
+
+    /// Sends a request to the workers `target` allows, one after another
+    /// while another attempt is safe, at most `max_attempts`; `send` makes
+    /// one attempt (`last` when no other may follow), within the first-byte
+    /// timeout. A worker whose connection failed is ejected, unless it is
+    /// the app's last usable one. `may_repeat` says whether a request that
+    /// may have reached a worker can be sent again.
+    ///
+    /// The answer comes with the worker's in-flight count, held until the
+    /// caller has passed the response on.
+    pub(crate) async fn attempts<T, F, A>(
+        &self,
+        target: &Target,
+        app: &Arc<AppRoute>,
+        may_repeat: impl Fn() -> bool,
+        mut send: F,
+    ) -> Result<(T, InFlight), ProxyError>
+    where
+        F: FnMut(&Arc<Endpoint>, bool) -> A,
+        A: Future<Output = Result<T, ProxyError>>,
+    {
         let mut tried = Tried::default();
         let mut last = None;
         let attempts = self.settings.max_attempts.clamp(1, Tried::CAP);
@@ -186,36 +254,15 @@ impl Proxy {
             if attempt > 0 {
                 app.metrics.retries.inc();
             }
-            let mut req = Request::new(body.attempt());
-            *req.method_mut() = parts.method.clone();
-            *req.version_mut() = Version::HTTP_11;
-            // Copied while another attempt may follow, even when no other
-            // worker is listed now: the table may change before this one fails.
-            *req.headers_mut() = if attempt + 1 < attempts {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
-            // Origin form: the worker is named by the connection and `Host`.
-            *req.uri_mut() = Uri::from(path.clone());
             let in_flight = ep.health.start();
             let started = Instant::now();
-            let err = match tokio::time::timeout(
-                self.settings.first_byte_timeout,
-                self.upstream.send(&ep.address, req),
-            )
-            .await
-            {
-                Ok(Ok((resp, lent))) => {
+            let sent = send(&ep, attempt + 1 == attempts);
+            let err = match tokio::time::timeout(self.settings.first_byte_timeout, sent).await {
+                Ok(Ok(answer)) => {
                     app.metrics.latency.observe(started.elapsed().as_secs_f64());
-                    let (mut rparts, rbody) = resp.into_parts();
-                    headers::strip_hop_by_hop(&mut rparts.headers);
-                    return Ok(Response::from_parts(
-                        rparts,
-                        Tracked::boxed(rbody, lent, in_flight),
-                    ));
+                    return Ok((answer, in_flight));
                 }
-                Ok(Err(e)) => classify(e, &ep.address, body.sent()),
+                Ok(Err(e)) => e,
                 Err(_) => ProxyError::FirstByteTimeout {
                     addr: ep.address.to_string(),
                     after: self.settings.first_byte_timeout,
@@ -234,7 +281,7 @@ impl Proxy {
             }
             let again = match err.retry() {
                 RetrySafety::Any => true,
-                RetrySafety::Idempotent => idempotent(&parts.method) && !body.sent(),
+                RetrySafety::Idempotent => may_repeat(),
                 RetrySafety::Never => false,
             };
             if !again {
@@ -287,11 +334,16 @@ fn classify(e: SendError, addr: &str, body_sent: bool) -> ProxyError {
 
 /// The JSON answer for `e`.
 pub fn error_response(e: &ProxyError, id: &HeaderValue) -> Response<ResponseBody> {
+    error_answer(e, id).map(full)
+}
+
+/// The JSON answer for `e`, its body whole.
+pub fn error_answer(e: &ProxyError, id: &HeaderValue) -> Response<Bytes> {
     let mut api = e.to_api();
     if let Ok(id) = id.to_str() {
         api = api.with_correlation_id(id);
     }
-    let mut resp = Response::new(full(api.body()));
+    let mut resp = Response::new(Bytes::from(api.body()));
     *resp.status_mut() = api.status;
     let h = resp.headers_mut();
     h.insert(

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::express::{self, Prepended};
 use crate::headers::ForwardedFor;
 use crate::proxy::{Conn, Proxy};
 use crate::settings::Settings;
@@ -28,6 +29,7 @@ pub struct Server {
     permits: Arc<Semaphore>,
     connections: TaskTracker,
     handshake_timeout: std::time::Duration,
+    pass_through: bool,
     shutdown: Shutdown,
 }
 
@@ -53,6 +55,7 @@ impl Server {
             permits: Arc::new(Semaphore::new(settings.max_connections.max(1))),
             connections,
             handshake_timeout: settings.idle_timeout,
+            pass_through: settings.pass_through,
             shutdown,
         }
     }
@@ -115,7 +118,7 @@ impl Server {
         match tls {
             None => {
                 let io = Inspected::new(stream, verdict.clone(), false);
-                self.serve(io, conn(None, false)).await;
+                self.serve_http1(io, conn(None, false)).await;
             }
             Some(acceptor) => {
                 let stream =
@@ -136,8 +139,27 @@ impl Server {
                 let sni = session.server_name().map(str::to_ascii_lowercase);
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 let io = Inspected::new(stream, verdict.clone(), h2);
-                self.serve(io, conn(sni, true)).await;
+                if h2 {
+                    self.serve(io, conn(sni, true)).await;
+                } else {
+                    self.serve_http1(io, conn(sni, true)).await;
+                }
             }
+        }
+    }
+
+    /// Serves a connection that may speak HTTP/1: its requests go through
+    /// the pass-through lane while it can take them, then to hyper.
+    async fn serve_http1<I>(&self, mut io: I, conn: Conn)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        if !self.pass_through {
+            return self.serve(io, conn).await;
+        }
+        match express::serve(&self.proxy, &mut io, &conn, &self.shutdown).await {
+            express::Served::Closed => {}
+            express::Served::HandOff(read) => self.serve(Prepended::new(read, io), conn).await,
         }
     }
 

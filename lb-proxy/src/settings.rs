@@ -43,6 +43,9 @@ pub struct Settings {
     /// own upstream pool (default: one per CPU); `0` serves it on the
     /// process's shared runtime.
     pub data_threads: usize,
+    /// Whether plain `GET` and `HEAD` requests over HTTP/1.1 take the
+    /// pass-through lane (docs/lb-proxy.md); off, hyper serves every request.
+    pub pass_through: bool,
     /// Longest wait for a TCP connection to a worker.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -94,6 +97,7 @@ impl Default for Settings {
             routes_reload: Duration::from_secs(2),
             balance: Balance::P2c,
             data_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            pass_through: true,
             connect_timeout: Duration::from_secs(2),
             first_byte_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),

@@ -23,13 +23,38 @@ use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 
-/// One data thread's connections to workers, by worker address.
+/// One data thread's hyper connections to workers, by worker address.
 pub struct Upstream {
-    idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
+    pool: Arc<Pool<SendRequest<RequestBody>>>,
     connect_timeout: Duration,
+}
+
+/// Idle connections of one kind, by worker address, aged by a sweep.
+pub struct Pool<C> {
+    idle: Mutex<HashMap<Arc<str>, Vec<Idle<C>>>>,
     /// Sweeps so far; each idle connection notes the count it went idle at.
     sweeps: AtomicU64,
     max_idle: usize,
+}
+
+/// A connection the pool can tell is closed without reading it.
+pub trait Reusable: Send + 'static {
+    /// Whether the connection is known to be closed.
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for SendRequest<RequestBody> {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+impl Reusable for TcpStream {
+    /// Unknown until it is used: a closed one fails its next request
+    /// before any response byte, which its user retries on a new one.
+    fn is_closed(&self) -> bool {
+        false
+    }
 }
 
 /// An idle connection lives until the `SWEEPS_IDLE`th sweep after it went
@@ -37,8 +62,8 @@ pub struct Upstream {
 /// idle timeout and a quarter more, with no clock read on a request's way.
 const SWEEPS_IDLE: u64 = 5;
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
+struct Idle<C> {
+    conn: C,
     /// The sweep count when it went idle.
     since: u64,
 }
@@ -63,7 +88,7 @@ pub enum SendError {
 pub struct Lent {
     sender: Option<SendRequest<RequestBody>>,
     address: Arc<str>,
-    pool: Arc<Upstream>,
+    pool: Arc<Pool<SendRequest<RequestBody>>>,
 }
 
 impl Lent {
@@ -85,32 +110,12 @@ impl Upstream {
     /// A pool keeping at most `max_idle` idle connections a worker, each for
     /// `idle_timeout` (up to a quarter more); new connections get `connect_timeout`.
     ///
-    /// Called inside the data thread's runtime: a task there closes idle
-    /// connections past their time (so that connections to workers no longer
-    /// routed to do not stay open), until the pool is dropped.
+    /// Called inside the data thread's runtime (see [`Pool::new`]).
     pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
-        let pool = Arc::new(Upstream {
-            idle: Mutex::new(HashMap::new()),
+        Arc::new(Upstream {
+            pool: Pool::new(idle_timeout, max_idle),
             connect_timeout,
-            sweeps: AtomicU64::new(0),
-            max_idle,
-        });
-        let weak = Arc::downgrade(&pool);
-        let every = (idle_timeout / (SWEEPS_IDLE - 1) as u32).max(Duration::from_millis(250));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match weak.upgrade() {
-                    Some(pool) => pool.sweep(),
-                    None => return,
-                }
-            }
-        });
-        pool
-    }
-
-    fn idle(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Idle>>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        })
     }
 
     /// Sends `req` to the worker at `address` on a pooled connection, or a
@@ -121,9 +126,9 @@ impl Upstream {
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lent), SendError> {
         loop {
-            let (mut sender, pooled) = match self.take(address) {
+            let (mut sender, pooled) = match self.pool.take(address) {
                 Some(sender) => (sender, true),
-                None => (self.connect(address).await?, false),
+                None => (self.handshake(address).await?, false),
             };
             if let Err(e) = sender.ready().await {
                 if pooled {
@@ -139,7 +144,7 @@ impl Upstream {
                     let lent = Lent {
                         sender: Some(sender),
                         address: address.clone(),
-                        pool: self.clone(),
+                        pool: self.pool.clone(),
                     };
                     return Ok((resp, lent));
                 }
@@ -157,67 +162,8 @@ impl Upstream {
         }
     }
 
-    /// The most recently used idle connection still open (closed ones met
-    /// on the way are dropped; expired ones are the sweep's).
-    fn take(&self, address: &str) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle();
-        let list = idle.get_mut(address)?;
-        let mut found = None;
-        while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() {
-                found = Some(entry.sender);
-                break;
-            }
-        }
-        if list.is_empty() {
-            idle.remove(address);
-        }
-        found
-    }
-
-    fn put(&self, address: &Arc<str>, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let since = self.sweeps.load(Ordering::Relaxed);
-        let mut idle = self.idle();
-        let list = idle.entry(address.clone()).or_default();
-        if list.len() < self.max_idle {
-            list.push(Idle { sender, since });
-        }
-    }
-
-    /// Drops idle connections past their idle timeout, and those their worker closed.
-    fn sweep(&self) {
-        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
-        self.idle().retain(|_, list| {
-            list.retain(|e| !e.sender.is_closed() && now - e.since < SWEEPS_IDLE);
-            !list.is_empty()
-        });
-    }
-
-    async fn connect(&self, address: &str) -> Result<SendRequest<RequestBody>, SendError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    return Err(SendError::Connect {
-                        timed_out: false,
-                        source: e.into(),
-                    });
-                }
-                Err(_) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no connection within {:?}", self.connect_timeout),
-                    );
-                    return Err(SendError::Connect {
-                        timed_out: true,
-                        source: e.into(),
-                    });
-                }
-            };
-        let _ = stream.set_nodelay(true);
+    async fn handshake(&self, address: &str) -> Result<SendRequest<RequestBody>, SendError> {
+        let stream = connect(address, self.connect_timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -232,4 +178,100 @@ impl Upstream {
         });
         Ok(sender)
     }
+}
+
+impl<C: Reusable> Pool<C> {
+    /// A pool keeping at most `max_idle` idle connections a worker, each for
+    /// `idle_timeout` (up to a quarter more).
+    ///
+    /// Called inside the data thread's runtime: a task there closes idle
+    /// connections past their time (so that connections to workers no longer
+    /// routed to do not stay open), until the pool is dropped.
+    pub fn new(idle_timeout: Duration, max_idle: usize) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            idle: Mutex::new(HashMap::new()),
+            sweeps: AtomicU64::new(0),
+            max_idle,
+        });
+        let weak = Arc::downgrade(&pool);
+        let every = (idle_timeout / (SWEEPS_IDLE - 1) as u32).max(Duration::from_millis(250));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match weak.upgrade() {
+                    Some(pool) => pool.sweep(),
+                    None => return,
+                }
+            }
+        });
+        pool
+    }
+
+    fn idle(&self) -> MutexGuard<'_, HashMap<Arc<str>, Vec<Idle<C>>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection still open (closed ones met
+    /// on the way are dropped; expired ones are the sweep's).
+    pub fn take(&self, address: &str) -> Option<C> {
+        let mut idle = self.idle();
+        let list = idle.get_mut(address)?;
+        let mut found = None;
+        while let Some(entry) = list.pop() {
+            if !entry.conn.is_closed() {
+                found = Some(entry.conn);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(address);
+        }
+        found
+    }
+
+    pub fn put(&self, address: &Arc<str>, conn: C) {
+        if conn.is_closed() {
+            return;
+        }
+        let since = self.sweeps.load(Ordering::Relaxed);
+        let mut idle = self.idle();
+        let list = idle.entry(address.clone()).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle { conn, since });
+        }
+    }
+
+    /// Drops idle connections past their idle timeout, and those their worker closed.
+    fn sweep(&self) {
+        let now = self.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        self.idle().retain(|_, list| {
+            list.retain(|e| !e.conn.is_closed() && now - e.since < SWEEPS_IDLE);
+            !list.is_empty()
+        });
+    }
+}
+
+/// A TCP connection to the worker at `address`, with no delay, within `timeout`.
+pub async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, SendError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(SendError::Connect {
+                timed_out: false,
+                source: e.into(),
+            });
+        }
+        Err(_) => {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {timeout:?}"),
+            );
+            return Err(SendError::Connect {
+                timed_out: true,
+                source: e.into(),
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }

@@ -1,6 +1,7 @@
-//! The upstream pool against a worker written at the byte level, which counts
-//! the connections it gets: a connection serves one request after another,
-//! one whose response was cut short is never used again, and an idle one is
+//! The upstream pools (hyper's path and the pass-through lane each have
+//! theirs) against a worker written at the byte level, which counts the
+//! connections it gets: a connection serves one request after another, one
+//! whose response was cut short is never used again, and an idle one is
 //! closed after the idle timeout.
 
 mod support;
@@ -77,8 +78,12 @@ impl Worker {
     }
 }
 
-async fn proxy_to(worker: &Worker) -> Proxy {
-    proxy_with(worker, settings()).await
+/// Settings for each lane in turn: pass-through, then hyper's.
+fn lanes() -> [lb_proxy::settings::Settings; 2] {
+    [true, false].map(|pass_through| lb_proxy::settings::Settings {
+        pass_through,
+        ..settings()
+    })
 }
 
 async fn proxy_with(worker: &Worker, settings: lb_proxy::settings::Settings) -> Proxy {
@@ -100,59 +105,65 @@ async fn send(client: &reqwest::Client, proxy: &Proxy) -> reqwest::Result<reqwes
 
 #[tokio::test]
 async fn one_upstream_connection_serves_request_after_request() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
-    // One client connection: its requests are all served by one data thread.
-    let client = reqwest::Client::new();
-    for _ in 0..20 {
-        let resp = send(&client, &proxy).await.unwrap();
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.text().await.unwrap(), "connection 1");
+    for lane in lanes() {
+        let worker = Worker::start().await;
+        let proxy = proxy_with(&worker, lane).await;
+        // One client connection: its requests are all served by one data thread.
+        let client = reqwest::Client::new();
+        for _ in 0..20 {
+            let resp = send(&client, &proxy).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.text().await.unwrap(), "connection 1");
+        }
+        assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
     }
-    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
 async fn a_connection_whose_response_was_cut_short_is_not_used_again() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
-    let client = reqwest::Client::new();
-    let get = || send(&client, &proxy);
-    assert_eq!(get().await.unwrap().text().await.unwrap(), "connection 1");
-    worker.cut.store(true, Ordering::SeqCst);
-    let cut = get().await.unwrap();
-    assert!(
-        cut.text().await.is_err(),
-        "the client sees the body end early"
-    );
-    // The client may reconnect too; the worker must see a new connection.
-    let next = get().await.unwrap();
-    assert_eq!(next.status(), 200);
-    assert_eq!(next.text().await.unwrap(), "connection 2");
-    assert_eq!(worker.connections.load(Ordering::SeqCst), 2);
+    for lane in lanes() {
+        let worker = Worker::start().await;
+        let proxy = proxy_with(&worker, lane).await;
+        let client = reqwest::Client::new();
+        let get = || send(&client, &proxy);
+        assert_eq!(get().await.unwrap().text().await.unwrap(), "connection 1");
+        worker.cut.store(true, Ordering::SeqCst);
+        let cut = get().await.unwrap();
+        assert!(
+            cut.text().await.is_err(),
+            "the client sees the body end early"
+        );
+        // The client may reconnect too; the worker must see a new connection.
+        let next = get().await.unwrap();
+        assert_eq!(next.status(), 200);
+        assert_eq!(next.text().await.unwrap(), "connection 2");
+        assert_eq!(worker.connections.load(Ordering::SeqCst), 2);
+    }
 }
 
 #[tokio::test]
 async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
-    let worker = Worker::start().await;
-    let proxy = proxy_with(
-        &worker,
-        lb_proxy::settings::Settings {
-            pool_idle_timeout: std::time::Duration::from_secs(1),
-            ..settings()
-        },
-    )
-    .await;
-    let answer = support::get_text(&proxy, "orders.fabric.localhost", "/").await;
-    assert_eq!(answer, "connection 1");
-    // Waits for the close, bounded: a connection kept forever fails here.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while worker.closed.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the idle connection was never closed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for lane in lanes() {
+        let worker = Worker::start().await;
+        let proxy = proxy_with(
+            &worker,
+            lb_proxy::settings::Settings {
+                pool_idle_timeout: std::time::Duration::from_secs(1),
+                ..lane
+            },
+        )
+        .await;
+        let answer = support::get_text(&proxy, "orders.fabric.localhost", "/").await;
+        assert_eq!(answer, "connection 1");
+        // Waits for the close, bounded: a connection kept forever fails here.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while worker.closed.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle connection was never closed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
     }
-    assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
 }

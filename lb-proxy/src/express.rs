@@ -1,0 +1,913 @@
+//! The pass-through lane for the common HTTP/1.1 request.
+//!
+//! Most requests a fabric serves are a `GET` or `HEAD` with no body, a clean
+//! head and a routable host, answered with a length-framed or chunked
+//! response. This lane serves them with each head parsed once (by httparse,
+//! the parser hyper itself uses) and passed on as bytes, on the client
+//! connection's own task, over raw pooled TCP connections to workers. The
+//! rebuilt header maps, the task and channels per upstream connection and
+//! the body wrappers of the general path are what it saves (docs/lb-proxy.md,
+//! "The pass-through lane").
+//!
+//! Anything else—another method, a body, `Expect`, `Upgrade`, forwarding
+//! headers from another proxy, HTTP/1.0, HTTP/2, a head too large or
+//! malformed, a request the smuggling checks flag—is handed, with the bytes
+//! already read, to hyper, which serves that request and the rest of the
+//! connection. The lane answers only what it fully understands; every
+//! refusal comes from the general path.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use common::shutdown::Shutdown;
+use hyper::header::HeaderValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::endpoint::Endpoint;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::proxy::{Conn, Proxy, error_answer};
+use crate::routes::{AppRoute, Target};
+use crate::upstream;
+
+/// Most header lines of a head the lane parses; more go to hyper (requests)
+/// or are a bad gateway (responses).
+const MAX_HEADERS: usize = 64;
+/// Largest response head a worker may send.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Longest chunk-size or trailer line a worker may send.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Room made for each read of a response body.
+const BODY_READ: usize = 16 * 1024;
+
+/// How a connection left the lane.
+pub enum Served {
+    /// It is closed (or the client went away).
+    Closed,
+    /// The lane does not serve its next request: hyper takes the connection
+    /// over, these bytes (already read from it) first.
+    HandOff(BytesMut),
+}
+
+/// A request the lane serves: where it goes and how to answer.
+struct Prepared {
+    target: Target,
+    app: Arc<AppRoute>,
+    head: bool,
+    close: bool,
+    id: HeaderValue,
+    len: usize,
+}
+
+/// Serves `io`'s requests while the lane can; `conn` is what the proxy
+/// knows of the connection.
+pub async fn serve<I>(proxy: &Proxy, io: &mut I, conn: &Conn, shutdown: &Shutdown) -> Served
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    // The request head for the worker, and the response head for the client.
+    let mut to_worker = Vec::with_capacity(1024);
+    let mut to_client = Vec::with_capacity(1024);
+    let mut from_worker = BytesMut::with_capacity(8192);
+    loop {
+        // A whole request head, or the reason to stop.
+        let req = loop {
+            let parsed = {
+                let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut lines);
+                match req.parse(&buf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        Some(prepare(proxy, conn, &req, len, &mut to_worker))
+                    }
+                    Ok(httparse::Status::Partial)
+                        if buf.len() < proxy.settings.max_header_bytes =>
+                    {
+                        None
+                    }
+                    _ => return Served::HandOff(buf),
+                }
+            };
+            match parsed {
+                Some(Ok(req)) => break req,
+                Some(Err(ToHyper)) => return Served::HandOff(buf),
+                None => {}
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout(proxy.settings.idle_timeout, io.read_buf(&mut buf)) => r,
+                () = shutdown.triggered(), if buf.is_empty() => return Served::Closed,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // The client closed, failed, or sent no whole head in time.
+                _ => return Served::Closed,
+            }
+        };
+        // The smuggling checks follow the bytes read: a request they flag
+        // is hyper's to refuse.
+        let n = conn.served.load(Ordering::Relaxed) + 1;
+        if conn.verdict.refuses(n).is_some() {
+            return Served::HandOff(buf);
+        }
+        conn.served.store(n, Ordering::Relaxed);
+        buf.advance(req.len);
+        let close = req.close || shutdown.is_triggered();
+        let answered = answer(
+            proxy,
+            io,
+            &req,
+            close,
+            &to_worker,
+            &mut to_client,
+            &mut from_worker,
+        )
+        .await;
+        if close || !answered {
+            let _ = io.shutdown().await;
+            return Served::Closed;
+        }
+    }
+}
+
+/// The lane does not serve this request.
+struct ToHyper;
+
+/// Checks a parsed request head and writes the head the worker gets into
+/// `out`: hop-by-hop headers left out, forwarding headers and the request
+/// id added.
+fn prepare(
+    proxy: &Proxy,
+    conn: &Conn,
+    req: &httparse::Request<'_, '_>,
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<Prepared, ToHyper> {
+    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
+        return Err(ToHyper);
+    };
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return Err(ToHyper),
+    };
+    if !path.starts_with('/') {
+        return Err(ToHyper);
+    }
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let (mut host, mut close, mut id) = (None, false, None);
+    for h in req.headers.iter() {
+        match Line::of(h.name) {
+            Line::Host if host.is_none() => host = Some(h.value),
+            Line::Connection => {
+                for token in h.value.split(|&b| b == b',') {
+                    match token.trim_ascii() {
+                        t if t.eq_ignore_ascii_case(b"close") => close = true,
+                        t if t.eq_ignore_ascii_case(b"keep-alive") || t.is_empty() => {}
+                        // It names headers to drop: hyper's path does that.
+                        _ => return Err(ToHyper),
+                    }
+                }
+                continue;
+            }
+            Line::Id => {
+                if headers::sane_request_id(h.value) {
+                    id = Some(h.value);
+                }
+                continue;
+            }
+            Line::Dropped => continue,
+            Line::Other => {}
+            // A second Host, a body, an expectation, an upgrade, or another
+            // proxy's forwarding headers to add to.
+            _ => return Err(ToHyper),
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    let host_value = host.ok_or(ToHyper)?;
+    let name = std::str::from_utf8(host_value).map_err(|_| ToHyper)?;
+    let name = headers::host_name(name).ok_or(ToHyper)?;
+    if conn.sni.as_deref().is_some_and(|sni| sni != name) {
+        return Err(ToHyper);
+    }
+    let target = proxy
+        .routes
+        .load()
+        .resolve(&name, &proxy.settings.domain)
+        .ok_or(ToHyper)?;
+    let app = match &target {
+        Target::App(a) | Target::Worker(a, _) => a.clone(),
+    };
+    let id = match id {
+        Some(id) => HeaderValue::from_bytes(id).map_err(|_| ToHyper)?,
+        None => HeaderValue::from_bytes(&headers::new_request_id()).map_err(|_| ToHyper)?,
+    };
+    let fwd = &conn.forwarded;
+    for (name, value) in [
+        (&b"x-forwarded-for"[..], fwd.ip()),
+        (b"x-forwarded-proto", fwd.proto().as_bytes()),
+        (b"x-forwarded-host", host_value),
+        (b"x-request-id", id.as_bytes()),
+    ] {
+        line(out, name, value);
+    }
+    if let Some(element) = fwd.element(host_value) {
+        line(out, b"forwarded", element.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Prepared {
+        target,
+        app,
+        head,
+        close,
+        id,
+        len,
+    })
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the lane does with a request header, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    Host,
+    Connection,
+    Id,
+    /// Hop-by-hop, or replaced by the proxy's own.
+    Dropped,
+    /// Framing, expectations, upgrades, forwarding chains: hyper's path.
+    NotHere,
+    /// Passed on as it came.
+    Other,
+}
+
+impl Line {
+    const NAMED: [(&'static str, Line); 17] = [
+        ("host", Line::Host),
+        ("connection", Line::Connection),
+        ("x-request-id", Line::Id),
+        ("keep-alive", Line::Dropped),
+        ("proxy-connection", Line::Dropped),
+        ("te", Line::Dropped),
+        ("trailer", Line::Dropped),
+        ("proxy-authenticate", Line::Dropped),
+        ("proxy-authorization", Line::Dropped),
+        ("x-forwarded-proto", Line::Dropped),
+        ("x-forwarded-host", Line::Dropped),
+        ("content-length", Line::NotHere),
+        ("transfer-encoding", Line::NotHere),
+        ("expect", Line::NotHere),
+        ("upgrade", Line::NotHere),
+        ("x-forwarded-for", Line::NotHere),
+        ("forwarded", Line::NotHere),
+    ];
+
+    fn of(name: &str) -> Line {
+        Line::NAMED
+            .iter()
+            .find(|(n, _)| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+            .map_or(Line::Other, |(_, r)| *r)
+    }
+}
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// It has none (a `HEAD`, 204, 304).
+    Empty,
+    /// After this many bytes.
+    Length(u64),
+    /// With its last chunk and trailers.
+    Chunked,
+    /// When the worker closes the connection.
+    UntilClose,
+}
+
+/// A worker's response head, read.
+struct Answer {
+    stream: TcpStream,
+    address: Arc<str>,
+    status: u16,
+    framing: Framing,
+    /// Whether the connection may serve another request once the body is read.
+    reusable: bool,
+}
+
+/// Sends the prepared request to a worker (retrying as the general path
+/// does) and passes the response on; false when the client connection must
+/// close (a body cut short, the client gone, or an error that closes it).
+async fn answer<I>(
+    proxy: &Proxy,
+    io: &mut I,
+    req: &Prepared,
+    close: bool,
+    to_worker: &[u8],
+    to_client: &mut Vec<u8>,
+    from_worker: &mut BytesMut,
+) -> bool
+where
+    I: AsyncWrite + Unpin,
+{
+    let app = &req.app;
+    let send = |ep: &Arc<Endpoint>, _last: bool| {
+        // The buffers go with the attempt and come back with its answer
+        // (an attempt that fails drops them, and the next one starts new).
+        let mut head = std::mem::take(to_client);
+        let mut body = std::mem::take(from_worker);
+        let address = ep.address.clone();
+        async move {
+            let answer =
+                exchange(proxy, address, to_worker, &mut head, &mut body, req, close).await;
+            answer.map(|a| (a, head, body))
+        }
+    };
+    let ((mut answer, head, body), in_flight) =
+        match proxy.attempts(&req.target, app, || true, send).await {
+            Ok(answered) => answered,
+            Err(e) => return refuse(io, req, &e).await,
+        };
+    *to_client = head;
+    *from_worker = body;
+    app.metrics.answered(answer.status);
+    tracing::debug!(request_id = ?req.id, status = answer.status, "answered");
+    let complete = pass_body(io, &mut answer, to_client, from_worker).await;
+    drop(in_flight);
+    match complete {
+        Ok(()) => {
+            if answer.reusable {
+                proxy.raw.put(&answer.address, answer.stream);
+            }
+            answer.framing != Framing::UntilClose
+        }
+        // Nothing has gone to the client yet: it gets the error.
+        Err(Broken::Unsent(e)) => {
+            let e = ProxyError::Upstream {
+                addr: answer.address.to_string(),
+                body_sent: false,
+                source: e.into(),
+            };
+            refuse(io, req, &e).await
+        }
+        Err(Broken::Sent(e)) => {
+            tracing::debug!(request_id = ?req.id, error = %e, "response body cut short");
+            false
+        }
+    }
+}
+
+/// Why a response did not reach the client whole.
+enum Broken {
+    /// Before any of it was sent.
+    Unsent(io::Error),
+    /// Part way through.
+    Sent(io::Error),
+}
+
+impl From<io::Error> for Broken {
+    fn from(e: io::Error) -> Self {
+        Broken::Sent(e)
+    }
+}
+
+/// Answers a request no worker could take with the general path's JSON
+/// error; false when that answer closes the connection.
+async fn refuse<I>(io: &mut I, req: &Prepared, e: &ProxyError) -> bool
+where
+    I: AsyncWrite + Unpin,
+{
+    tracing::warn!(request_id = ?req.id, error = %e, origin = ?e.origin(), "request failed");
+    let resp = error_answer(e, &req.id);
+    let status = resp.status();
+    req.app.metrics.answered(status.as_u16());
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut keep = true;
+    for (name, value) in resp.headers() {
+        keep &= name != hyper::header::CONNECTION;
+        line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let body = resp.body();
+    line(
+        &mut out,
+        b"content-length",
+        body.len().to_string().as_bytes(),
+    );
+    line(&mut out, b"x-request-id", req.id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !req.head {
+        out.extend_from_slice(body);
+    }
+    io.write_all(&out).await.is_ok() && keep
+}
+
+/// One attempt: the request head to the worker at `address` (on a pooled
+/// connection, or a new one when none is idle or the pooled one turns out
+/// closed), its response head read and rewritten into `to_client`; the body
+/// bytes read with it stay in `from_worker`.
+async fn exchange(
+    proxy: &Proxy,
+    address: Arc<str>,
+    to_worker: &[u8],
+    to_client: &mut Vec<u8>,
+    from_worker: &mut BytesMut,
+    req: &Prepared,
+    close: bool,
+) -> Result<Answer, ProxyError> {
+    let failed = |e: io::Error| ProxyError::Upstream {
+        addr: address.to_string(),
+        body_sent: false,
+        source: e.into(),
+    };
+    loop {
+        let (mut stream, pooled) = match proxy.raw.take(&address) {
+            Some(stream) => (stream, true),
+            None => {
+                let stream = upstream::connect(&address, proxy.settings.connect_timeout)
+                    .await
+                    .map_err(|e| match e {
+                        upstream::SendError::Connect { timed_out, source } => ProxyError::Connect {
+                            addr: address.to_string(),
+                            timed_out,
+                            source,
+                        },
+                        upstream::SendError::Request(e) => failed(io::Error::other(e)),
+                    })?;
+                (stream, false)
+            }
+        };
+        from_worker.clear();
+        let sent = stream.write_all(to_worker).await;
+        let read = match sent {
+            Ok(()) => read_head(&mut stream, from_worker, to_client, req, close).await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok((status, framing, reusable)) => {
+                return Ok(Answer {
+                    stream,
+                    address,
+                    status,
+                    framing,
+                    reusable,
+                });
+            }
+            // A pooled connection the worker closed while it was idle: no
+            // fault of the worker; the request goes out on a new one.
+            Err(_) if pooled && from_worker.is_empty() => continue,
+            Err(e) => return Err(failed(e)),
+        }
+    }
+}
+
+/// Reads a response head from `stream` into `buf` (1xx answers skipped) and
+/// writes the client's version of it into `out`; `buf` keeps the body bytes
+/// read with it.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    req: &Prepared,
+    close: bool,
+) -> io::Result<(u16, Framing, bool)> {
+    loop {
+        if stream.read_buf(buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the worker closed the connection before its response",
+            ));
+        }
+        loop {
+            match rewrite_head(buf, out, req, close)? {
+                Head::Partial if buf.len() > MAX_RESPONSE_HEAD => {
+                    return Err(io::Error::other("response head too large"));
+                }
+                Head::Partial => break,
+                Head::Informational(len) => buf.advance(len),
+                Head::Complete(len, status, framing, reusable) => {
+                    buf.advance(len);
+                    return Ok((status, framing, reusable));
+                }
+            }
+        }
+    }
+}
+
+enum Head {
+    Partial,
+    /// A 1xx answer of this length, to skip.
+    Informational(usize),
+    /// A final answer's head length, status, framing, and whether the
+    /// connection may be reused.
+    Complete(usize, u16, Framing, bool),
+}
+
+/// Parses the response head at the start of `buf`, and writes the client's
+/// head into `out`: hop-by-hop headers (and those `Connection` names) left
+/// out, the request id set, `connection: close` when this is the
+/// connection's last answer.
+fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> io::Result<Head> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("response: {why}"));
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut lines);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Head::Partial),
+        Err(e) => return Err(bad(&e.to_string())),
+    };
+    let status = resp.code.unwrap_or(0);
+    if status == 101 {
+        return Err(bad("an upgrade that was not asked for"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Head::Informational(len));
+    }
+    let mut reusable = resp.version == Some(1);
+    let (mut length, mut chunked, mut named) = (None, false, Vec::new());
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad("a malformed content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("differing content-lengths"));
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(bad("a transfer-encoding other than chunked"));
+            }
+            chunked = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    reusable = false;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                    named.push(token);
+                }
+            }
+        }
+    }
+    let framing = if req.head || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        reusable = false;
+        Framing::UntilClose
+    };
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let dropped = hop_by_hop(name)
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (chunked && name.eq_ignore_ascii_case("content-length"))
+            || named
+                .iter()
+                .any(|n| name.as_bytes().eq_ignore_ascii_case(n));
+        if !dropped {
+            line(out, name.as_bytes(), h.value);
+        }
+    }
+    if chunked {
+        line(out, b"transfer-encoding", b"chunked");
+    }
+    line(out, b"x-request-id", req.id.as_bytes());
+    if close || framing == Framing::UntilClose {
+        line(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Head::Complete(len, status, framing, reusable))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+fn hop_by_hop(name: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Writes the response head in `head` and the body after it to the
+/// client, reading the rest of the body from the worker; `buf` holds the
+/// body bytes read so far. Clears `reusable` when the worker sent more than
+/// its response.
+async fn pass_body<I>(
+    io: &mut I,
+    answer: &mut Answer,
+    head: &mut Vec<u8>,
+    buf: &mut BytesMut,
+) -> Result<(), Broken>
+where
+    I: AsyncWrite + Unpin,
+{
+    let cut = || {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the worker closed the connection mid-body",
+        )
+    };
+    match answer.framing {
+        Framing::Empty => {
+            answer.reusable &= buf.is_empty();
+            Ok(io.write_all(head).await?)
+        }
+        Framing::Length(n) => {
+            let mut left = n;
+            let first = (buf.len() as u64).min(left) as usize;
+            head.extend_from_slice(&buf[..first]);
+            left -= first as u64;
+            answer.reusable &= buf.len() == first;
+            io.write_all(head).await?;
+            while left > 0 {
+                buf.clear();
+                buf.reserve(BODY_READ);
+                if answer.stream.read_buf(buf).await? == 0 {
+                    return Err(cut().into());
+                }
+                let take = (buf.len() as u64).min(left) as usize;
+                answer.reusable &= buf.len() == take;
+                left -= take as u64;
+                io.write_all(&buf[..take]).await?;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut chunks = Chunks::default();
+            let mut done = chunks.feed(buf).map_err(Broken::Unsent)?;
+            let first = done.unwrap_or(buf.len());
+            head.extend_from_slice(&buf[..first]);
+            answer.reusable &= done.is_none_or(|end| end == buf.len());
+            io.write_all(head).await?;
+            while done.is_none() {
+                buf.clear();
+                buf.reserve(BODY_READ);
+                if answer.stream.read_buf(buf).await? == 0 {
+                    return Err(cut().into());
+                }
+                done = chunks.feed(buf)?;
+                let take = done.unwrap_or(buf.len());
+                answer.reusable &= done.is_none_or(|end| end == buf.len());
+                io.write_all(&buf[..take]).await?;
+            }
+            Ok(())
+        }
+        Framing::UntilClose => {
+            head.extend_from_slice(buf);
+            io.write_all(head).await?;
+            loop {
+                buf.clear();
+                buf.reserve(BODY_READ);
+                if answer.stream.read_buf(buf).await? == 0 {
+                    return Ok(());
+                }
+                io.write_all(buf).await?;
+            }
+        }
+    }
+}
+
+/// Follows a chunked body's framing, to know where it ends; the bytes pass
+/// through unchanged.
+#[derive(Debug, Default)]
+struct Chunks {
+    state: Chunk,
+    /// The part of a size or trailer line read so far.
+    line: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line.
+    #[default]
+    Size,
+    /// This many data bytes to go.
+    Data(u64),
+    /// The CRLF after chunk data: how much of it has been seen.
+    DataEnd(u8),
+    /// Trailer lines, up to the empty one.
+    Trailer,
+}
+
+impl Chunks {
+    /// Follows `bytes`; `Some(n)` when the body ends after the first `n`.
+    fn feed(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
+        let bad =
+            |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {why}"));
+        let mut at = 0;
+        while at < bytes.len() {
+            match self.state {
+                Chunk::Data(n) => {
+                    let take = ((bytes.len() - at) as u64).min(n);
+                    at += take as usize;
+                    self.state = if take == n {
+                        Chunk::DataEnd(0)
+                    } else {
+                        Chunk::Data(n - take)
+                    };
+                }
+                Chunk::DataEnd(seen) => {
+                    let want = if seen == 0 { b'\r' } else { b'\n' };
+                    if bytes[at] != want {
+                        return Err(bad("no CRLF after chunk data"));
+                    }
+                    at += 1;
+                    self.state = if seen == 0 {
+                        Chunk::DataEnd(1)
+                    } else {
+                        Chunk::Size
+                    };
+                }
+                Chunk::Size | Chunk::Trailer => {
+                    let rest = &bytes[at..];
+                    let Some(i) = rest.iter().position(|&b| b == b'\n') else {
+                        self.line.extend_from_slice(rest);
+                        if self.line.len() > MAX_CHUNK_LINE {
+                            return Err(bad("a line too long"));
+                        }
+                        return Ok(None);
+                    };
+                    self.line.extend_from_slice(&rest[..=i]);
+                    at += i + 1;
+                    if self.line.len() > MAX_CHUNK_LINE {
+                        return Err(bad("a line too long"));
+                    }
+                    if self.state == Chunk::Trailer {
+                        let end = matches!(self.line.as_slice(), b"\r\n" | b"\n");
+                        self.line.clear();
+                        if end {
+                            return Ok(Some(at));
+                        }
+                        continue;
+                    }
+                    let size = match httparse::parse_chunk_size(&self.line) {
+                        Ok(httparse::Status::Complete((_, size))) => size,
+                        _ => return Err(bad("a malformed chunk size")),
+                    };
+                    self.line.clear();
+                    self.state = if size == 0 {
+                        Chunk::Trailer
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A connection with bytes already read from it: they come first, then the
+/// connection's own. What hyper serves a connection handed off by the lane.
+pub struct Prepended<I> {
+    first: BytesMut,
+    inner: I,
+}
+
+impl<I> Prepended<I> {
+    /// `inner`, whose next bytes are `first`.
+    pub fn new(first: BytesMut, inner: I) -> Self {
+        Prepended { first, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prepended<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.first.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.first.len().min(buf.remaining());
+        buf.put_slice(&self.first[..n]);
+        self.first.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prepended<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ends(chunks: &[&[u8]]) -> io::Result<Option<usize>> {
+        let mut c = Chunks::default();
+        let mut total = 0;
+        for part in chunks {
+            if let Some(n) = c.feed(part)? {
+                return Ok(Some(total + n));
+            }
+            total += part.len();
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn a_chunked_body_ends_where_its_last_chunk_and_trailers_do() {
+        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(ends(&[body]).unwrap(), Some(end));
+        // Split anywhere, the same end.
+        for i in 1..body.len() {
+            assert_eq!(ends(&[&body[..i], &body[i..]]).unwrap(), Some(end), "{i}");
+        }
+        assert_eq!(ends(&[b"0\r\n\r\n"]).unwrap(), Some(5));
+        assert_eq!(ends(&[b"5\r\nhel"]).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_errors() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"ffffffffffffffffff\r\n",
+            b"-1\r\n",
+        ] {
+            assert!(ends(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
+        assert!(ends(&[&long]).is_err());
+    }
+
+    #[test]
+    fn request_headers_are_sorted_by_what_the_lane_does_with_them() {
+        assert!(Line::of("Host") == Line::Host);
+        assert!(Line::of("CONTENT-LENGTH") == Line::NotHere);
+        assert!(Line::of("transfer-encoding") == Line::NotHere);
+        assert!(Line::of("x-forwarded-proto") == Line::Dropped);
+        assert!(Line::of("x-forwarded-for") == Line::NotHere);
+        assert!(Line::of("upgrade") == Line::NotHere);
+        assert!(Line::of("trailer") == Line::Dropped);
+        assert!(Line::of("proxy-authorization") == Line::Dropped);
+        assert!(Line::of("x-app") == Line::Other);
+    }
+}
