@@ -76,7 +76,9 @@ where
     let mut to_client = Vec::with_capacity(1024);
     let mut from_worker = BytesMut::with_capacity(8192);
     loop {
-        // A whole request head, or the reason to stop.
+        // A whole request head, or the reason to stop; the head must be
+        // whole within the idle timeout of the first wait for it.
+        let mut deadline = None;
         let req = loop {
             let parsed = {
                 let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -98,8 +100,10 @@ where
                 Some(Err(ToHyper)) => return Served::HandOff(buf),
                 None => {}
             }
+            let at = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + proxy.settings.idle_timeout);
             let read = tokio::select! {
-                r = tokio::time::timeout(proxy.settings.idle_timeout, io.read_buf(&mut buf)) => r,
+                r = tokio::time::timeout_at(at, io.read_buf(&mut buf)) => r,
                 () = shutdown.triggered(), if buf.is_empty() => return Served::Closed,
             };
             match read {
@@ -236,6 +240,22 @@ fn prepare(
     })
 }
 
+/// `HTTP/1.1 {status} {reason}` and its CRLF.
+fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa3(status).as_slice());
+    out.push(b' ');
+    out.extend_from_slice(reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A status code's three digits (httparse reads only three).
+fn itoa3(status: u16) -> [u8; 3] {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    [digit(status / 100), digit(status / 10), digit(status)]
+}
+
+/// A header line, `name: value` and its CRLF.
 fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -396,11 +416,7 @@ where
     let status = resp.status();
     req.app.metrics.answered(status.as_u16());
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(&mut out, status.as_u16(), status.canonical_reason());
     let mut keep = true;
     for (name, value) in resp.headers() {
         keep &= name != hyper::header::CONNECTION;
@@ -581,11 +597,7 @@ fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> i
         Framing::UntilClose
     };
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status, resp.reason);
     for h in resp.headers.iter() {
         let name = h.name;
         let dropped = hop_by_hop(name)
