@@ -173,6 +173,25 @@ async fn clients_too_slow_with_their_head_or_body_are_cut_off() {
         "{answer}"
     );
 
+    // A head trickled a byte at a time, each byte within the idle timeout:
+    // the head as a whole is bounded, so the connection is closed while the
+    // client is still sending (it would go on for 20 s, the wait is 10 s).
+    let s = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut reader, mut writer) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        writer.write_all(b"GET / HTTP/1.1\r\nX: ").await.unwrap();
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the trickled head kept its connection");
+    trickle.abort();
+
     // A whole head, part of the body, then nothing: 408 with the JSON body.
     let mut s = TcpStream::connect(proxy.http).await.unwrap();
     s.write_all(b"POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\nContent-Length: 100\r\n\r\n0123456789")
