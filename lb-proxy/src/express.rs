@@ -11,10 +11,11 @@
 //!
 //! Anything else—another method, a body, `Expect`, `Upgrade`, forwarding
 //! headers from another proxy, HTTP/1.0, HTTP/2, a head too large or
-//! malformed, a request the smuggling checks flag—is handed, with the bytes
-//! already read, to hyper, which serves that request and the rest of the
-//! connection. The lane answers only what it fully understands; every
-//! refusal comes from the general path.
+//! malformed—is handed, with the bytes already read, to hyper, which serves
+//! that request and the rest of the connection behind the smuggling checks.
+//! The lane takes only what it fully understands: every refusal of a
+//! client's request comes from the general path, and a worker's failure is
+//! answered with the general path's JSON error.
 
 use std::io;
 use std::pin::Pin;
@@ -75,6 +76,8 @@ where
     let mut to_worker = Vec::with_capacity(1024);
     let mut to_client = Vec::with_capacity(1024);
     let mut from_worker = BytesMut::with_capacity(8192);
+    let stopping = shutdown.triggered();
+    tokio::pin!(stopping);
     loop {
         // A whole request head, or the reason to stop; the head must be
         // whole within the idle timeout of the first wait for it.
@@ -104,7 +107,7 @@ where
                 .get_or_insert_with(|| tokio::time::Instant::now() + proxy.settings.idle_timeout);
             let read = tokio::select! {
                 r = tokio::time::timeout_at(at, io.read_buf(&mut buf)) => r,
-                () = shutdown.triggered(), if buf.is_empty() => return Served::Closed,
+                () = &mut stopping, if buf.is_empty() => return Served::Closed,
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -112,13 +115,7 @@ where
                 _ => return Served::Closed,
             }
         };
-        // The smuggling checks follow the bytes read: a request they flag
-        // is hyper's to refuse.
-        let n = conn.served.load(Ordering::Relaxed) + 1;
-        if conn.verdict.refuses(n).is_some() {
-            return Served::HandOff(buf);
-        }
-        conn.served.store(n, Ordering::Relaxed);
+        conn.served.fetch_add(1, Ordering::Relaxed);
         buf.advance(req.len);
         let close = req.close || shutdown.is_triggered();
         let answered = answer(

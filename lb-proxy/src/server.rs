@@ -116,10 +116,7 @@ impl Server {
             served: AtomicU64::new(0),
         };
         match tls {
-            None => {
-                let io = Inspected::new(stream, verdict.clone(), false);
-                self.serve_http1(io, conn(None, false)).await;
-            }
+            None => self.serve_http1(stream, conn(None, false)).await,
             Some(acceptor) => {
                 let stream =
                     match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream))
@@ -138,28 +135,37 @@ impl Server {
                 let (_, session) = stream.get_ref();
                 let sni = session.server_name().map(str::to_ascii_lowercase);
                 let h2 = session.alpn_protocol() == Some(b"h2");
-                let io = Inspected::new(stream, verdict.clone(), h2);
                 if h2 {
+                    let io = Inspected::new(stream, verdict.clone(), true);
                     self.serve(io, conn(sni, true)).await;
                 } else {
-                    self.serve_http1(io, conn(sni, true)).await;
+                    self.serve_http1(stream, conn(sni, true)).await;
                 }
             }
         }
     }
 
-    /// Serves a connection that may speak HTTP/1: its requests go through
-    /// the pass-through lane while it can take them, then to hyper.
+    /// Serves a connection that may speak HTTP/1 (or HTTP/2 with prior
+    /// knowledge): its requests go through the pass-through lane while it
+    /// can take them, then to hyper, behind the smuggling checks.
+    ///
+    /// The checks start where hyper does: no request the lane takes can be
+    /// ambiguous (it has no body framing, and httparse refuses obs-fold).
     async fn serve_http1<I>(&self, mut io: I, conn: Conn)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let verdict = conn.verdict.clone();
         if !self.pass_through {
-            return self.serve(io, conn).await;
+            return self.serve(Inspected::new(io, verdict, false), conn).await;
         }
         match express::serve(&self.proxy, &mut io, &conn, &self.shutdown).await {
             express::Served::Closed => {}
-            express::Served::HandOff(read) => self.serve(Prepended::new(read, io), conn).await,
+            express::Served::HandOff(read) => {
+                let served = conn.served.load(std::sync::atomic::Ordering::Relaxed);
+                let io = Inspected::resumed(Prepended::new(read, io), verdict, served);
+                self.serve(io, conn).await;
+            }
         }
     }
 

@@ -256,6 +256,14 @@ impl<S> Inspected<S> {
             verdict,
         }
     }
+
+    /// Follows `inner`'s bytes from a request boundary, after the
+    /// connection's first `served` requests (served without these checks).
+    pub fn resumed(inner: S, verdict: std::sync::Arc<Verdict>, served: u64) -> Self {
+        let mut inspected = Inspected::new(inner, verdict, false);
+        inspected.tracker.requests = served;
+        inspected
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Inspected<S> {

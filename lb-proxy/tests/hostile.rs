@@ -79,6 +79,10 @@ async fn every_smuggling_shape_is_refused_before_reaching_a_worker() {
         let answer = exchange(proxy.http, wire.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{name}: {answer}");
     }
+    // A GET with obs-fold, which the pass-through lane hands to hyper.
+    let folded = "GET / HTTP/1.1\r\nHost: orders.fabric.localhost\r\nX-A: 1\r\n continued\r\n\r\n";
+    let answer = exchange(proxy.http, folded.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "GET obs-fold: {answer}");
     assert_eq!(a.hits(), 0, "no ambiguous request reached the worker");
     // The same connection shape without ambiguity goes through.
     let ok = exchange(
