@@ -77,11 +77,13 @@ where
     let mut to_client = Vec::with_capacity(1024);
     let mut from_worker = BytesMut::with_capacity(8192);
     let stopping = shutdown.triggered();
-    tokio::pin!(stopping);
+    // One timer for the connection, moved on for each head: a head must be
+    // whole within the idle timeout of the first wait for it.
+    let idle = tokio::time::sleep(proxy.settings.idle_timeout);
+    tokio::pin!(stopping, idle);
     loop {
-        // A whole request head, or the reason to stop; the head must be
-        // whole within the idle timeout of the first wait for it.
-        let mut deadline = None;
+        // A whole request head, or the reason to stop.
+        let mut waiting = false;
         let req = loop {
             let parsed = {
                 let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -103,15 +105,22 @@ where
                 Some(Err(ToHyper)) => return Served::HandOff(buf),
                 None => {}
             }
-            let at = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + proxy.settings.idle_timeout);
+            if !waiting {
+                waiting = true;
+                let at = tokio::time::Instant::now() + proxy.settings.idle_timeout;
+                idle.as_mut().reset(at);
+            }
+            // The client's bytes first: the other two are rarely ready.
             let read = tokio::select! {
-                r = tokio::time::timeout_at(at, io.read_buf(&mut buf)) => r,
+                biased;
+                r = io.read_buf(&mut buf) => r,
+                // No whole head in time.
+                () = &mut idle => return Served::Closed,
                 () = &mut stopping, if buf.is_empty() => return Served::Closed,
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
-                // The client closed, failed, or sent no whole head in time.
+                Ok(n) if n > 0 => {}
+                // The client closed, or failed.
                 _ => return Served::Closed,
             }
         };

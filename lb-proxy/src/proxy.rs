@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -255,9 +254,10 @@ impl Proxy {
                 app.metrics.retries.inc();
             }
             let in_flight = ep.health.start();
-            let started = Instant::now();
+            let started = tokio::time::Instant::now();
             let sent = send(&ep, attempt + 1 == attempts);
-            let err = match tokio::time::timeout(self.settings.first_byte_timeout, sent).await {
+            let by = started + self.settings.first_byte_timeout;
+            let err = match tokio::time::timeout_at(by, sent).await {
                 Ok(Ok(answer)) => {
                     app.metrics.latency.observe(started.elapsed().as_secs_f64());
                     return Ok((answer, in_flight));
