@@ -370,10 +370,12 @@ where
         };
     *to_client = head;
     *from_worker = body;
-    app.metrics.answered(answer.status);
-    tracing::debug!(request_id = ?req.id, status = answer.status, "answered");
     let complete = pass_body(io, &mut answer, to_client, from_worker).await;
     drop(in_flight);
+    if !matches!(complete, Err(Broken::Unsent(_))) {
+        app.metrics.answered(answer.status);
+        tracing::debug!(request_id = ?req.id, status = answer.status, "answered");
+    }
     match complete {
         Ok(()) => {
             if answer.reusable {
@@ -466,13 +468,10 @@ async fn exchange(
             None => {
                 let stream = upstream::connect(&address, proxy.settings.connect_timeout)
                     .await
-                    .map_err(|e| match e {
-                        upstream::SendError::Connect { timed_out, source } => ProxyError::Connect {
-                            addr: address.to_string(),
-                            timed_out,
-                            source,
-                        },
-                        upstream::SendError::Request(e) => failed(io::Error::other(e)),
+                    .map_err(|e| ProxyError::Connect {
+                        addr: address.to_string(),
+                        timed_out: e.timed_out,
+                        source: e.source,
                     })?;
                 (stream, false)
             }

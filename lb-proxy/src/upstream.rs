@@ -251,12 +251,30 @@ impl<C: Reusable> Pool<C> {
     }
 }
 
+/// Why no TCP connection to a worker was made.
+#[derive(Debug)]
+pub struct ConnectFailed {
+    /// Whether the connect timeout ran out.
+    pub timed_out: bool,
+    /// The cause.
+    pub source: crate::error::BoxError,
+}
+
+impl From<ConnectFailed> for SendError {
+    fn from(e: ConnectFailed) -> Self {
+        SendError::Connect {
+            timed_out: e.timed_out,
+            source: e.source,
+        }
+    }
+}
+
 /// A TCP connection to the worker at `address`, with no delay, within `timeout`.
-pub async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, SendError> {
+pub async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, ConnectFailed> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            return Err(SendError::Connect {
+            return Err(ConnectFailed {
                 timed_out: false,
                 source: e.into(),
             });
@@ -266,7 +284,7 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, Send
                 std::io::ErrorKind::TimedOut,
                 format!("no connection within {timeout:?}"),
             );
-            return Err(SendError::Connect {
+            return Err(ConnectFailed {
                 timed_out: true,
                 source: e.into(),
             });
