@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use common::shutdown::Shutdown;
 use hyper::header::HeaderValue;
+use hyper::http::uri::PathAndQuery;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -36,11 +37,15 @@ use crate::proxy::{Conn, Proxy, error_answer};
 use crate::routes::{AppRoute, Target};
 use crate::upstream;
 
-/// Most header lines of a head the lane parses; more go to hyper (requests)
-/// or are a bad gateway (responses).
+/// Most header lines of a request head the lane parses; more go to hyper.
 const MAX_HEADERS: usize = 64;
-/// Largest response head a worker may send.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most header lines of a response head: hyper's own limit, so that both
+/// paths pass the same responses.
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// Largest response head a worker may send: hyper's default read buffer limit.
+const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
+/// Most trailer lines after a chunked body.
+const MAX_TRAILERS: usize = 64;
 /// Longest chunk-size or trailer line a worker may send.
 const MAX_CHUNK_LINE: usize = 4096;
 /// Room made for each read of a response body.
@@ -165,7 +170,9 @@ fn prepare(
         "HEAD" => true,
         _ => return Err(ToHyper),
     };
-    if !path.starts_with('/') {
+    // Origin form, and a target hyper would take as it is (no fragment to
+    // strip, nothing its URI rules refuse): others get hyper's answer.
+    if !path.starts_with('/') || path.contains('#') || path.parse::<PathAndQuery>().is_err() {
         return Err(ToHyper);
     }
     out.clear();
@@ -366,16 +373,19 @@ where
     let ((mut answer, head, body), in_flight) =
         match proxy.attempts(&req.target, app, || true, send).await {
             Ok(answered) => answered,
-            Err(e) => return refuse(io, req, &e).await,
+            Err(e) => return refuse(io, req, &e, close).await,
         };
     *to_client = head;
     *from_worker = body;
-    let complete = pass_body(io, &mut answer, to_client, from_worker).await;
+    // Counted as its head goes out: a long stream counts from its start.
+    app.metrics.answered(answer.status);
+    tracing::debug!(request_id = ?req.id, status = answer.status, "answered");
+    let complete = match pass_body(io, &mut answer, to_client, from_worker).await {
+        // Whatever TLS still holds goes out before the next request is awaited.
+        Ok(()) => io.flush().await,
+        Err(e) => Err(e),
+    };
     drop(in_flight);
-    if !matches!(complete, Err(Broken::Unsent(_))) {
-        app.metrics.answered(answer.status);
-        tracing::debug!(request_id = ?req.id, status = answer.status, "answered");
-    }
     match complete {
         Ok(()) => {
             if answer.reusable {
@@ -383,39 +393,17 @@ where
             }
             answer.framing != Framing::UntilClose
         }
-        // Nothing has gone to the client yet: it gets the error.
-        Err(Broken::Unsent(e)) => {
-            let e = ProxyError::Upstream {
-                addr: answer.address.to_string(),
-                body_sent: false,
-                source: e.into(),
-            };
-            refuse(io, req, &e).await
-        }
-        Err(Broken::Sent(e)) => {
+        Err(e) => {
             tracing::debug!(request_id = ?req.id, error = %e, "response body cut short");
             false
         }
     }
 }
 
-/// Why a response did not reach the client whole.
-enum Broken {
-    /// Before any of it was sent.
-    Unsent(io::Error),
-    /// Part way through.
-    Sent(io::Error),
-}
-
-impl From<io::Error> for Broken {
-    fn from(e: io::Error) -> Self {
-        Broken::Sent(e)
-    }
-}
-
 /// Answers a request no worker could take with the general path's JSON
-/// error; false when that answer closes the connection.
-async fn refuse<I>(io: &mut I, req: &Prepared, e: &ProxyError) -> bool
+/// error (the connection's last answer when `close`); false when that
+/// answer closes the connection.
+async fn refuse<I>(io: &mut I, req: &Prepared, e: &ProxyError, close: bool) -> bool
 where
     I: AsyncWrite + Unpin,
 {
@@ -425,10 +413,13 @@ where
     req.app.metrics.answered(status.as_u16());
     let mut out = Vec::with_capacity(512);
     status_line(&mut out, status.as_u16(), status.canonical_reason());
-    let mut keep = true;
+    // Errors of the client's own close the connection themselves.
+    let closes = resp.headers().contains_key(hyper::header::CONNECTION);
     for (name, value) in resp.headers() {
-        keep &= name != hyper::header::CONNECTION;
         line(&mut out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if close && !closes {
+        line(&mut out, b"connection", b"close");
     }
     let body = resp.body();
     line(
@@ -441,7 +432,8 @@ where
     if !req.head {
         out.extend_from_slice(body);
     }
-    io.write_all(&out).await.is_ok() && keep
+    let written = io.write_all(&out).await.is_ok() && io.flush().await.is_ok();
+    written && !close && !closes
 }
 
 /// One attempt: the request head to the worker at `address` (on a pooled
@@ -462,8 +454,10 @@ async fn exchange(
         body_sent: false,
         source: e.into(),
     };
+    // A pooled connection may turn out closed once; then a new one.
+    let mut pool = true;
     loop {
-        let (mut stream, pooled) = match proxy.raw.take(&address) {
+        let (mut stream, pooled) = match pool.then(|| proxy.raw.take(&address)).flatten() {
             Some(stream) => (stream, true),
             None => {
                 let stream = upstream::connect(&address, proxy.settings.connect_timeout)
@@ -492,9 +486,9 @@ async fn exchange(
                     reusable,
                 });
             }
-            // A pooled connection the worker closed while it was idle: no
+            // A pooled connection the worker closed as it was taken: no
             // fault of the worker; the request goes out on a new one.
-            Err(_) if pooled && from_worker.is_empty() => continue,
+            Err(_) if pooled && from_worker.is_empty() => pool = false,
             Err(e) => return Err(failed(e)),
         }
     }
@@ -548,7 +542,7 @@ enum Head {
 /// connection's last answer.
 fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> io::Result<Head> {
     let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("response: {why}"));
-    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut lines);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -556,6 +550,9 @@ fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> i
         Err(e) => return Err(bad(&e.to_string())),
     };
     let status = resp.code.unwrap_or(0);
+    if status < 100 {
+        return Err(bad("a status below 100"));
+    }
     if status == 101 {
         return Err(bad("an upgrade that was not asked for"));
     }
@@ -585,7 +582,16 @@ fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> i
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     reusable = false;
-                } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.is_empty() {
+                } else if ![
+                    &b"keep-alive"[..],
+                    b"content-length",
+                    b"transfer-encoding",
+                    b"",
+                ]
+                .iter()
+                .any(|kept| token.eq_ignore_ascii_case(kept))
+                {
+                    // Named headers go, but never the body's framing.
                     named.push(token);
                 }
             }
@@ -652,7 +658,7 @@ async fn pass_body<I>(
     answer: &mut Answer,
     head: &mut Vec<u8>,
     buf: &mut BytesMut,
-) -> Result<(), Broken>
+) -> io::Result<()>
 where
     I: AsyncWrite + Unpin,
 {
@@ -665,7 +671,7 @@ where
     match answer.framing {
         Framing::Empty => {
             answer.reusable &= buf.is_empty();
-            Ok(io.write_all(head).await?)
+            io.write_all(head).await
         }
         Framing::Length(n) => {
             let mut left = n;
@@ -678,7 +684,7 @@ where
                 buf.clear();
                 buf.reserve(BODY_READ);
                 if answer.stream.read_buf(buf).await? == 0 {
-                    return Err(cut().into());
+                    return Err(cut());
                 }
                 let take = (buf.len() as u64).min(left) as usize;
                 answer.reusable &= buf.len() == take;
@@ -689,16 +695,24 @@ where
         }
         Framing::Chunked => {
             let mut chunks = Chunks::default();
-            let mut done = chunks.feed(buf).map_err(Broken::Unsent)?;
-            let first = done.unwrap_or(buf.len());
+            // A malformed first chunk still follows the head, as on hyper's
+            // path: the client sees the body break off. Bytes past a
+            // malformed piece never reach the client.
+            let fed = chunks.feed(buf);
+            let first = match fed {
+                Ok(Some(end)) => end,
+                Ok(None) => buf.len(),
+                Err(_) => 0,
+            };
             head.extend_from_slice(&buf[..first]);
-            answer.reusable &= done.is_none_or(|end| end == buf.len());
             io.write_all(head).await?;
+            let mut done = fed?;
+            answer.reusable &= done.is_none_or(|end| end == buf.len());
             while done.is_none() {
                 buf.clear();
                 buf.reserve(BODY_READ);
                 if answer.stream.read_buf(buf).await? == 0 {
-                    return Err(cut().into());
+                    return Err(cut());
                 }
                 done = chunks.feed(buf)?;
                 let take = done.unwrap_or(buf.len());
@@ -729,6 +743,8 @@ struct Chunks {
     state: Chunk,
     /// The part of a size or trailer line read so far.
     line: Vec<u8>,
+    /// Trailer lines so far.
+    trailers: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -787,11 +803,19 @@ impl Chunks {
                     if self.line.len() > MAX_CHUNK_LINE {
                         return Err(bad("a line too long"));
                     }
+                    // CRLF only: a bare LF is where readers disagree.
+                    if !self.line.ends_with(b"\r\n") {
+                        return Err(bad("a line not ended by CRLF"));
+                    }
                     if self.state == Chunk::Trailer {
-                        let end = matches!(self.line.as_slice(), b"\r\n" | b"\n");
+                        let end = self.line.len() == 2;
                         self.line.clear();
                         if end {
                             return Ok(Some(at));
+                        }
+                        self.trailers += 1;
+                        if self.trailers > MAX_TRAILERS {
+                            return Err(bad("too many trailer lines"));
                         }
                         continue;
                     }
@@ -913,6 +937,17 @@ mod tests {
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 10];
         assert!(ends(&[&long]).is_err());
+        // A bare LF ends no line: the next response's head must never be
+        // read as this body's trailers, nor the other way round.
+        for bare in [&b"0\n\r\n"[..], b"0\r\n\n", b"5\nhello\r\n0\r\n\r\n"] {
+            assert!(
+                ends(&[bare]).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bare)
+            );
+        }
+        let trailers = "x: 1\r\n".repeat(MAX_TRAILERS + 1);
+        assert!(ends(&[format!("0\r\n{trailers}\r\n").as_bytes()]).is_err());
     }
 
     #[test]

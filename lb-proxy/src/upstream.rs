@@ -50,10 +50,16 @@ impl Reusable for SendRequest<RequestBody> {
 }
 
 impl Reusable for TcpStream {
-    /// Unknown until it is used: a closed one fails its next request
-    /// before any response byte, which its user retries on a new one.
+    /// Closed, or no longer fit for a request: the worker closed it, or
+    /// sent bytes no request asked for (a late body, a `408` before its
+    /// idle close), which would be read as the next request's answer. A
+    /// non-blocking read, which tokio answers from its readiness without a
+    /// system call when nothing has arrived; a connection that closes just
+    /// after it fails its next request before any answer byte, which its
+    /// user retries once on a new connection.
     fn is_closed(&self) -> bool {
-        false
+        let mut byte = [0u8; 1];
+        !matches!(self.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 

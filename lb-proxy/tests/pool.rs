@@ -167,3 +167,31 @@ async fn an_idle_upstream_connection_is_closed_after_the_idle_timeout() {
         assert_eq!(worker.connections.load(Ordering::SeqCst), 1);
     }
 }
+
+#[tokio::test]
+async fn a_raw_connection_with_bytes_no_request_asked_for_is_not_reused() {
+    use lb_proxy::upstream::Reusable;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pair = || async {
+        let ours = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (theirs, _) = listener.accept().await.unwrap();
+        (ours, theirs)
+    };
+    // Quiet: fit for the next request.
+    let (quiet, _keep) = pair().await;
+    assert!(!quiet.is_closed());
+    // A late answer no request asked for: it would be read as the next one's.
+    let (late, mut worker) = pair().await;
+    worker
+        .write_all(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    late.readable().await.unwrap();
+    assert!(late.is_closed());
+    // Closed by the worker.
+    let (closed, worker) = pair().await;
+    drop(worker);
+    closed.readable().await.unwrap();
+    assert!(closed.is_closed());
+}
