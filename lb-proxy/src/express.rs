@@ -207,10 +207,7 @@ fn prepare(
             // proxy's forwarding headers to add to.
             _ => return Err(ToHyper),
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        line(out, h.name.as_bytes(), h.value);
     }
     let host_value = host.ok_or(ToHyper)?;
     let name = std::str::from_utf8(host_value).map_err(|_| ToHyper)?;
@@ -611,7 +608,7 @@ fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> i
     status_line(out, status, resp.reason);
     for h in resp.headers.iter() {
         let name = h.name;
-        let dropped = hop_by_hop(name)
+        let dropped = headers::is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("x-request-id")
             || (chunked && name.eq_ignore_ascii_case("content-length"))
             || named
@@ -630,23 +627,6 @@ fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> i
     }
     out.extend_from_slice(b"\r\n");
     Ok(Head::Complete(len, status, framing, reusable))
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Writes the response head in `head` and the body after it to the
@@ -681,9 +661,7 @@ where
             answer.reusable &= buf.len() == first;
             io.write_all(head).await?;
             while left > 0 {
-                buf.clear();
-                buf.reserve(BODY_READ);
-                if answer.stream.read_buf(buf).await? == 0 {
+                if refill(&mut answer.stream, buf).await? == 0 {
                     return Err(cut());
                 }
                 let take = (buf.len() as u64).min(left) as usize;
@@ -709,9 +687,7 @@ where
             let mut done = fed?;
             answer.reusable &= done.is_none_or(|end| end == buf.len());
             while done.is_none() {
-                buf.clear();
-                buf.reserve(BODY_READ);
-                if answer.stream.read_buf(buf).await? == 0 {
+                if refill(&mut answer.stream, buf).await? == 0 {
                     return Err(cut());
                 }
                 done = chunks.feed(buf)?;
@@ -725,15 +701,21 @@ where
             head.extend_from_slice(buf);
             io.write_all(head).await?;
             loop {
-                buf.clear();
-                buf.reserve(BODY_READ);
-                if answer.stream.read_buf(buf).await? == 0 {
+                if refill(&mut answer.stream, buf).await? == 0 {
                     return Ok(());
                 }
                 io.write_all(buf).await?;
             }
         }
     }
+}
+
+/// Reads the next piece of a response body into `buf`, emptied first, with
+/// room for `BODY_READ` bytes; 0 at the end of the stream.
+async fn refill(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    buf.clear();
+    buf.reserve(BODY_READ);
+    stream.read_buf(buf).await
 }
 
 /// Follows a chunked body's framing, to know where it ends; the bytes pass

@@ -16,29 +16,30 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&header::HeaderName; 7] = [
-    &header::CONNECTION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-    &header::PROXY_AUTHENTICATE,
-    &header::PROXY_AUTHORIZATION,
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name) || *name == KEEP_ALIVE || *name == PROXY_CONNECTION
+/// Whether the header `name` (in any case) is hop-by-hop.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one look at each of their few names costs
     // less than nine removals, each a hash and a probe.
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers.keys().any(|name| is_hop_by_hop(name.as_str())) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -54,8 +55,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, absolute form) or
