@@ -142,12 +142,24 @@ async fn read_message<S: AsyncRead + Unpin>(
     }
 }
 
-async fn proxy_to(worker: &Worker) -> Proxy {
+/// A worker, and a proxy routing app `orders` to it, ready.
+async fn started() -> (Worker, Proxy) {
+    let worker = Worker::start().await;
     let proxy = Proxy::start(settings()).await;
     proxy
         .put_routes(table("orders", &[(0, worker.addr, "ready")]))
         .await;
-    proxy
+    (worker, proxy)
+}
+
+/// A GET for the app through `client`, which keeps its connections.
+async fn fetch(client: &reqwest::Client, proxy: &Proxy, path: &str) -> reqwest::Response {
+    client
+        .get(proxy.url(path))
+        .header("host", HOST)
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A client connection to the proxy, with the bytes read past its last answer.
@@ -211,17 +223,15 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn chunked_and_informational_answers_pass_through_on_one_connection() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
+    let (worker, proxy) = started().await;
     let client = reqwest::Client::new();
-    let fetch = |path: &'static str| client.get(proxy.url(path)).header("host", HOST).send();
-    let chunked = fetch("/chunked").await.unwrap();
+    let chunked = fetch(&client, &proxy, "/chunked").await;
     assert_eq!(chunked.headers()["x-conn"], "1");
     assert_eq!(chunked.text().await.unwrap(), "hello world");
-    let hinted = fetch("/hints").await.unwrap();
+    let hinted = fetch(&client, &proxy, "/hints").await;
     assert_eq!(hinted.status(), 200);
     assert_eq!(hinted.text().await.unwrap(), "ok");
-    let plain = fetch("/").await.unwrap();
+    let plain = fetch(&client, &proxy, "/").await;
     assert_eq!(
         plain.headers()["x-conn"],
         "1",
@@ -233,8 +243,7 @@ async fn chunked_and_informational_answers_pass_through_on_one_connection() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
+    let (_worker, proxy) = started().await;
     let mut c = Client::connect(&proxy).await;
     c.send(&format!("{}{}{}", get("/a"), get("/chunked"), get("/b")))
         .await;
@@ -260,8 +269,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_request_the_lane_does_not_take_hands_the_connection_to_hyper() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
+    let (_worker, proxy) = started().await;
     let mut c = Client::connect(&proxy).await;
     c.send(&get("/first")).await;
     assert_eq!(c.answer().await.1, "connection 1 /first");
@@ -292,8 +300,7 @@ async fn a_request_the_lane_does_not_take_hands_the_connection_to_hyper() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_dropped_both_ways_and_forwarding_ones_added() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
+    let (_worker, proxy) = started().await;
     let mut c = Client::connect(&proxy).await;
     c.send(&format!(
         "GET /echo HTTP/1.1\r\nHost: {HOST}\r\nTE: trailers\r\nKeep-Alive: timeout=5\r\n\
@@ -336,35 +343,32 @@ async fn hop_by_hop_headers_are_dropped_both_ways_and_forwarding_ones_added() {
 
 #[tokio::test]
 async fn workers_that_close_or_frame_badly() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
+    let (_worker, proxy) = started().await;
     let client = reqwest::Client::new();
-    let fetch = |path: &'static str| client.get(proxy.url(path)).header("host", HOST).send();
     // `connection: close` from the worker: its connection is not reused.
-    let closing = fetch("/close").await.unwrap();
+    let closing = fetch(&client, &proxy, "/close").await;
     assert_eq!(closing.headers()["x-conn"], "1");
     assert_eq!(closing.text().await.unwrap(), "ok");
-    assert_eq!(fetch("/").await.unwrap().headers()["x-conn"], "2");
+    assert_eq!(fetch(&client, &proxy, "/").await.headers()["x-conn"], "2");
     // A body ended by the worker's close reaches the client whole.
-    let eof = fetch("/eof").await.unwrap();
+    let eof = fetch(&client, &proxy, "/eof").await;
     assert_eq!(eof.text().await.unwrap(), "until close");
     // A malformed chunk: the head goes out, then the body breaks off, and
     // the malformed bytes never reach the client.
-    let broken = fetch("/bad-chunk").await.unwrap();
+    let broken = fetch(&client, &proxy, "/bad-chunk").await;
     assert_eq!(broken.status(), 200);
     assert!(broken.text().await.is_err());
     // Differing lengths: 502, never a guess.
-    let ambiguous = fetch("/two-lengths").await.unwrap();
+    let ambiguous = fetch(&client, &proxy, "/two-lengths").await;
     assert_eq!(ambiguous.status(), 502);
     assert!(ambiguous.text().await.unwrap().contains("BAD_GATEWAY"));
     // The worker is still served after all of it.
-    assert_eq!(fetch("/").await.unwrap().status(), 200);
+    assert_eq!(fetch(&client, &proxy, "/").await.status(), 200);
 }
 
 #[tokio::test]
 async fn a_client_asking_to_close_is_answered_then_closed() {
-    let worker = Worker::start().await;
-    let proxy = proxy_to(&worker).await;
+    let (_worker, proxy) = started().await;
     let mut c = Client::connect(&proxy).await;
     c.send(&format!(
         "GET /bye HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n"
