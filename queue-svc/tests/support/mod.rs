@@ -42,10 +42,28 @@ pub fn require_emulator(backend: BackendKind) {
     }
 }
 
+/// Waits (at most 10 s) until no earlier service of this process holds the
+/// embedded store at `path`: `queue_svc::run` can return while its last
+/// handle on the store is still being dropped on another thread.
+async fn released(path: &Path) {
+    for _ in 0..500 {
+        match redb::Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
+    }
+    panic!("{} is still open", path.display());
+}
+
 impl Service {
     /// Starts a service with `settings` in `data_dir`, its keys there (or `master_key`).
     pub async fn start(settings: Settings, data_dir: &Path, master_key: Option<PathBuf>) -> Self {
         require_emulator(settings.backend);
+        if settings.backend == BackendKind::Embedded {
+            released(&data_dir.join(queue_svc::EMBEDDED_FILE)).await;
+        }
         let key = TokenKey::load_or_generate(&data_dir.join(common::secrets::SECRET_FILE))
             .expect("token key");
         let config = Config {
