@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{ErrorType, FlowError};
 use crate::event::Event;
+use crate::expr::Evaluator;
 use crate::manifest::{App, Flow, Step};
 use crate::metrics::Metrics;
 use crate::queues::Queues;
@@ -49,6 +50,7 @@ pub struct Engine {
     stores: Option<Stores>,
     http: reqwest::Client,
     metrics: Metrics,
+    expr: Evaluator,
 }
 
 type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), FlowError>> + Send + 'a>>;
@@ -56,7 +58,14 @@ type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), FlowError>> + Send 
 impl Engine {
     /// An engine for `app`, publishing to `queues`, keeping state in `stores`
     /// (needed when the app uses the object store; see [`App::uses_store`]).
-    pub fn new(app: Arc<App>, queues: Queues, stores: Option<Stores>, metrics: Metrics) -> Self {
+    /// Its expressions run on `expr`.
+    pub fn new(
+        app: Arc<App>,
+        queues: Queues,
+        stores: Option<Stores>,
+        metrics: Metrics,
+        expr: Evaluator,
+    ) -> Self {
         let flows = app
             .flows
             .iter()
@@ -69,6 +78,7 @@ impl Engine {
             stores,
             http: reqwest::Client::new(),
             metrics,
+            expr,
         }
     }
 
@@ -140,29 +150,30 @@ impl Engine {
     }
 
     async fn step(&self, step: &Step, exec: &mut Exec) -> Result<(), FlowError> {
-        let props = &self.app.properties;
-        let key_of = |e: &crate::expr::Expr, exec: &Exec| e.eval_text(&exec.event, props);
+        let ev = &self.expr;
         match step {
             Step::Log(e) => {
-                let text = e.eval_text(&exec.event, props)?;
+                let text = ev.text(e, &exec.event).await?;
                 tracing::info!(correlation_id = %exec.event.correlation_id, "{text}");
             }
-            Step::SetPayload(e) => exec.event.payload = e.eval(&exec.event, props)?,
+            Step::SetPayload(e) => exec.event.payload = ev.value(e, &exec.event).await?,
             Step::SetVariable { name, value } => {
-                let v = value.eval(&exec.event, props)?;
+                let v = ev.value(value, &exec.event).await?;
                 exec.event.vars.insert(name.clone(), v);
             }
             Step::Validate(e) => {
-                if !e.eval_bool(&exec.event, props)? {
+                if !ev.truth(e, &exec.event).await? {
+                    // The condition is the flow's source: it goes to the log, not the client.
+                    tracing::info!(correlation_id = %exec.event.correlation_id, condition = e.source(), "validation failed");
                     return Err(FlowError::new(
                         ErrorType::Validation,
-                        format!("validation failed: {}", e.source()),
+                        "the event failed the flow's validation",
                     ));
                 }
             }
             Step::Publish { queue, body } => {
                 let payload = match body {
-                    Some(b) => b.eval(&exec.event, props)?,
+                    Some(b) => ev.value(b, &exec.event).await?,
                     None => exec.event.payload.clone(),
                 };
                 self.queues
@@ -174,14 +185,15 @@ impl Engine {
                 body,
                 headers,
             } => {
-                let body = body
-                    .as_ref()
-                    .map(|b| b.eval(&exec.event, props))
-                    .transpose()?;
-                let headers = headers
-                    .iter()
-                    .map(|(n, v)| Ok((n.clone(), v.eval_text(&exec.event, props)?)))
-                    .collect::<Result<_, FlowError>>()?;
+                let body = match body {
+                    Some(b) => Some(ev.value(b, &exec.event).await?),
+                    None => None,
+                };
+                let mut values = Vec::with_capacity(headers.len());
+                for (name, value) in headers {
+                    values.push((name.clone(), ev.text(value, &exec.event).await?));
+                }
+                let headers = values;
                 exec.reply = Some(Reply {
                     status: *status,
                     body,
@@ -190,7 +202,7 @@ impl Engine {
             }
             Step::Choice { when, otherwise } => {
                 for (cond, branch) in when {
-                    if cond.eval_bool(&exec.event, props)? {
+                    if ev.truth(cond, &exec.event).await? {
                         return self.steps(branch, exec).await;
                     }
                 }
@@ -227,7 +239,7 @@ impl Engine {
                 status,
             } => {
                 let message = match message {
-                    Some(m) => m.eval_text(&exec.event, props)?,
+                    Some(m) => ev.text(m, &exec.event).await?,
                     None => format!("{} raised", kind.name()),
                 };
                 let mut err = FlowError::new(kind.clone(), message);
@@ -241,13 +253,13 @@ impl Engine {
                 headers,
                 timeout,
             } => {
-                let url = url.eval_text(&exec.event, props)?;
+                let url = ev.text(url, &exec.event).await?;
                 let mut req = self.http.request(method.clone(), &url).timeout(*timeout);
                 for (name, value) in headers {
-                    req = req.header(name, value.eval_text(&exec.event, props)?);
+                    req = req.header(name, ev.text(value, &exec.event).await?);
                 }
                 if let Some(b) = body {
-                    req = match b.eval(&exec.event, props)? {
+                    req = match ev.value(b, &exec.event).await? {
                         Value::String(s) => req.body(s),
                         other => req.json(&other),
                     };
@@ -260,9 +272,9 @@ impl Engine {
                 value,
                 ttl,
             } => {
-                let key = key_of(key, exec)?;
+                let key = ev.text(key, &exec.event).await?;
                 let value = match value {
-                    Some(v) => v.eval(&exec.event, props)?,
+                    Some(v) => ev.value(v, &exec.event).await?,
                     None => exec.event.payload.clone(),
                 };
                 self.store()?.put(store, &key, &value, *ttl).await?;
@@ -273,10 +285,10 @@ impl Engine {
                 default,
                 target,
             } => {
-                let key = key_of(key, exec)?;
+                let key = ev.text(key, &exec.event).await?;
                 let value = match (self.store()?.get(store, &key).await?, default) {
                     (Some(v), _) => v,
-                    (None, Some(d)) => d.eval(&exec.event, props)?,
+                    (None, Some(d)) => ev.value(d, &exec.event).await?,
                     (None, None) => {
                         return Err(FlowError::new(
                             ErrorType::NotFound,
@@ -292,11 +304,11 @@ impl Engine {
                 }
             }
             Step::Remove { store, key } => {
-                let key = key_of(key, exec)?;
+                let key = ev.text(key, &exec.event).await?;
                 self.store()?.remove(store, &key).await?;
             }
             Step::Idempotent { key, ttl } => {
-                let key = key_of(key, exec)?;
+                let key = ev.text(key, &exec.event).await?;
                 let flow = exec.flow.clone();
                 match self
                     .store()?
@@ -311,7 +323,7 @@ impl Engine {
                 }
             }
             Step::Aggregate { key, size, ttl } => {
-                let key = key_of(key, exec)?;
+                let key = ev.text(key, &exec.event).await?;
                 let flow = exec.flow.clone();
                 let gathered = self
                     .store()?

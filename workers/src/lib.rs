@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
+use crate::expr::Evaluator;
 use crate::manifest::App;
 use crate::metrics::Metrics;
 use crate::persistent::PersistentQueues;
@@ -261,11 +262,13 @@ pub async fn run(
         stores.reachable(settings.backing_wait).await?;
     }
     let queues = settings.queues(&app, &name, size.concurrency * 8).await?;
+    let expr = Evaluator::start(expr::BUDGET, size.runtime_threads.max(2), &app.properties)?;
     let engine = Arc::new(Engine::new(
         app.clone(),
         queues,
         stores.clone(),
         metrics.clone(),
+        expr,
     ));
     source::queue::start(&engine, &shutdown);
     if let Some(stores) = &stores

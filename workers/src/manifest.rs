@@ -476,8 +476,34 @@ const MAX_GROUP: u32 = 1000;
 /// Paths every worker serves itself.
 const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-/// Parses and checks a manifest.
+/// The largest manifest, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+
+/// Parses and checks a manifest. Any text gets an answer: the app, or the
+/// line, column and reason it is refused. Checking runs on a thread of its
+/// own with a deep stack (see [`crate::expr::bounds`]), so no manifest can
+/// overflow the caller's stack, and a panic while checking is a refusal.
 pub fn load(yaml: &str) -> Result<App, ManifestError> {
+    if yaml.len() > MAX_MANIFEST_BYTES {
+        return Err(ManifestError {
+            line: 1,
+            column: 1,
+            reason: format!(
+                "the manifest is {} bytes, more than {MAX_MANIFEST_BYTES}",
+                yaml.len()
+            ),
+        });
+    }
+    crate::expr::bounds::isolated(|| load_here(yaml)).unwrap_or_else(|panic| {
+        Err(ManifestError {
+            line: 1,
+            column: 1,
+            reason: format!("the manifest could not be checked ({panic})"),
+        })
+    })
+}
+
+fn load_here(yaml: &str) -> Result<App, ManifestError> {
     let def: AppDef = serde_saphyr::from_str(yaml).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let text = e.to_string();
