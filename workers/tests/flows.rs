@@ -179,11 +179,13 @@ flows:
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "VALIDATION");
     assert_eq!(body["correlationId"], cid);
+    // The client is told it failed validation, not the flow's condition.
     assert!(
-        body["message"]
+        !body["message"]
             .as_str()
             .unwrap()
-            .contains(".orderId != null")
+            .contains(".orderId != null"),
+        "{body}"
     );
 
     let r = c
