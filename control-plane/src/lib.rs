@@ -270,6 +270,7 @@ pub async fn run(
     let keyring =
         common::secrets::keyring(&config).map_err(|e| StartError::Setting(e.to_string()))?;
     let registry = open_registry(&config, keyring).await?;
+    forget_plaintext_manifests(&config.data_dir);
     registry
         .add_api_key(&admin_key(&config.data_dir)?, ADMIN)
         .await?;
@@ -350,6 +351,23 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// Removes the plaintext manifests (`apps/{app}/v{n}.yaml`) an earlier
+/// version kept in the data directory: a worker now reads its manifest from
+/// the registry, sealed at rest, through its standard input.
+fn forget_plaintext_manifests(data_dir: &std::path::Path) {
+    let dir = data_dir.join("apps");
+    if dir.is_dir() {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the plaintext manifests an earlier version kept")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the plaintext manifests an earlier version kept")
+            }
+        }
+    }
 }
 
 /// Opens the registry: the DynamoDB table `registry_table` when set, else

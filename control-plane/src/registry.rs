@@ -131,6 +131,10 @@ pub struct Placement {
     pub az: String,
     /// Where it listens.
     pub address: String,
+    /// Where it serves its ops endpoints (absent for a worker started before
+    /// they had a port of their own: they are then on `address`).
+    #[serde(default)]
+    pub ops_address: Option<String>,
     /// Its process id.
     pub pid: Option<u32>,
     /// Times it was restarted.
@@ -138,6 +142,15 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// Where the worker's `/readyz` answers.
+    pub fn ops_address(&self) -> std::net::SocketAddr {
+        self.ops_address
+            .as_deref()
+            .unwrap_or(&self.address)
+            .parse()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
     fn key(&self) -> String {
         format!("{}/{}/{}", self.app, self.version, self.index)
     }

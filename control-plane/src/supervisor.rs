@@ -49,6 +49,9 @@ pub struct Route {
     pub index: u32,
     /// Where it listens.
     pub address: String,
+    /// Where the load balancer probes its health (its ops port), when apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// `ready` (takes new requests) or `draining` (finishes its own only).
     pub state: String,
 }
@@ -236,22 +239,13 @@ impl Supervisor {
         format!("http://{app}.{}:{}", s.domain, s.proxy_port)
     }
 
-    fn manifest_path(&self, app: &str, version: u64) -> PathBuf {
-        self.inner
-            .settings
-            .data_dir
-            .join("apps")
-            .join(app)
-            .join(format!("v{version}.yaml"))
-    }
-
     fn spec(&self, record: &AppRecord, version: u64, index: u32, az: &str) -> WorkerSpec {
         WorkerSpec {
             app: record.name.clone(),
             version,
             index,
             az: az.to_string(),
-            manifest: self.manifest_path(&record.name, version),
+            manifest: record.manifest.as_str().into(),
             size: record.size,
             env: (self.inner.worker_env)(record),
         }
@@ -268,7 +262,7 @@ impl Supervisor {
             let alive = p.pid.is_some_and(|pid| {
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
             });
-            let ready = alive && self.probe(&p.address).await;
+            let ready = alive && self.probe(&p.ops_address().to_string()).await;
             if current == Some(p.version) && ready {
                 adopted.push(p);
             } else {
@@ -296,6 +290,7 @@ impl Supervisor {
                                 p.az.clone(),
                                 Some(Running {
                                     address,
+                                    ops_address: p.ops_address(),
                                     pid: p.pid.unwrap_or_default(),
                                     child: None,
                                 }),
@@ -395,7 +390,7 @@ impl Supervisor {
                             name.clone(),
                             slot.version,
                             slot.index,
-                            r.address.to_string(),
+                            r.ops_address.to_string(),
                         ));
                     }
                 }
@@ -548,6 +543,7 @@ impl Supervisor {
                     index: slot.index,
                     az: slot.az.clone(),
                     address: running.address.to_string(),
+                    ops_address: Some(running.ops_address.to_string()),
                     pid: Some(running.pid),
                     restarts: slot.restarts,
                 };
@@ -581,6 +577,7 @@ impl Supervisor {
                     Some(Route {
                         index: s.index,
                         address: r.address.to_string(),
+                        health: Some(r.ops_address.to_string()),
                         state: state.into(),
                     })
                 })
@@ -613,14 +610,6 @@ impl Supervisor {
             previous.max(from_slots).unwrap_or(0) + 1
         };
         record.version = version;
-        let path = self.manifest_path(&name, version);
-        let io = |source| DeployError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(path.parent().unwrap_or(&self.inner.settings.data_dir))
-            .map_err(io)?;
-        std::fs::write(&path, &record.manifest).map_err(io)?;
         self.inner.events.emit(
             Some(&name),
             "deploy.started",
@@ -771,6 +760,7 @@ impl Supervisor {
                 index: slot.index,
                 az: slot.az.clone(),
                 address: String::new(),
+                ops_address: None,
                 pid: None,
                 restarts: 0,
             };

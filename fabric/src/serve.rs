@@ -29,11 +29,22 @@ pub enum Component {
 pub async fn run(component: Component, file: Option<PathBuf>) -> anyhow::Result<()> {
     let file = file.as_deref();
     match component {
-        Component::QueueSvc => serve(queue_svc::NAME, file, queue_svc::run).await,
-        Component::ObjectstoreSvc => serve(objectstore_svc::NAME, file, objectstore_svc::run).await,
-        Component::ControlPlane => serve(control_plane::NAME, file, control_plane::run).await,
-        Component::LbProxy => serve(lb_proxy::NAME, file, lb_proxy::run).await,
-        Component::Worker => serve(workers::NAME, file, workers::run).await,
+        Component::QueueSvc => serve(queue_svc::NAME, file, Keys::Needed, queue_svc::run).await,
+        Component::ObjectstoreSvc => {
+            serve(
+                objectstore_svc::NAME,
+                file,
+                Keys::Needed,
+                objectstore_svc::run,
+            )
+            .await
+        }
+        Component::ControlPlane => {
+            serve(control_plane::NAME, file, Keys::Needed, control_plane::run).await
+        }
+        Component::LbProxy => serve(lb_proxy::NAME, file, Keys::Needed, lb_proxy::run).await,
+        // A worker runs a tenant's code: it holds its app token and no key.
+        Component::Worker => serve(workers::NAME, file, Keys::None, workers::run).await,
     }
 }
 
@@ -53,8 +64,22 @@ pub fn runtime_threads(component: Component, file: Option<&Path>) -> Option<usiz
     Some(config.settings.size.runtime_threads)
 }
 
+/// Whether a component reads the fabric's keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keys {
+    /// It seals, opens or verifies: its keys are checked at start.
+    Needed,
+    /// It must not read them (a worker).
+    None,
+}
+
 /// Loads the configuration (exit 64 when invalid), binds, serves until a signal, drains.
-async fn serve<S, F, Fut, E>(name: &str, file: Option<&Path>, run: F) -> anyhow::Result<()>
+async fn serve<S, F, Fut, E>(
+    name: &str,
+    file: Option<&Path>,
+    keys: Keys,
+    run: F,
+) -> anyhow::Result<()>
 where
     S: Serialize + DeserializeOwned + Default,
     F: FnOnce(ServiceConfig<S>, TcpListener, Shutdown) -> Fut,
@@ -63,8 +88,10 @@ where
 {
     let config: ServiceConfig<S> = config::load(file).unwrap_or_else(|e| e.exit());
     // Keys are checked at start, so a bad key is a config error, not a later failure.
-    common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
-    common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
+    if keys == Keys::Needed {
+        common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
+        common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("{name}: cannot listen on {}: {e}", config.listen))?;

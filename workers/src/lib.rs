@@ -76,8 +76,15 @@ pub const NAME: &str = "worker";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// The app manifest (YAML) this worker runs (`FABRIC_MANIFEST`).
+    /// The app manifest (YAML) this worker runs (`FABRIC_MANIFEST`); `-`
+    /// reads it from standard input, as the local scheduler hands it over
+    /// (so no manifest is kept on disk in plaintext).
     pub manifest: PathBuf,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen (`FABRIC_OPS_LISTEN`),
+    /// apart from the app's own routes so that the load balancer never
+    /// routes to them and an app may own those paths; unset, they share the
+    /// app's listener.
+    pub ops_listen: Option<std::net::SocketAddr>,
     /// The app's name, when not the manifest's own (`FABRIC_APP`).
     pub app: Option<String>,
     /// The worker size in vCores: 0.1, 0.2, 1, 2, 4, 8 or 16 (`FABRIC_SIZE`; default 1).
@@ -114,6 +121,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             manifest: PathBuf::new(),
+            ops_listen: None,
             app: None,
             size: WorkerSize::default(),
             worker_id: None,
@@ -169,7 +177,12 @@ impl Settings {
     /// Reads and checks the manifest.
     pub fn load_app(&self) -> Result<App, StartError> {
         let path = self.manifest.display().to_string();
-        let text = std::fs::read_to_string(&self.manifest).map_err(|source| StartError::Read {
+        let read = if path == "-" {
+            manifest_from_stdin()
+        } else {
+            std::fs::read_to_string(&self.manifest)
+        };
+        let text = read.map_err(|source| StartError::Read {
             path: path.clone(),
             source,
         })?;
@@ -231,6 +244,22 @@ impl Settings {
     }
 }
 
+/// The manifest on standard input, read once (the process reads its
+/// configuration twice: to size its runtime, then to run).
+fn manifest_from_stdin() -> std::io::Result<String> {
+    static TEXT: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let text = TEXT.get_or_init(|| {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), manifest::MAX_MANIFEST_BYTES as u64 + 1),
+            &mut text,
+        )
+        .map(|_| text)
+        .map_err(|e| e.to_string())
+    });
+    text.clone().map_err(std::io::Error::other)
+}
+
 /// Runs the worker on `listener` until `shutdown`: loads the app, starts its
 /// queue consumers, then serves its HTTP flows beside `/healthz`, `/readyz`
 /// and `/metrics`. On shutdown it stops accepting and leasing and lets
@@ -289,8 +318,25 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(size.concurrency)),
         max_body: size.max_payload(),
     };
-    let router = source::http::router(engine, limits)
-        .merge(ops_router(readiness.clone(), metrics.registry()));
+    let ops = ops_router(readiness.clone(), metrics.registry());
+    let router = source::http::router(engine, limits);
+    let (router, ops) = match settings.ops_listen {
+        Some(addr) => (router, Some((TcpListener::bind(addr).await?, ops))),
+        None => {
+            if let Some(p) = app.http_paths().find(|p| manifest::OPS_PATHS.contains(p)) {
+                return Err(StartError::Setting(format!(
+                    "the app answers {p} itself, which is also the worker's own endpoint: set ops_listen (FABRIC_OPS_LISTEN)"
+                )));
+            }
+            (router.merge(ops), None)
+        }
+    };
+    if let Some((listener, ops)) = ops {
+        let (readiness, sd) = (readiness.clone(), shutdown.clone());
+        shutdown.spawn("worker-ops", async move {
+            serve("worker-ops", listener, ops, readiness, sd).await
+        });
+    }
     readiness.set_ready();
     tracing::info!(
         app = %name,

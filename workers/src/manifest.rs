@@ -220,6 +220,14 @@ impl App {
         })
     }
 
+    /// The paths the app's HTTP flows answer.
+    pub fn http_paths(&self) -> impl Iterator<Item = &str> {
+        self.flows.iter().filter_map(|f| match &f.source {
+            Some(Source::Http { path, .. }) => Some(path.as_str()),
+            _ => None,
+        })
+    }
+
     /// The queues the app's flows consume, with their delivery limits.
     pub fn queues(&self) -> impl Iterator<Item = (&str, u32)> {
         self.flows.iter().filter_map(|f| match &f.source {
@@ -473,8 +481,9 @@ const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 const MIN_EVERY: Duration = Duration::from_millis(100);
 const MAX_GROUP: u32 = 1000;
-/// Paths every worker serves itself.
-const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// Paths a worker serves itself when its ops endpoints share the app's
+/// listener (a worker started by hand without `ops_listen`).
+pub const OPS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// The largest manifest, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
@@ -935,9 +944,6 @@ fn check_path(path: &Text) -> Result<String, ManifestError> {
     let p = &path.value;
     if !p.starts_with('/') {
         return Err(at(path, "a path starts with '/'"));
-    }
-    if RESERVED_PATHS.contains(&p.as_str()) {
-        return Err(at(path, format!("{p} is the worker's own endpoint")));
     }
     let mut shape = String::new();
     let segments: Vec<&str> = p[1..].split('/').collect();

@@ -40,6 +40,7 @@ fn placement(app: &str) -> Placement {
         index: 1,
         az: "a".into(),
         address: "127.0.1.1:5000".into(),
+        ops_address: Some("127.0.1.1:5001".into()),
         pid: Some(42),
         restarts: 0,
     }

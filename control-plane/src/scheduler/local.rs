@@ -1,10 +1,18 @@
 //! The local scheduler: workers as child processes, AZs as loopback ranges.
 //!
 //! AZ number k (in the configured order, from 1) owns `127.0.k.0/24`; worker n
-//! of an app listens on `127.0.k.n` at a port the scheduler picks. Each
+//! of an app listens on `127.0.k.n` at two ports the scheduler picks: the
+//! app's, and the ops port for `/healthz`, `/readyz` and `/metrics`. Each
 //! worker's output goes to `<data_dir>/workers/{app}-{n}-v{version}.log`.
+//!
+//! A worker runs a tenant's code, so it starts with an empty environment
+//! plus [`PASSED_ENV`] and what the supervisor gives it (its app token and
+//! the services' URLs), in the logs directory, and reads its manifest from
+//! standard input: nothing of the fabric's own (keys, admin token, cloud
+//! credentials) is in reach, and no manifest is written to disk.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +21,17 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::{Running, Scheduler, SchedulerError, WorkerSpec};
+
+/// What a worker inherits from the control plane's environment: logging,
+/// and the worker tunables an operator sets for every worker.
+pub const PASSED_ENV: [&str; 6] = [
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "FABRIC_LEASE_LOCK",
+    "FABRIC_PRIMARY_TTL",
+    "FABRIC_BACKING_WAIT",
+    "FABRIC_SHUTDOWN_GRACE",
+];
 
 /// Runs workers as child processes of this one.
 pub struct LocalScheduler {
@@ -63,23 +82,32 @@ impl Scheduler for LocalScheduler {
             source,
         };
         let ip = self.ip(&spec.az, spec.index)?;
-        // The port is picked here and handed over; the worker binds it at once.
-        let port = TcpListener::bind((ip, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(err)?
-            .port();
-        let address = SocketAddr::from((ip, port));
+        // The ports are picked here and handed over; the worker binds them at once.
+        let pick = || {
+            TcpListener::bind((ip, 0))
+                .and_then(|l| l.local_addr())
+                .map_err(err)
+        };
+        let (address, ops_address) = (pick()?, pick()?);
         std::fs::create_dir_all(&self.logs).map_err(err)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.log_path(spec))
             .map_err(err)?;
         let log_err = log.try_clone().map_err(err)?;
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(["serve", "worker"])
+            .env_clear()
+            .envs(
+                PASSED_ENV
+                    .iter()
+                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
+            )
             .env("FABRIC_LISTEN", address.to_string())
-            .env("FABRIC_MANIFEST", &spec.manifest)
+            .env("FABRIC_OPS_LISTEN", ops_address.to_string())
+            .env("FABRIC_MANIFEST", "-")
             .env("FABRIC_APP", &spec.app)
             .env("FABRIC_SIZE", spec.size.to_string())
             .env(
@@ -88,16 +116,28 @@ impl Scheduler for LocalScheduler {
             )
             .env("FABRIC_LOG_FORMAT", "json")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .current_dir(&self.logs)
+            .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log_err)
             // A worker outlives a control plane that is killed, so a restarted
             // one can adopt it; it is stopped explicitly otherwise.
             .kill_on_drop(false);
-        let child = cmd.spawn().map_err(err)?;
+        let mut child = cmd.spawn().map_err(err)?;
         let pid = child.id().unwrap_or_default();
+        if let Some(mut stdin) = child.stdin.take() {
+            let manifest = spec.manifest.clone();
+            // Larger than a pipe holds: written beside the start, then closed.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Err(e) = stdin.write_all(manifest.as_bytes()).await {
+                    tracing::warn!(pid, error = %e, "could not hand a worker its manifest");
+                }
+            });
+        }
         Ok(Running {
             address,
+            ops_address,
             pid,
             child: Some(child),
         })

@@ -7,7 +7,7 @@
 pub mod local;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a scheduler needs to start one worker.
@@ -21,8 +21,9 @@ pub struct WorkerSpec {
     pub index: u32,
     /// The availability zone to run in.
     pub az: String,
-    /// The manifest file.
-    pub manifest: PathBuf,
+    /// The manifest's text, handed to the worker as it starts (never kept
+    /// on disk in plaintext).
+    pub manifest: Arc<str>,
     /// Worker size in vCores.
     pub size: f64,
     /// Extra environment for the worker (service URLs, its app token).
@@ -32,8 +33,10 @@ pub struct WorkerSpec {
 /// A worker the scheduler started (or adopted after a restart).
 #[derive(Debug)]
 pub struct Running {
-    /// Where it listens.
+    /// Where it serves the app (the address the load balancer routes to).
     pub address: SocketAddr,
+    /// Where it serves `/healthz`, `/readyz` and `/metrics`: never routed.
+    pub ops_address: SocketAddr,
     /// Its process id.
     pub pid: u32,
     /// The child handle, when this process started it.
