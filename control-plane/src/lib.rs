@@ -68,6 +68,12 @@ pub struct Settings {
     /// The DynamoDB table the registry is kept in (created when missing);
     /// unset, it is the file `registry.redb` in the data directory.
     pub registry_table: Option<String>,
+    /// What flows' `http-request`s may reach beyond the public internet:
+    /// CIDR ranges or `host:port` addresses (`fabric up` adds its load
+    /// balancer's data port, so that apps call apps). The fabric's own
+    /// services (this API, queue-svc, objectstore-svc, the load balancers'
+    /// admin ports) stay out of reach whatever this allows.
+    pub egress_allow: Vec<String>,
 }
 
 impl Default for Settings {
@@ -85,6 +91,7 @@ impl Default for Settings {
             events_webhook: None,
             worker_token_ttl: Duration::from_secs(30 * 24 * 3600),
             registry_table: None,
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -215,10 +222,33 @@ async fn send_events(
     }
 }
 
+/// The fabric's own addresses (`host:port`) no flow may reach: this API,
+/// the services workers are given, and the load balancers routes are pushed to.
+fn own_addresses(s: &Settings, api: std::net::SocketAddr) -> Vec<String> {
+    let mut own = vec![api.to_string()];
+    let urls = s
+        .queue_url
+        .iter()
+        .chain(&s.objectstore_url)
+        .chain(&s.routes_push);
+    for url in urls {
+        if let Ok(u) = reqwest::Url::parse(url)
+            && let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default())
+        {
+            own.push(format!("{host}:{port}"));
+        }
+    }
+    own
+}
+
 /// What every worker is started with beside its manifest: the services'
-/// URLs and an app token that opens its own app's queues and stores only.
-fn worker_env(config: &Config, key: TokenKey) -> supervisor::WorkerEnv {
+/// URLs, an app token that opens its own app's queues and stores only, and
+/// its egress policy.
+fn worker_env(config: &Config, key: TokenKey, api: std::net::SocketAddr) -> supervisor::WorkerEnv {
     let s = config.settings.clone();
+    let list = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
+    let allow = list(&s.egress_allow);
+    let deny = list(&own_addresses(&s, api));
     Arc::new(move |record: &model::AppRecord| {
         let token = key.issue(
             &record.name,
@@ -242,6 +272,8 @@ fn worker_env(config: &Config, key: TokenKey) -> supervisor::WorkerEnv {
         if let Some(url) = &s.queue_url {
             env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
         }
+        env.push(("FABRIC_EGRESS_ALLOW".into(), allow.clone()));
+        env.push(("FABRIC_EGRESS_DENY".into(), deny.clone()));
         env
     })
 }
@@ -291,7 +323,7 @@ pub async fn run(
             ready_timeout: s.ready_timeout,
             drain_grace: s.drain_grace,
         },
-        worker_env(&config, token_key.clone()),
+        worker_env(&config, token_key.clone(), listener.local_addr()?),
     );
     if let Some(url) = &s.events_webhook {
         let (rx, url, sd) = (

@@ -184,6 +184,8 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         objectstore_url: Some(urls[1].clone()),
         events_webhook: args.events_webhook.clone(),
         registry_table: aws.then(|| format!("{}registry", args.aws_prefix)),
+        // Apps call apps through the load balancer's public data port.
+        egress_allow: vec![proxy_addr.to_string()],
         ..Default::default()
     });
     let admin_key = control_plane::admin_key(&data_dir)?;

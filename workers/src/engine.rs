@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::Value;
 
+use crate::egress::{EgressError, Outbound};
 use crate::error::{ErrorType, FlowError};
 use crate::event::Event;
 use crate::expr::Evaluator;
@@ -48,7 +50,7 @@ pub struct Engine {
     flows: HashMap<String, Arc<Flow>>,
     queues: Queues,
     stores: Option<Stores>,
-    http: reqwest::Client,
+    http: crate::egress::Client,
     metrics: Metrics,
     expr: Evaluator,
 }
@@ -58,13 +60,14 @@ type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<(), FlowError>> + Send 
 impl Engine {
     /// An engine for `app`, publishing to `queues`, keeping state in `stores`
     /// (needed when the app uses the object store; see [`App::uses_store`]).
-    /// Its expressions run on `expr`.
+    /// Its expressions run on `expr`; its `http-request`s go out through `http`.
     pub fn new(
         app: Arc<App>,
         queues: Queues,
         stores: Option<Stores>,
         metrics: Metrics,
         expr: Evaluator,
+        http: crate::egress::Client,
     ) -> Self {
         let flows = app
             .flows
@@ -76,7 +79,7 @@ impl Engine {
             flows,
             queues,
             stores,
-            http: reqwest::Client::new(),
+            http,
             metrics,
             expr,
         }
@@ -254,17 +257,25 @@ impl Engine {
                 timeout,
             } => {
                 let url = ev.text(url, &exec.event).await?;
-                let mut req = self.http.request(method.clone(), &url).timeout(*timeout);
+                let mut values = Vec::with_capacity(headers.len());
                 for (name, value) in headers {
-                    req = req.header(name, ev.text(value, &exec.event).await?);
+                    values.push((name.clone(), ev.text(value, &exec.event).await?));
                 }
-                if let Some(b) = body {
-                    req = match ev.value(b, &exec.event).await? {
-                        Value::String(s) => req.body(s),
-                        other => req.json(&other),
-                    };
-                }
-                exec.event.payload = self.http_call(req, &url).await?;
+                let body = match body {
+                    Some(b) => Some(match ev.value(b, &exec.event).await? {
+                        Value::String(s) => (Bytes::from(s), "text/plain; charset=utf-8"),
+                        other => (Bytes::from(other.to_string()), "application/json"),
+                    }),
+                    None => None,
+                };
+                let out = Outbound {
+                    method: method.clone(),
+                    url,
+                    headers: values,
+                    body,
+                    timeout: *timeout,
+                };
+                exec.event.payload = self.http_call(out).await?;
             }
             Step::Store {
                 store,
@@ -345,22 +356,19 @@ impl Engine {
         Ok(())
     }
 
-    async fn http_call(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Value, FlowError> {
-        let fail = |e: reqwest::Error| {
-            let kind = if e.is_timeout() {
-                ErrorType::Timeout
-            } else {
-                ErrorType::Http
+    async fn http_call(&self, out: Outbound) -> Result<Value, FlowError> {
+        let target = format!("{} {}", out.method, crate::egress::origin(&out.url));
+        let (status, bytes) = self.http.send(out).await.map_err(|e| {
+            let kind = match e {
+                EgressError::Timeout(_) => ErrorType::Timeout,
+                _ => ErrorType::Http,
             };
-            FlowError::new(kind, format!("{url}: {e}"))
-        };
-        let response = req.send().await.map_err(fail)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(fail)?;
+            FlowError::new(kind, format!("{target}: {e}"))
+        })?;
         if !status.is_success() {
             return Err(FlowError::new(
                 ErrorType::Http,
-                format!("{url} answered {status}"),
+                format!("{target} answered {status}"),
             ));
         }
         Ok(crate::event::payload_from_bytes(&bytes))

@@ -6,6 +6,7 @@
 //! outlive it belongs in the queue service or the object store.
 #![forbid(unsafe_code)]
 
+pub mod egress;
 pub mod engine;
 pub mod error;
 pub mod event;
@@ -112,6 +113,13 @@ pub struct Settings {
     /// how soon a killed worker's messages go to another (`FABRIC_LEASE_LOCK`, 1s to 12h).
     #[serde(with = "humantime_serde")]
     pub lease_lock: Duration,
+    /// Addresses flows' `http-request`s may reach beyond the public internet
+    /// (`FABRIC_EGRESS_ALLOW`): CIDR ranges or `host:port` (the load
+    /// balancer's data port, so apps call apps). See [`egress`].
+    pub egress_allow: Vec<String>,
+    /// The fabric's own service addresses (`host:port`), never reached by a
+    /// flow whatever `egress_allow` says (`FABRIC_EGRESS_DENY`).
+    pub egress_deny: Vec<String>,
     /// How long to wait for queue-svc at start before giving up (`FABRIC_BACKING_WAIT`).
     #[serde(with = "humantime_serde")]
     pub backing_wait: Duration,
@@ -132,6 +140,8 @@ impl Default for Settings {
             app_token: None,
             primary_ttl: Duration::from_secs(10),
             lease_lock: persistent::DEFAULT_LOCK,
+            egress_allow: Vec::new(),
+            egress_deny: Vec::new(),
             backing_wait: Duration::from_secs(20),
         }
     }
@@ -292,12 +302,15 @@ pub async fn run(
     }
     let queues = settings.queues(&app, &name, size.concurrency * 8).await?;
     let expr = Evaluator::start(expr::BUDGET, size.runtime_threads.max(2), &app.properties)?;
+    let policy = egress::Policy::new(&settings.egress_allow, &settings.egress_deny)
+        .map_err(|e| StartError::Setting(e.to_string()))?;
     let engine = Arc::new(Engine::new(
         app.clone(),
         queues,
         stores.clone(),
         metrics.clone(),
         expr,
+        egress::Client::new(policy, size.max_payload()),
     ));
     source::queue::start(&engine, &shutdown);
     if let Some(stores) = &stores

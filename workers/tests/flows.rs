@@ -1,126 +1,15 @@
 //! Every processor and source, through a real worker on loopback, error paths included.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::post;
 use common::shutdown::Shutdown;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-const WAIT: Duration = Duration::from_secs(20);
+mod support;
 
-struct Worker {
-    base: String,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<Result<(), workers::StartError>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn worker(manifest: &str) -> Worker {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.yaml");
-    std::fs::write(&path, manifest).unwrap();
-    let config = workers::Config {
-        data_dir: dir.path().to_path_buf(),
-        settings: workers::Settings {
-            manifest: path,
-            size: "0.2".parse().unwrap(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = Shutdown::new(Duration::from_secs(10));
-    let task = tokio::spawn(workers::run(config, listener, shutdown.clone()));
-    let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker never turned ready"
-        );
-        tokio::task::yield_now().await;
-    }
-    Worker {
-        base,
-        shutdown,
-        task,
-        _dir: dir,
-    }
-}
-
-/// A loopback server that records what flows send it, fails the first
-/// `fail_first` calls with 500, and tracks how many calls overlap.
-#[derive(Clone, Default)]
-struct Collector {
-    seen: Arc<Mutex<Vec<Value>>>,
-    calls: Arc<AtomicUsize>,
-    fail_first: Arc<AtomicUsize>,
-    in_flight: Arc<AtomicUsize>,
-    max_in_flight: Arc<AtomicUsize>,
-    hold: Arc<tokio::sync::Notify>,
-    holding: Arc<AtomicUsize>,
-}
-
-async fn record(State(c): State<Collector>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
-    let n = c.calls.fetch_add(1, Ordering::SeqCst);
-    if n < c.fail_first.load(Ordering::SeqCst) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"n": n})));
-    }
-    c.seen.lock().unwrap().push(body.clone());
-    (StatusCode::OK, Json(json!({"echo": body, "n": n})))
-}
-
-async fn slow(State(c): State<Collector>, Json(body): Json<Value>) -> Json<Value> {
-    let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    c.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    c.holding.fetch_add(1, Ordering::SeqCst);
-    c.hold.notified().await;
-    c.in_flight.fetch_sub(1, Ordering::SeqCst);
-    Json(body)
-}
-
-async fn collector() -> (String, Collector) {
-    let c = Collector::default();
-    let app = axum::Router::new()
-        .route("/record", post(record))
-        .route("/slow", post(slow))
-        .route(
-            "/status/{code}",
-            post(
-                |axum::extract::Path(code): axum::extract::Path<u16>| async move {
-                    StatusCode::from_u16(code).unwrap()
-                },
-            ),
-        )
-        .with_state(c.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (base, c)
-}
-
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use support::*;
 
 #[tokio::test]
 async fn http_flow_validates_transforms_and_responds() {
