@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::balance::{self, Tried};
 use crate::body::{BodyError, Replayable, ResponseBody, Tracked, full};
@@ -82,8 +82,9 @@ impl Proxy {
         // The head stays here, for the log line; the request to a worker
         // takes its headers (and copies them only when it may be retried).
         let (mut parts, body) = req.into_parts();
+        let n = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
         let mut app = None;
-        let result = self.route(&mut parts, body, conn, &id, &mut app).await;
+        let result = self.route(&mut parts, body, conn, n, &id, &mut app).await;
         let metrics = app.as_ref().map_or(&self.unrouted, |a| &a.metrics);
         let (method, path) = (&parts.method, parts.uri.path());
         let mut resp = match result {
@@ -96,8 +97,16 @@ impl Proxy {
                 error_response(&e, &id)
             }
         };
-        metrics.answered(resp.status().as_u16());
-        tracing::debug!(request_id = ?id, %method, path, status = resp.status().as_u16(), "answered");
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            || (*method == Method::CONNECT && status.is_success())
+        {
+            // hyper reads what follows as the new protocol's bytes, not as
+            // requests (the only answers after which it does): so do the checks.
+            conn.verdict.switched(n);
+        }
+        metrics.answered(status.as_u16());
+        tracing::debug!(request_id = ?id, %method, path, status = status.as_u16(), "answered");
         resp.headers_mut().insert(&X_REQUEST_ID, id);
         resp
     }
@@ -107,10 +116,10 @@ impl Proxy {
         parts: &mut hyper::http::request::Parts,
         body: Incoming,
         conn: &Conn,
+        n: u64,
         id: &HeaderValue,
         app_out: &mut Option<Arc<AppRoute>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let n = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(reason) = conn.verdict.refuses(n) {
             return Err(ProxyError::Smuggling { reason });
         }
