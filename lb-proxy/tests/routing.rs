@@ -364,12 +364,7 @@ async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
             "b GET /"
         );
     }
-    let shown: serde_json::Value = reqwest::get(proxy.admin_url("/routes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = proxy.routes().await;
     assert_eq!(shown["apps"]["orders"]["workers"][1]["state"], "draining");
 }
 

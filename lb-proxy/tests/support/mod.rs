@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::token::TokenKey;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -147,13 +148,17 @@ pub async fn dead_address() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-/// A proxy on port 0 with its admin port, plain and TLS data listeners.
+/// A proxy on port 0 with its admin port, plain and TLS data listeners, and
+/// a data directory of its own holding the fabric secret.
 pub struct Proxy {
     pub admin: SocketAddr,
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub shutdown: common::shutdown::Shutdown,
     pub task: tokio::task::JoinHandle<Result<(), lb_proxy::Error>>,
+    /// The fabric secret the proxy verifies internal tokens with.
+    pub key: TokenKey,
+    _data: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -166,8 +171,12 @@ impl Proxy {
             http.local_addr().unwrap(),
             https.local_addr().unwrap(),
         );
+        let data = tempfile::tempdir().unwrap();
+        let key =
+            TokenKey::load_or_generate(&data.path().join(common::secrets::SECRET_FILE)).unwrap();
         let config = Config {
             shutdown_grace: Duration::from_secs(5),
+            data_dir: data.path().to_path_buf(),
             settings,
             ..Config::default()
         };
@@ -187,6 +196,8 @@ impl Proxy {
             https: addrs.2,
             shutdown,
             task,
+            key,
+            _data: data,
         };
         let client = reqwest::Client::new();
         for _ in 0..200 {
@@ -208,10 +219,28 @@ impl Proxy {
         format!("http://{}{path}", self.http)
     }
 
+    /// The fabric's internal token, which `/routes` asks for.
+    pub fn internal_token(&self) -> String {
+        self.key.issue_internal(Duration::from_secs(3600))
+    }
+
+    /// The route table in use, from the admin API.
+    pub async fn routes(&self) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .get(self.admin_url("/routes"))
+            .bearer_auth(self.internal_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
     /// Replaces the route table through the admin API.
     pub async fn put_routes(&self, table: serde_json::Value) {
         let r = reqwest::Client::new()
             .put(self.admin_url("/routes"))
+            .bearer_auth(self.internal_token())
             .json(&table)
             .send()
             .await
