@@ -36,6 +36,12 @@ pub struct WorkerRoute {
     pub address: String,
     /// Whether it takes new requests.
     pub state: WorkerState,
+    /// Where the worker serves its ops endpoints (`/healthz`, `/readyz`,
+    /// `/metrics`), `host:port`, apart from its app's traffic: active probes
+    /// go there when it is given, else to `address` (where the app may own
+    /// those paths itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// One app's workers.
@@ -131,21 +137,28 @@ impl RouteTable {
                 if !seen.insert(w.index) {
                     return Err(invalid(format!("worker index {} appears twice", w.index)));
                 }
-                let authority_ok = w.address.parse::<hyper::http::uri::Authority>().is_ok();
-                if !authority_ok
-                    || w.address
-                        .rsplit_once(':')
-                        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                for (field, value) in [("address", Some(&w.address)), ("health", w.health.as_ref())]
                 {
-                    return Err(invalid(format!(
-                        "worker {}: address {:?} is not host:port",
-                        w.index, w.address
-                    )));
+                    if let Some(value) = value
+                        && !host_port(value)
+                    {
+                        return Err(invalid(format!(
+                            "worker {}: {field} {value:?} is not host:port",
+                            w.index
+                        )));
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Whether `s` is `host:port`, as a URI authority.
+fn host_port(s: &str) -> bool {
+    s.parse::<hyper::http::uri::Authority>().is_ok()
+        && s.rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// TOML through figment, which the workspace already uses for configuration.
@@ -252,6 +265,7 @@ impl Routes {
                         app: name.clone(),
                         index: w.index,
                         address: w.address.as_str().into(),
+                        probe: w.health.as_deref().unwrap_or(&w.address).into(),
                         state: w.state,
                         health: h,
                     })
@@ -337,12 +351,34 @@ mod tests {
         for bad in [
             r#"{"apps":{"A":{"workers":[]}}}"#,
             r#"{"apps":{"a":{"workers":[{"index":0,"address":"nohost","state":"ready"}]}}}"#,
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","health":"h:x","state":"ready"}]}}}"#,
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","health":":2","state":"ready"}]}}}"#,
             r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","state":"ready"},{"index":0,"address":"h:2","state":"ready"}]}}}"#,
         ] {
             let spec: RouteTable = serde_json::from_str(bad).unwrap();
             assert!(r.replace(spec).is_err(), "{bad}");
         }
         assert_eq!(r.load().spec.version, 2, "a refused table changes nothing");
+    }
+
+    #[test]
+    fn a_health_address_is_where_probes_go_and_is_shown_only_when_given() {
+        let json = r#"{"version":1,"apps":{"a":{"workers":[
+            {"index":0,"address":"127.0.0.1:1","state":"ready","health":"127.0.0.1:2"},
+            {"index":1,"address":"127.0.0.1:3","state":"ready"}]}}}"#;
+        let spec: RouteTable = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            spec.apps["a"].workers[0].health.as_deref(),
+            Some("127.0.0.1:2")
+        );
+        let shown = serde_json::to_value(&spec).unwrap();
+        assert_eq!(shown["apps"]["a"]["workers"][0]["health"], "127.0.0.1:2");
+        assert!(shown["apps"]["a"]["workers"][1].get("health").is_none());
+        assert_eq!(serde_json::from_value::<RouteTable>(shown).unwrap(), spec);
+        let r = table(json);
+        let t = r.load();
+        let probes: Vec<&str> = t.apps["a"].workers.iter().map(|w| &*w.probe).collect();
+        assert_eq!(probes, ["127.0.0.1:2", "127.0.0.1:3"]);
     }
 
     #[test]
