@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod routes;
 mod server;
 pub mod settings;
+pub mod share;
 pub mod smuggle;
 mod threads;
 pub mod tls;

@@ -13,12 +13,13 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::balance::{self, Tried};
 use crate::body::{BodyError, Replayable, ResponseBody, Tracked, full};
-use crate::endpoint::{Endpoint, InFlight};
+use crate::endpoint::Endpoint;
 use crate::error::{ProxyError, RetrySafety, find_cause};
 use crate::headers::{self, ForwardedFor, X_REQUEST_ID};
 use crate::metrics::{AppMetrics, Metrics, NO_APP};
 use crate::routes::{AppRoute, Routes, Target};
 use crate::settings::Settings;
+use crate::share::{self, Held};
 use crate::smuggle::Verdict;
 use crate::upstream::{Pool, SendError, Upstream};
 use tokio::net::TcpStream;
@@ -207,12 +208,12 @@ impl Proxy {
                     .map_err(|e| classify(e, &address, body.sent()))
             }
         };
-        let ((resp, lent), in_flight) = self.attempts(target, app, may_repeat, send).await?;
+        let ((resp, lent), held) = self.attempts(target, app, may_repeat, send).await?;
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
         Ok(Response::from_parts(
             rparts,
-            Tracked::boxed(rbody, lent, in_flight),
+            Tracked::boxed(rbody, lent, held),
         ))
     }
 
@@ -223,19 +224,31 @@ impl Proxy {
     /// the app's last usable one. `may_repeat` says whether a request that
     /// may have reached a worker can be sent again.
     ///
-    /// The answer comes with the worker's in-flight count, held until the
-    /// caller has passed the response on.
+    /// First of all, the request takes a place in its app's share (503 at
+    /// once at the bound): every request of both paths comes through here,
+    /// and holds it while it waits for a connection, for an answer, and
+    /// until the answer has been passed on. The answer comes with that place
+    /// and the worker's in-flight count, both held until the caller drops
+    /// them.
     pub(crate) async fn attempts<T, F, A>(
         &self,
         target: &Target,
         app: &Arc<AppRoute>,
         may_repeat: impl Fn() -> bool,
         mut send: F,
-    ) -> Result<(T, InFlight), ProxyError>
+    ) -> Result<(T, Held), ProxyError>
     where
         F: FnMut(&Arc<Endpoint>, bool) -> A,
         A: Future<Output = Result<T, ProxyError>>,
     {
+        let limit = share::limit(self.settings.app_max_in_flight_per_worker, app.ready);
+        let Some(slot) = app.share.take(limit) else {
+            app.metrics.shed.inc();
+            return Err(ProxyError::OverShare {
+                app: app.name.clone(),
+                limit,
+            });
+        };
         let mut tried = Tried::default();
         let mut last = None;
         let attempts = self.settings.max_attempts.clamp(1, Tried::CAP);
@@ -269,7 +282,7 @@ impl Proxy {
             let err = match tokio::time::timeout_at(by, sent).await {
                 Ok(Ok(answer)) => {
                     app.metrics.latency.observe(started.elapsed().as_secs_f64());
-                    return Ok((answer, in_flight));
+                    return Ok((answer, Held::new(slot, in_flight)));
                 }
                 Ok(Err(e)) => e,
                 Err(_) => ProxyError::FirstByteTimeout {
@@ -359,7 +372,10 @@ pub fn error_answer(e: &ProxyError, id: &HeaderValue) -> Response<Bytes> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if matches!(e, ProxyError::NoReadyWorker { .. }) {
+    if matches!(
+        e,
+        ProxyError::NoReadyWorker { .. } | ProxyError::OverShare { .. }
+    ) {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if e.origin() == crate::error::Origin::Downstream {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::endpoint::{Endpoint, Health};
 use crate::metrics::{AppMetrics, Metrics};
+use crate::share::Share;
 
 /// Most workers one app may list (the balancer tracks tried workers in a 64-bit mask).
 pub const MAX_WORKERS: usize = 64;
@@ -183,6 +184,10 @@ pub struct AppRoute {
     pub next: AtomicUsize,
     /// The app's metric handles.
     pub metrics: AppMetrics,
+    /// Its workers that take new requests: its share of the proxy scales with them.
+    pub ready: usize,
+    /// Its requests in flight through the proxy (kept across swaps).
+    pub share: Arc<Share>,
 }
 
 /// The compiled table requests read: one `Arc` load per request.
@@ -222,11 +227,19 @@ impl Table {
     }
 }
 
-/// The live table, swapped whole; health state outlives swaps, keyed by address.
+/// The live table, swapped whole; health state outlives swaps, keyed by
+/// address, and each app's share, keyed by name.
 pub struct Routes {
     live: ArcSwap<Table>,
-    health: Mutex<HashMap<String, Arc<Health>>>,
+    kept: Mutex<Kept>,
     metrics: Metrics,
+}
+
+/// What outlives a swap, for the names the new table still lists.
+#[derive(Default)]
+struct Kept {
+    health: HashMap<String, Arc<Health>>,
+    shares: HashMap<String, Arc<Share>>,
 }
 
 impl Routes {
@@ -234,7 +247,7 @@ impl Routes {
     pub fn new(metrics: Metrics) -> Self {
         Routes {
             live: ArcSwap::from_pointee(Table::default()),
-            health: Mutex::new(HashMap::new()),
+            kept: Mutex::new(Kept::default()),
             metrics,
         }
     }
@@ -245,22 +258,26 @@ impl Routes {
     }
 
     /// Replaces the whole table. Workers already known keep their health and
-    /// in-flight counts; requests under way keep the table they started with.
+    /// in-flight counts, apps already known their share; requests under way
+    /// keep the table they started with. An app that leaves the table and
+    /// comes back starts a new count: its old requests give their places
+    /// back to the old one, which nothing reads any more.
     pub fn replace(&self, spec: RouteTable) -> Result<(), RouteError> {
         spec.validate()?;
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let mut kept = HashMap::new();
+        let mut old = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = Kept::default();
         let mut apps = HashMap::new();
         for (name, app) in &spec.apps {
             let mut workers: Vec<Arc<Endpoint>> = app
                 .workers
                 .iter()
                 .map(|w| {
-                    let h = health
+                    let h = old
+                        .health
                         .get(&w.address)
                         .cloned()
                         .unwrap_or_else(|| Arc::new(Health::new()));
-                    kept.insert(w.address.clone(), h.clone());
+                    kept.health.insert(w.address.clone(), h.clone());
                     Arc::new(Endpoint {
                         app: name.clone(),
                         index: w.index,
@@ -272,17 +289,25 @@ impl Routes {
                 })
                 .collect();
             workers.sort_by_key(|w| w.index);
+            let share = old.shares.get(name).cloned().unwrap_or_default();
+            kept.shares.insert(name.clone(), share.clone());
             apps.insert(
                 name.clone(),
                 Arc::new(AppRoute {
                     name: name.clone(),
+                    ready: app
+                        .workers
+                        .iter()
+                        .filter(|w| w.state == WorkerState::Ready)
+                        .count(),
                     workers,
                     next: AtomicUsize::new(0),
                     metrics: self.metrics.app(name),
+                    share,
                 }),
             );
         }
-        *health = kept;
+        *old = kept;
         let version = spec.version;
         let count = apps.len();
         self.live.store(Arc::new(Table { apps, spec }));
@@ -347,6 +372,7 @@ mod tests {
         .unwrap();
         let t = r.load();
         assert!(Arc::ptr_eq(&before, &t.apps["b"].workers[0].health));
+        assert_eq!(t.apps["b"].ready, 0, "a draining worker is not ready");
         assert_eq!(t.spec.version, 2);
         for bad in [
             r#"{"apps":{"A":{"workers":[]}}}"#,
@@ -379,6 +405,34 @@ mod tests {
         let t = r.load();
         let probes: Vec<&str> = t.apps["a"].workers.iter().map(|w| &*w.probe).collect();
         assert_eq!(probes, ["127.0.0.1:2", "127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn an_apps_share_survives_a_swap_that_keeps_the_app() {
+        let one =
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"127.0.0.1:1","state":"ready"}]}}}"#;
+        let r = table(one);
+        let share = r.load().apps["a"].share.clone();
+        let slot = share.take(1).unwrap();
+        r.replace(
+            serde_json::from_str(
+                r#"{"version":2,"apps":{"a":{"workers":[{"index":0,"address":"127.0.0.1:1","state":"ready"},{"index":1,"address":"127.0.0.1:2","state":"ready"}]}}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let t = r.load();
+        assert!(Arc::ptr_eq(&share, &t.apps["a"].share));
+        assert_eq!(t.apps["a"].share.in_flight(), 1);
+        assert_eq!(t.apps["a"].ready, 2);
+        drop(slot);
+        assert_eq!(t.apps["a"].share.in_flight(), 0);
+        // Gone and back: a new count, the old one still safe to give back to.
+        let slot = t.apps["a"].share.take(1).unwrap();
+        r.replace(RouteTable::default()).unwrap();
+        r.replace(serde_json::from_str(one).unwrap()).unwrap();
+        assert_eq!(r.load().apps["a"].share.in_flight(), 0);
+        drop(slot);
     }
 
     #[test]
