@@ -3,6 +3,8 @@
 //! Wire form: `wft1.<app, base64url>.<issued unix s>.<expires unix s>.<scope>.<mac, base64url>`,
 //! where the MAC covers everything before its own dot. A worker holds a token
 //! for its own app; the queue and object store services refuse it for any other.
+//! The fabric's own components hold internal tokens ([`TokenKey::issue_internal`]),
+//! for a subject no app can be named, which open no app.
 
 use std::fmt;
 use std::path::Path;
@@ -15,6 +17,9 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 const PREFIX: &str = "wft1";
+/// The subject of internal tokens: not a valid app name (it starts with `_`),
+/// so no app's token is one and no internal token opens an app.
+pub const INTERNAL_SUBJECT: &str = "_fabric";
 /// How far in the future an issue time may be, to allow for clock skew.
 const MAX_SKEW_SECS: u64 = 60;
 
@@ -25,6 +30,9 @@ pub enum Scope {
     Worker,
     /// Read-only: stats and reads (the control plane's view of an app).
     Read,
+    /// The fabric's components talking to each other (the control plane
+    /// publishing routes to the load balancer); never given to an app.
+    Internal,
 }
 
 impl Scope {
@@ -33,6 +41,7 @@ impl Scope {
         match self {
             Scope::Worker => "worker",
             Scope::Read => "read",
+            Scope::Internal => "internal",
         }
     }
 
@@ -40,13 +49,19 @@ impl Scope {
         match s {
             "worker" => Some(Scope::Worker),
             "read" => Some(Scope::Read),
+            "internal" => Some(Scope::Internal),
             _ => None,
         }
     }
 
-    /// Whether a token of this scope may do what `needed` asks.
+    /// Whether a token of this scope may do what `needed` asks: a worker
+    /// may read, and internal stands apart (neither includes the other).
     pub fn allows(self, needed: Scope) -> bool {
-        self == Scope::Worker || needed == Scope::Read
+        match self {
+            Scope::Worker => matches!(needed, Scope::Worker | Scope::Read),
+            Scope::Read => needed == Scope::Read,
+            Scope::Internal => needed == Scope::Internal,
+        }
     }
 }
 
@@ -281,6 +296,36 @@ impl TokenKey {
         }
         Ok(claims)
     }
+
+    /// Issues an internal token, for one of the fabric's components to
+    /// present to another, valid for `ttl` from now.
+    pub fn issue_internal(&self, ttl: Duration) -> String {
+        self.issue(INTERNAL_SUBJECT, Scope::Internal, ttl)
+    }
+
+    /// Verifies that `token` is an unexpired internal token of this fabric;
+    /// an app's token, whatever its scope, is refused.
+    pub fn verify_internal(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_internal_at(token, now_secs())
+    }
+
+    /// [`TokenKey::verify_internal`] at a given time (unix seconds).
+    pub fn verify_internal_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let claims = self.verify_at(token, now)?;
+        if claims.scope != Scope::Internal {
+            return Err(TokenError::Scope {
+                have: claims.scope.as_str(),
+                need: Scope::Internal.as_str(),
+            });
+        }
+        if claims.app != INTERNAL_SUBJECT {
+            return Err(TokenError::WrongApp {
+                token_app: claims.app,
+                wanted: INTERNAL_SUBJECT.into(),
+            });
+        }
+        Ok(claims)
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +391,70 @@ mod tests {
                 "{garbage:?}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn scopes_allow_themselves_and_internal_stands_apart() {
+        use Scope::*;
+        let allowed = |have: Scope, need: Scope| have.allows(need);
+        assert!(allowed(Worker, Worker) && allowed(Worker, Read));
+        assert!(allowed(Read, Read) && !allowed(Read, Worker));
+        assert!(allowed(Internal, Internal));
+        assert!(!allowed(Internal, Worker) && !allowed(Internal, Read));
+        assert!(!allowed(Worker, Internal) && !allowed(Read, Internal));
+        for scope in [Worker, Read, Internal] {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(Internal.as_str(), "internal");
+    }
+
+    #[test]
+    fn internal_tokens_open_no_app_and_no_app_token_is_internal() {
+        let key = TokenKey::generate();
+        let internal = key.issue_internal(HOUR);
+        let claims = key.verify_internal(&internal).unwrap();
+        assert_eq!(
+            (claims.app.as_str(), claims.scope),
+            (INTERNAL_SUBJECT, Scope::Internal)
+        );
+        assert!(crate::app::validate_app_name(INTERNAL_SUBJECT).is_err());
+        // An app's tokens are refused as internal, whatever their scope.
+        for scope in [Scope::Worker, Scope::Read] {
+            let app = key.issue("orders", scope, HOUR);
+            assert!(
+                matches!(key.verify_internal(&app), Err(TokenError::Scope { .. })),
+                "{scope:?}"
+            );
+        }
+        // An internal scope for another subject is not internal either.
+        let forged_subject = key.issue("orders", Scope::Internal, HOUR);
+        assert!(matches!(
+            key.verify_internal(&forged_subject),
+            Err(TokenError::WrongApp { .. })
+        ));
+        // The internal token opens no app, with any scope.
+        for (app, scope) in [
+            ("orders", Scope::Worker),
+            ("orders", Scope::Read),
+            ("orders", Scope::Internal),
+            (INTERNAL_SUBJECT, Scope::Worker),
+            (INTERNAL_SUBJECT, Scope::Read),
+        ] {
+            assert!(
+                key.authorize(Some(&internal), app, scope).is_err(),
+                "{app} {scope:?}"
+            );
+        }
+        // Expired, another fabric's, or no token: refused, 401.
+        let expired = key.issue_at(INTERNAL_SUBJECT, Scope::Internal, 100, 200);
+        assert_eq!(
+            key.verify_internal_at(&expired, 200),
+            Err(TokenError::Expired { expired_at: 200 })
+        );
+        assert!(key.verify_internal_at(&expired, 199).is_ok());
+        let other = TokenKey::generate().issue_internal(HOUR);
+        assert_eq!(key.verify_internal(&other), Err(TokenError::BadSignature));
+        assert_eq!(key.verify_internal(""), Err(TokenError::Malformed));
     }
 
     #[test]

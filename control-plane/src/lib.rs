@@ -145,16 +145,27 @@ fn outbound_http() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Pushes every new route table to `target` until shutdown; a failed push is
-/// retried (with the newest table) until it lands.
-async fn push_routes(sup: supervisor::Supervisor, target: String, shutdown: Shutdown) {
+/// How long the internal token sent with each route push is valid: issued
+/// afresh for every push, so this only has to cover the request itself and
+/// the clocks of two machines disagreeing; a token that leaks is soon useless.
+const ROUTES_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+/// Pushes every new route table to `target` until shutdown, with an internal
+/// token from `key` (the load balancer takes tables from nobody else); a
+/// failed push is retried (with the newest table) until it lands.
+async fn push_routes(
+    sup: supervisor::Supervisor,
+    target: String,
+    key: TokenKey,
+    shutdown: Shutdown,
+) {
     let http = outbound_http();
     let mut rx = sup.routes();
     let id = sup.route_target();
     loop {
         let table = rx.borrow_and_update().clone();
         loop {
-            match http.put(&target).json(&table).send().await {
+            match put_routes(&http, &target, &key, &table).await {
                 Ok(r) if r.status().is_success() => {
                     sup.route_landed(id, table.version);
                     break;
@@ -179,6 +190,21 @@ async fn push_routes(sup: supervisor::Supervisor, target: String, shutdown: Shut
             changed = rx.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// One push of `table` to the load balancer at `target`, with a fresh
+/// internal token from `key`.
+async fn put_routes(
+    http: &reqwest::Client,
+    target: &str,
+    key: &TokenKey,
+    table: &supervisor::RouteTable,
+) -> reqwest::Result<reqwest::Response> {
+    http.put(target)
+        .bearer_auth(key.issue_internal(ROUTES_TOKEN_TTL))
+        .json(table)
+        .send()
+        .await
 }
 
 /// Sends every event to `url`, in order, each retried with back-off until it
@@ -295,7 +321,8 @@ pub async fn run(
         Some(b) => b.clone(),
         None => std::env::current_exe()?,
     };
-    // The fabric secret: workers' tokens, and read tokens for `fabric queues`.
+    // The fabric secret: workers' tokens, read tokens for `fabric queues`,
+    // and the internal tokens route pushes carry.
     let token_key =
         common::secrets::token_key(&config).map_err(|e| StartError::Setting(e.to_string()))?;
     // The master keyring: the registry's records are sealed with it.
@@ -339,8 +366,9 @@ pub async fn run(
     supervisor.recover().await;
     for target in &s.routes_push {
         let (sup, target, sd) = (supervisor.clone(), target.clone(), shutdown.clone());
+        let key = token_key.clone();
         shutdown.spawn("routes-push", async move {
-            push_routes(sup, target, sd).await;
+            push_routes(sup, target, key, sd).await;
             Ok::<_, std::convert::Infallible>(())
         });
     }
@@ -429,4 +457,42 @@ async fn open_registry(
         }
     }
     Ok(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load balancer's admin `/routes` stand-in: 200 for this fabric's
+    /// internal token, 401 otherwise.
+    async fn receiver(key: TokenKey) -> String {
+        use axum::http::{HeaderMap, StatusCode};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/routes",
+            axum::routing::put(move |headers: HeaderMap| async move {
+                match common::http::bearer_token(&headers).map(|t| key.verify_internal(t)) {
+                    Some(Ok(_)) => StatusCode::OK,
+                    _ => StatusCode::UNAUTHORIZED,
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/routes")
+    }
+
+    #[tokio::test]
+    async fn route_pushes_carry_an_internal_token_of_this_fabric() {
+        let key = TokenKey::generate();
+        let table = supervisor::RouteTable::default();
+        let http = outbound_http();
+        let ours = receiver(key.clone()).await;
+        let r = put_routes(&http, &ours, &key, &table).await.unwrap();
+        assert_eq!(r.status(), 200);
+        // Another fabric's load balancer refuses it.
+        let theirs = receiver(TokenKey::generate()).await;
+        let r = put_routes(&http, &theirs, &key, &table).await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
 }

@@ -1,25 +1,48 @@
-//! The admin port: the ops endpoints plus the route table (`GET` and `PUT /routes`).
+//! The admin port: the ops endpoints, open, and the route table (`GET` and
+//! `PUT /routes`), only for the fabric's own components.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use common::http::{ApiError, Readiness};
+use common::http::{ApiError, Readiness, bearer_token};
+use common::token::{TokenError, TokenKey};
 use prometheus_client::registry::Registry;
 
 use crate::routes::{RouteTable, Routes};
 
-/// `/healthz`, `/readyz`, `/metrics` and `/routes`.
-pub fn router(readiness: Readiness, registry: Arc<Registry>, routes: Arc<Routes>) -> Router {
-    common::http::ops_router(readiness, registry).merge(
-        Router::new()
-            .route("/routes", get(show).put(replace))
-            .with_state(routes),
-    )
+/// `/healthz`, `/readyz`, `/metrics`, and `/routes` behind an internal
+/// token of this fabric (`Authorization: Bearer`), verified with `key`: a
+/// tenant who reaches the admin port must not be able to take over other
+/// tenants' host names.
+pub fn router(
+    readiness: Readiness,
+    registry: Arc<Registry>,
+    routes: Arc<Routes>,
+    key: TokenKey,
+) -> Router {
+    let table = Router::new()
+        .route("/routes", get(show).put(replace))
+        .with_state(routes)
+        .layer(middleware::from_fn_with_state(Arc::new(key), internal_only));
+    common::http::ops_router(readiness, registry).merge(table)
+}
+
+/// 401 (no token, or not a valid one) or 403 (an app's token) with the JSON
+/// error body, before the request is read any further.
+async fn internal_only(State(key): State<Arc<TokenKey>>, req: Request, next: Next) -> Response {
+    let checked = bearer_token(req.headers())
+        .ok_or(TokenError::Missing)
+        .and_then(|token| key.verify_internal(token));
+    match checked {
+        Ok(_) => next.run(req).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 async fn show(State(routes): State<Arc<Routes>>) -> Response {

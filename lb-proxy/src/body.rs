@@ -1,8 +1,8 @@
 //! Bodies streamed through the proxy, never buffered whole: the request body
 //! (with its size limit, idle timeout, and a record of whether any byte has
 //! left for a worker, so a retry knows whether it may resend), and the
-//! response body (which holds the worker's in-flight count, and its
-//! connection, until it ends).
+//! response body (which holds the worker's in-flight count, the request's
+//! place in its app's share, and its connection, until it ends).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +16,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
-use crate::endpoint::InFlight;
 use crate::error::BoxError;
+use crate::share::Held;
 use crate::upstream::Lent;
 
 /// The body every response of the proxy has.
@@ -199,21 +199,23 @@ impl Body for RequestBody {
     }
 }
 
-/// A worker's response body, counted in flight until it ends or is dropped;
+/// A worker's response body, counted in flight (for its worker and its app)
+/// until it ends or is dropped;
 /// its connection goes back to the pool when it ends, not before.
 pub struct Tracked {
     inner: Incoming,
     lent: Lent,
-    _in_flight: InFlight,
+    _held: Held,
 }
 
 impl Tracked {
-    /// Streams `inner`, which came on `lent`, holding `in_flight` meanwhile.
-    pub fn boxed(inner: Incoming, lent: Lent, in_flight: InFlight) -> ResponseBody {
+    /// Streams `inner`, which came on `lent`, holding `held` (the request's
+    /// place in its app's share, the worker's in-flight count) meanwhile.
+    pub fn boxed(inner: Incoming, lent: Lent, held: Held) -> ResponseBody {
         let mut tracked = Tracked {
             inner,
             lent,
-            _in_flight: in_flight,
+            _held: held,
         };
         // No body (HEAD, 204, 304, a length of 0): nothing more to read.
         tracked.give_back_at_end();

@@ -16,6 +16,9 @@ pub struct Endpoint {
     pub index: u32,
     /// Where it listens, `host:port` (shared, as it also names its upstream connections).
     pub address: std::sync::Arc<str>,
+    /// Where active probes go, `host:port`: its ops address when the table
+    /// gives one, else `address`.
+    pub probe: std::sync::Arc<str>,
     /// Whether it takes new requests.
     pub state: WorkerState,
     /// Health shared by every table that lists this address.

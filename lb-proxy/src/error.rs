@@ -58,6 +58,14 @@ pub enum ProxyError {
         /// The app, or `app worker n`.
         what: String,
     },
+    /// The app has its share of requests in flight through the proxy.
+    #[error("app {app} has {limit} requests in flight, its share of the load balancer")]
+    OverShare {
+        /// The app.
+        app: String,
+        /// Its bound.
+        limit: usize,
+    },
     /// A request shape that could be read two ways by two servers.
     #[error("refused ambiguous request: {reason}")]
     Smuggling {
@@ -124,7 +132,9 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::ClientIdle { .. }
             | ProxyError::ClientBody { .. } => Origin::Downstream,
-            ProxyError::UnknownHost { .. } | ProxyError::NoReadyWorker { .. } => Origin::Internal,
+            ProxyError::UnknownHost { .. }
+            | ProxyError::NoReadyWorker { .. }
+            | ProxyError::OverShare { .. } => Origin::Internal,
             ProxyError::Connect { .. }
             | ProxyError::FirstByteTimeout { .. }
             | ProxyError::Upstream { .. } => Origin::Upstream,
@@ -162,6 +172,7 @@ impl ProxyError {
             ProxyError::NoReadyWorker { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER")
             }
+            ProxyError::OverShare { .. } => (StatusCode::SERVICE_UNAVAILABLE, "APP_BUSY"),
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             ProxyError::ClientIdle { .. } => (StatusCode::REQUEST_TIMEOUT, "CLIENT_TIMEOUT"),
             ProxyError::Connect {

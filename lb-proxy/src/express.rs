@@ -367,7 +367,7 @@ where
             answer.map(|a| (a, head, body))
         }
     };
-    let ((mut answer, head, body), in_flight) =
+    let ((mut answer, head, body), held) =
         match proxy.attempts(&req.target, app, || true, send).await {
             Ok(answered) => answered,
             Err(e) => return refuse(io, req, &e, close).await,
@@ -382,7 +382,7 @@ where
         Ok(()) => io.flush().await,
         Err(e) => Err(e),
     };
-    drop(in_flight);
+    drop(held);
     match complete {
         Ok(()) => {
             if answer.reusable {

@@ -1,5 +1,6 @@
-//! Active health checks: every worker's health path probed periodically;
-//! rise and fall thresholds decide when it goes out and comes back.
+//! Active health checks: every worker's health path probed periodically, on
+//! its ops address when the route table gives one; rise and fall thresholds
+//! decide when it goes out and comes back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,15 +36,17 @@ pub async fn probe_loop(
             () = shutdown.triggered() => return Ok(()),
         }
         let table = routes.load();
-        let workers: HashMap<&str, &Arc<Health>> = table
+        // Health is kept by worker address; the probe goes where the
+        // worker serves its ops endpoints, which may be another port.
+        let workers: HashMap<&str, (&str, &Arc<Health>)> = table
             .apps
             .values()
             .flat_map(|a| a.workers.iter())
-            .map(|w| (&*w.address, &w.health))
+            .map(|w| (&*w.address, (&*w.probe, &w.health)))
             .collect();
-        let probes = workers.into_iter().map(|(addr, health)| {
+        let probes = workers.into_iter().map(|(addr, (probe, health))| {
             let client = client.clone();
-            let uri = format!("http://{addr}{}", settings.health_path);
+            let uri = format!("http://{probe}{}", settings.health_path);
             async move {
                 let ok = match uri.parse() {
                     Ok(uri) => matches!(
@@ -53,7 +56,7 @@ pub async fn probe_loop(
                     Err(_) => false,
                 };
                 if !ok {
-                    tracing::debug!(addr, "health probe failed");
+                    tracing::debug!(addr, probe, "health probe failed");
                 }
                 match health.probed(ok, settings.health_rise, settings.health_fall) {
                     Some(Probed::Back { rises }) => {

@@ -3,7 +3,8 @@
 //!
 //! The data path (plain and TLS listeners) is raw hyper; the admin port
 //! (`listener` in [`run`]) serves `/healthz`, `/readyz`, `/metrics` and the
-//! route table at `/routes`. See docs/lb-proxy.md.
+//! route table at `/routes`, the latter only to holders of the fabric's
+//! internal token. See docs/lb-proxy.md.
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -19,6 +20,7 @@ pub mod proxy;
 pub mod routes;
 mod server;
 pub mod settings;
+pub mod share;
 pub mod smuggle;
 mod threads;
 pub mod tls;
@@ -68,6 +70,9 @@ pub enum Error {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The fabric secret, which internal tokens are verified with, could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] common::config::ConfigError),
     /// The admin server failed.
     #[error("admin port: {0}")]
     Admin(std::io::Error),
@@ -114,6 +119,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
 /// Serves on listeners bound by the caller (tests bind every one at port 0).
 pub async fn serve(config: Config, listeners: Listeners, shutdown: Shutdown) -> Result<(), Error> {
+    // Loaded first: the admin API's `/routes` takes the fabric's internal tokens only.
+    let key = common::secrets::token_key(&config)?;
     let settings = config.settings;
     let readiness = Readiness::new("starting");
     let metrics = metrics::Metrics::default();
@@ -176,7 +183,7 @@ pub async fn serve(config: Config, listeners: Listeners, shutdown: Shutdown) -> 
         .map_err(Error::Threads)?;
     }
     readiness.set_ready();
-    let router = admin::router(readiness.clone(), Arc::new(registry), routes);
+    let router = admin::router(readiness.clone(), Arc::new(registry), routes, key);
     let admin = common::http::serve(NAME, listeners.admin, router, readiness, shutdown.clone());
     let result = admin.await.map_err(Error::Admin);
     for l in loops {

@@ -1,4 +1,5 @@
-//! Prometheus metrics per app: requests by status class, upstream latency, retries, ejections.
+//! Prometheus metrics per app: requests by status class, upstream latency,
+//! retries, ejections, requests refused over the app's share.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +30,7 @@ pub struct Metrics {
     latency: Family<AppLabel, Histogram, fn() -> Histogram>,
     retries: Family<AppLabel, Counter>,
     ejections: Family<AppLabel, Counter>,
+    shed: Family<AppLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -38,6 +40,7 @@ impl Default for Metrics {
             latency: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
             ejections: Family::default(),
+            shed: Family::default(),
         }
     }
 }
@@ -70,6 +73,11 @@ impl Metrics {
             "Workers taken out after a connect error or reset",
             self.ejections.clone(),
         );
+        registry.register(
+            "proxy_shed",
+            "Requests answered 503 at once because their app had its share of requests in flight",
+            self.shed.clone(),
+        );
     }
 
     /// The handles for one app, looked up once per route-table swap.
@@ -87,6 +95,7 @@ impl Metrics {
             latency: self.latency.get_or_create(&label).clone(),
             retries: self.retries.get_or_create(&label).clone(),
             ejections: self.ejections.get_or_create(&label).clone(),
+            shed: self.shed.get_or_create(&label).clone(),
         }
     }
 }
@@ -101,6 +110,8 @@ pub struct AppMetrics {
     pub retries: Counter,
     /// Passive ejections.
     pub ejections: Counter,
+    /// Requests refused over the app's share.
+    pub shed: Counter,
 }
 
 impl AppMetrics {

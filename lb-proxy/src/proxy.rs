@@ -9,16 +9,17 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
-use hyper::{Method, Request, Response, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::balance::{self, Tried};
 use crate::body::{BodyError, Replayable, ResponseBody, Tracked, full};
-use crate::endpoint::{Endpoint, InFlight};
+use crate::endpoint::Endpoint;
 use crate::error::{ProxyError, RetrySafety, find_cause};
 use crate::headers::{self, ForwardedFor, X_REQUEST_ID};
 use crate::metrics::{AppMetrics, Metrics, NO_APP};
 use crate::routes::{AppRoute, Routes, Target};
 use crate::settings::Settings;
+use crate::share::{self, Held};
 use crate::smuggle::Verdict;
 use crate::upstream::{Pool, SendError, Upstream};
 use tokio::net::TcpStream;
@@ -82,8 +83,9 @@ impl Proxy {
         // The head stays here, for the log line; the request to a worker
         // takes its headers (and copies them only when it may be retried).
         let (mut parts, body) = req.into_parts();
+        let n = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
         let mut app = None;
-        let result = self.route(&mut parts, body, conn, &id, &mut app).await;
+        let result = self.route(&mut parts, body, conn, n, &id, &mut app).await;
         let metrics = app.as_ref().map_or(&self.unrouted, |a| &a.metrics);
         let (method, path) = (&parts.method, parts.uri.path());
         let mut resp = match result {
@@ -96,8 +98,16 @@ impl Proxy {
                 error_response(&e, &id)
             }
         };
-        metrics.answered(resp.status().as_u16());
-        tracing::debug!(request_id = ?id, %method, path, status = resp.status().as_u16(), "answered");
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            || (*method == Method::CONNECT && status.is_success())
+        {
+            // hyper reads what follows as the new protocol's bytes, not as
+            // requests (the only answers after which it does): so do the checks.
+            conn.verdict.switched(n);
+        }
+        metrics.answered(status.as_u16());
+        tracing::debug!(request_id = ?id, %method, path, status = status.as_u16(), "answered");
         resp.headers_mut().insert(&X_REQUEST_ID, id);
         resp
     }
@@ -107,10 +117,10 @@ impl Proxy {
         parts: &mut hyper::http::request::Parts,
         body: Incoming,
         conn: &Conn,
+        n: u64,
         id: &HeaderValue,
         app_out: &mut Option<Arc<AppRoute>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let n = conn.served.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(reason) = conn.verdict.refuses(n) {
             return Err(ProxyError::Smuggling { reason });
         }
@@ -198,12 +208,12 @@ impl Proxy {
                     .map_err(|e| classify(e, &address, body.sent()))
             }
         };
-        let ((resp, lent), in_flight) = self.attempts(target, app, may_repeat, send).await?;
+        let ((resp, lent), held) = self.attempts(target, app, may_repeat, send).await?;
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
         Ok(Response::from_parts(
             rparts,
-            Tracked::boxed(rbody, lent, in_flight),
+            Tracked::boxed(rbody, lent, held),
         ))
     }
 
@@ -214,19 +224,31 @@ impl Proxy {
     /// the app's last usable one. `may_repeat` says whether a request that
     /// may have reached a worker can be sent again.
     ///
-    /// The answer comes with the worker's in-flight count, held until the
-    /// caller has passed the response on.
+    /// First of all, the request takes a place in its app's share (503 at
+    /// once at the bound): every request of both paths comes through here,
+    /// and holds it while it waits for a connection, for an answer, and
+    /// until the answer has been passed on. The answer comes with that place
+    /// and the worker's in-flight count, both held until the caller drops
+    /// them.
     pub(crate) async fn attempts<T, F, A>(
         &self,
         target: &Target,
         app: &Arc<AppRoute>,
         may_repeat: impl Fn() -> bool,
         mut send: F,
-    ) -> Result<(T, InFlight), ProxyError>
+    ) -> Result<(T, Held), ProxyError>
     where
         F: FnMut(&Arc<Endpoint>, bool) -> A,
         A: Future<Output = Result<T, ProxyError>>,
     {
+        let limit = share::limit(self.settings.app_max_in_flight_per_worker, app.ready);
+        let Some(slot) = app.share.take(limit) else {
+            app.metrics.shed.inc();
+            return Err(ProxyError::OverShare {
+                app: app.name.clone(),
+                limit,
+            });
+        };
         let mut tried = Tried::default();
         let mut last = None;
         let attempts = self.settings.max_attempts.clamp(1, Tried::CAP);
@@ -260,7 +282,7 @@ impl Proxy {
             let err = match tokio::time::timeout_at(by, sent).await {
                 Ok(Ok(answer)) => {
                     app.metrics.latency.observe(started.elapsed().as_secs_f64());
-                    return Ok((answer, in_flight));
+                    return Ok((answer, Held::new(slot, in_flight)));
                 }
                 Ok(Err(e)) => e,
                 Err(_) => ProxyError::FirstByteTimeout {
@@ -350,7 +372,10 @@ pub fn error_answer(e: &ProxyError, id: &HeaderValue) -> Response<Bytes> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if matches!(e, ProxyError::NoReadyWorker { .. }) {
+    if matches!(
+        e,
+        ProxyError::NoReadyWorker { .. } | ProxyError::OverShare { .. }
+    ) {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     if e.origin() == crate::error::Origin::Downstream {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::endpoint::{Endpoint, Health};
 use crate::metrics::{AppMetrics, Metrics};
+use crate::share::Share;
 
 /// Most workers one app may list (the balancer tracks tried workers in a 64-bit mask).
 pub const MAX_WORKERS: usize = 64;
@@ -36,6 +37,12 @@ pub struct WorkerRoute {
     pub address: String,
     /// Whether it takes new requests.
     pub state: WorkerState,
+    /// Where the worker serves its ops endpoints (`/healthz`, `/readyz`,
+    /// `/metrics`), `host:port`, apart from its app's traffic: active probes
+    /// go there when it is given, else to `address` (where the app may own
+    /// those paths itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// One app's workers.
@@ -131,21 +138,28 @@ impl RouteTable {
                 if !seen.insert(w.index) {
                     return Err(invalid(format!("worker index {} appears twice", w.index)));
                 }
-                let authority_ok = w.address.parse::<hyper::http::uri::Authority>().is_ok();
-                if !authority_ok
-                    || w.address
-                        .rsplit_once(':')
-                        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                for (field, value) in [("address", Some(&w.address)), ("health", w.health.as_ref())]
                 {
-                    return Err(invalid(format!(
-                        "worker {}: address {:?} is not host:port",
-                        w.index, w.address
-                    )));
+                    if let Some(value) = value
+                        && !host_port(value)
+                    {
+                        return Err(invalid(format!(
+                            "worker {}: {field} {value:?} is not host:port",
+                            w.index
+                        )));
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Whether `s` is `host:port`, as a URI authority.
+fn host_port(s: &str) -> bool {
+    s.parse::<hyper::http::uri::Authority>().is_ok()
+        && s.rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// TOML through figment, which the workspace already uses for configuration.
@@ -170,6 +184,10 @@ pub struct AppRoute {
     pub next: AtomicUsize,
     /// The app's metric handles.
     pub metrics: AppMetrics,
+    /// Its workers that take new requests: its share of the proxy scales with them.
+    pub ready: usize,
+    /// Its requests in flight through the proxy (kept across swaps).
+    pub share: Arc<Share>,
 }
 
 /// The compiled table requests read: one `Arc` load per request.
@@ -209,11 +227,19 @@ impl Table {
     }
 }
 
-/// The live table, swapped whole; health state outlives swaps, keyed by address.
+/// The live table, swapped whole; health state outlives swaps, keyed by
+/// address, and each app's share, keyed by name.
 pub struct Routes {
     live: ArcSwap<Table>,
-    health: Mutex<HashMap<String, Arc<Health>>>,
+    kept: Mutex<Kept>,
     metrics: Metrics,
+}
+
+/// What outlives a swap, for the names the new table still lists.
+#[derive(Default)]
+struct Kept {
+    health: HashMap<String, Arc<Health>>,
+    shares: HashMap<String, Arc<Share>>,
 }
 
 impl Routes {
@@ -221,7 +247,7 @@ impl Routes {
     pub fn new(metrics: Metrics) -> Self {
         Routes {
             live: ArcSwap::from_pointee(Table::default()),
-            health: Mutex::new(HashMap::new()),
+            kept: Mutex::new(Kept::default()),
             metrics,
         }
     }
@@ -232,43 +258,56 @@ impl Routes {
     }
 
     /// Replaces the whole table. Workers already known keep their health and
-    /// in-flight counts; requests under way keep the table they started with.
+    /// in-flight counts, apps already known their share; requests under way
+    /// keep the table they started with. An app that leaves the table and
+    /// comes back starts a new count: its old requests give their places
+    /// back to the old one, which nothing reads any more.
     pub fn replace(&self, spec: RouteTable) -> Result<(), RouteError> {
         spec.validate()?;
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let mut kept = HashMap::new();
+        let mut old = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = Kept::default();
         let mut apps = HashMap::new();
         for (name, app) in &spec.apps {
             let mut workers: Vec<Arc<Endpoint>> = app
                 .workers
                 .iter()
                 .map(|w| {
-                    let h = health
+                    let h = old
+                        .health
                         .get(&w.address)
                         .cloned()
                         .unwrap_or_else(|| Arc::new(Health::new()));
-                    kept.insert(w.address.clone(), h.clone());
+                    kept.health.insert(w.address.clone(), h.clone());
                     Arc::new(Endpoint {
                         app: name.clone(),
                         index: w.index,
                         address: w.address.as_str().into(),
+                        probe: w.health.as_deref().unwrap_or(&w.address).into(),
                         state: w.state,
                         health: h,
                     })
                 })
                 .collect();
             workers.sort_by_key(|w| w.index);
+            let share = old.shares.get(name).cloned().unwrap_or_default();
+            kept.shares.insert(name.clone(), share.clone());
             apps.insert(
                 name.clone(),
                 Arc::new(AppRoute {
                     name: name.clone(),
+                    ready: app
+                        .workers
+                        .iter()
+                        .filter(|w| w.state == WorkerState::Ready)
+                        .count(),
                     workers,
                     next: AtomicUsize::new(0),
                     metrics: self.metrics.app(name),
+                    share,
                 }),
             );
         }
-        *health = kept;
+        *old = kept;
         let version = spec.version;
         let count = apps.len();
         self.live.store(Arc::new(Table { apps, spec }));
@@ -333,16 +372,67 @@ mod tests {
         .unwrap();
         let t = r.load();
         assert!(Arc::ptr_eq(&before, &t.apps["b"].workers[0].health));
+        assert_eq!(t.apps["b"].ready, 0, "a draining worker is not ready");
         assert_eq!(t.spec.version, 2);
         for bad in [
             r#"{"apps":{"A":{"workers":[]}}}"#,
             r#"{"apps":{"a":{"workers":[{"index":0,"address":"nohost","state":"ready"}]}}}"#,
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","health":"h:x","state":"ready"}]}}}"#,
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","health":":2","state":"ready"}]}}}"#,
             r#"{"apps":{"a":{"workers":[{"index":0,"address":"h:1","state":"ready"},{"index":0,"address":"h:2","state":"ready"}]}}}"#,
         ] {
             let spec: RouteTable = serde_json::from_str(bad).unwrap();
             assert!(r.replace(spec).is_err(), "{bad}");
         }
         assert_eq!(r.load().spec.version, 2, "a refused table changes nothing");
+    }
+
+    #[test]
+    fn a_health_address_is_where_probes_go_and_is_shown_only_when_given() {
+        let json = r#"{"version":1,"apps":{"a":{"workers":[
+            {"index":0,"address":"127.0.0.1:1","state":"ready","health":"127.0.0.1:2"},
+            {"index":1,"address":"127.0.0.1:3","state":"ready"}]}}}"#;
+        let spec: RouteTable = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            spec.apps["a"].workers[0].health.as_deref(),
+            Some("127.0.0.1:2")
+        );
+        let shown = serde_json::to_value(&spec).unwrap();
+        assert_eq!(shown["apps"]["a"]["workers"][0]["health"], "127.0.0.1:2");
+        assert!(shown["apps"]["a"]["workers"][1].get("health").is_none());
+        assert_eq!(serde_json::from_value::<RouteTable>(shown).unwrap(), spec);
+        let r = table(json);
+        let t = r.load();
+        let probes: Vec<&str> = t.apps["a"].workers.iter().map(|w| &*w.probe).collect();
+        assert_eq!(probes, ["127.0.0.1:2", "127.0.0.1:3"]);
+    }
+
+    #[test]
+    fn an_apps_share_survives_a_swap_that_keeps_the_app() {
+        let one =
+            r#"{"apps":{"a":{"workers":[{"index":0,"address":"127.0.0.1:1","state":"ready"}]}}}"#;
+        let r = table(one);
+        let share = r.load().apps["a"].share.clone();
+        let slot = share.take(1).unwrap();
+        r.replace(
+            serde_json::from_str(
+                r#"{"version":2,"apps":{"a":{"workers":[{"index":0,"address":"127.0.0.1:1","state":"ready"},{"index":1,"address":"127.0.0.1:2","state":"ready"}]}}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let t = r.load();
+        assert!(Arc::ptr_eq(&share, &t.apps["a"].share));
+        assert_eq!(t.apps["a"].share.in_flight(), 1);
+        assert_eq!(t.apps["a"].ready, 2);
+        drop(slot);
+        assert_eq!(t.apps["a"].share.in_flight(), 0);
+        // Gone and back: a new count, the old one still safe to give back to.
+        let slot = t.apps["a"].share.take(1).unwrap();
+        r.replace(RouteTable::default()).unwrap();
+        r.replace(serde_json::from_str(one).unwrap()).unwrap();
+        assert_eq!(r.load().apps["a"].share.in_flight(), 0);
+        drop(slot);
     }
 
     #[test]

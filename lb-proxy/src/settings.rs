@@ -1,4 +1,4 @@
-//! The proxy's own settings: listeners, domain, TLS, routes file, timeouts, limits, balancing, health.
+//! The proxy's own settings: listeners, domain, TLS, routes file, timeouts, limits, fair share, balancing, health.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +68,11 @@ pub struct Settings {
     pub max_connections: usize,
     /// Most workers one request is tried on (the first try included).
     pub max_attempts: usize,
+    /// Each app's share of the proxy: its requests in flight (from routing
+    /// until the answer has been passed on, waiting for a worker included)
+    /// may number this many per ready worker, at least one worker's worth;
+    /// past it, 503 at once. `0` sets no bound. See docs/lb-proxy.md, "Fair share".
+    pub app_max_in_flight_per_worker: usize,
     /// How long a worker stays out after a connect error or reset, unless a probe brings it back sooner.
     #[serde(with = "humantime_serde")]
     pub eject_for: Duration,
@@ -107,6 +112,11 @@ impl Default for Settings {
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             max_attempts: 3,
+            // Four times the default size's concurrency ceiling (1 vCore:
+            // 128 events at once), and a 4 vCore worker's whole ceiling;
+            // beyond its ceiling a worker queues a request for up to 1 s,
+            // then answers 503 itself. See docs/lb-proxy.md, "Fair share".
+            app_max_in_flight_per_worker: 512,
             eject_for: Duration::from_secs(10),
             health_interval: Duration::from_secs(2),
             health_path: "/readyz".into(),

@@ -6,29 +6,56 @@
 //! another proxy could read the other way. This reader follows the message
 //! framing of the bytes the client sends and records the first request whose
 //! head is ambiguous; the proxy answers that request 400 and closes.
+//!
+//! A request asking for an upgrade (`Upgrade:`, or `CONNECT`) is followed
+//! like any other: only the answer says whether the bytes after it are still
+//! HTTP. The proxy records a switch ([`Verdict::switched`]) when it answers
+//! `101` (or a `2xx` to `CONNECT`), and only then do the checks stop.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The first ambiguous request of a connection: its number (from 1) and why.
+/// The first ambiguous request of a connection (its number, from 1, and
+/// why), and the request after which it stopped speaking HTTP, if it did.
 #[derive(Debug, Default)]
-pub struct Verdict(Mutex<Option<(u64, &'static str)>>);
+pub struct Verdict {
+    flagged: Mutex<Option<(u64, &'static str)>>,
+    /// The request answered with a switch of protocols; 0 for none.
+    switched: AtomicU64,
+}
 
 impl Verdict {
     /// Why request number `n` (from 1) must be refused, if it must.
     pub fn refuses(&self, n: u64) -> Option<&'static str> {
-        match *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+        let flagged = *self.flagged.lock().unwrap_or_else(|p| p.into_inner());
+        match flagged {
+            // Bytes after a switch were never requests, whatever they looked like.
+            Some((bad, _)) if self.switched_at().is_some_and(|at| bad > at) => None,
             Some((bad, reason)) if bad <= n => Some(reason),
             _ => None,
         }
     }
 
+    /// Records that request `n` (from 1) was answered with a switch of
+    /// protocols (`101`, or a `2xx` to `CONNECT`): what follows it on the
+    /// connection is no longer HTTP, and is no longer checked.
+    pub fn switched(&self, n: u64) {
+        let _ = self
+            .switched
+            .compare_exchange(0, n.max(1), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn switched_at(&self) -> Option<u64> {
+        Some(self.switched.load(Ordering::Relaxed)).filter(|&n| n > 0)
+    }
+
     fn flag(&self, n: u64, reason: &'static str) {
-        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = self.flagged.lock().unwrap_or_else(|p| p.into_inner());
         if v.is_none() {
             *v = Some((n.max(1), reason));
         }
@@ -54,7 +81,8 @@ enum State {
     DataEnd,
     /// Trailer lines after the last chunk.
     Trailer,
-    /// No longer following (HTTP/2, an upgrade, or bytes hyper will refuse anyway).
+    /// No longer following (HTTP/2, a switch of protocols, or bytes hyper
+    /// will refuse anyway).
     Off,
 }
 
@@ -67,7 +95,6 @@ pub struct Tracker {
     lengths: Vec<Vec<u8>>,
     chunked: bool,
     obs_fold: bool,
-    upgrade: bool,
 }
 
 impl Default for Tracker {
@@ -79,7 +106,6 @@ impl Default for Tracker {
             lengths: Vec::new(),
             chunked: false,
             obs_fold: false,
-            upgrade: false,
         }
     }
 }
@@ -142,7 +168,6 @@ impl Tracker {
                 self.lengths.clear();
                 self.chunked = false;
                 self.obs_fold = false;
-                self.upgrade = line.starts_with(b"CONNECT ");
                 self.state = State::Head;
             }
             State::Head if line.is_empty() => self.end_of_head(verdict),
@@ -160,8 +185,6 @@ impl Tracker {
                         .extend(value.split(|&b| b == b',').map(|v| trim(v).to_vec()));
                 } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     self.chunked = true;
-                } else if name.eq_ignore_ascii_case(b"upgrade") {
-                    self.upgrade = true;
                 }
             }
             State::Size => {
@@ -197,9 +220,9 @@ impl Tracker {
         if self.lengths.windows(2).any(|w| w[0] != w[1]) {
             verdict.flag(n, "differing Content-Length headers");
         }
-        self.state = if self.upgrade {
-            State::Off
-        } else if self.chunked {
+        // An upgrade request is followed on: until its answer says
+        // otherwise, what comes next is the connection's next request.
+        self.state = if self.chunked {
             State::Size
         } else {
             match self.lengths.first() {
@@ -275,6 +298,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Inspected<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.tracker.state != State::Off && this.verdict.switched_at().is_some() {
+            this.tracker.state = State::Off;
+        }
         if this.tracker.state != State::Off {
             this.tracker.feed(&buf.filled()[before..], &this.verdict);
         }
@@ -368,12 +394,56 @@ GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
     }
 
     #[test]
-    fn http2_and_upgrades_are_not_followed() {
+    fn http2_is_not_followed() {
         let v = verdict_of(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00Content-Length: 1\r\n"]);
         assert_eq!(v.refuses(u64::MAX), None);
-        let v = verdict_of(&[
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nbinary\r\n stuff\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ]);
+    }
+
+    /// An upgrade request, then a smuggling attempt on the same connection.
+    const UPGRADE_THEN_SMUGGLE: &[u8] =
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
+POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    #[test]
+    fn asking_for_an_upgrade_does_not_stop_the_checks() {
+        for start in [
+            &b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n"[..],
+            b"CONNECT h:443 HTTP/1.1\r\n",
+        ] {
+            let mut wire = start.to_vec();
+            wire.extend_from_slice(b"\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+            let v = verdict_of(&[&wire]);
+            assert_eq!(v.refuses(1), None);
+            assert_eq!(
+                v.refuses(2),
+                Some("Content-Length together with Transfer-Encoding"),
+                "{}",
+                String::from_utf8_lossy(start)
+            );
+        }
+    }
+
+    #[test]
+    fn the_checks_stop_once_an_upgrade_is_answered_with_a_switch() {
+        // The switch recorded after the tracker read on: what it took for a
+        // second request was the new protocol's bytes, and is not refused.
+        let v = verdict_of(&[UPGRADE_THEN_SMUGGLE]);
+        v.switched(1);
         assert_eq!(v.refuses(u64::MAX), None);
+        // Recorded before the bytes arrive: they are not followed at all.
+        let verdict = std::sync::Arc::new(Verdict::default());
+        let mut io = Inspected::new(UPGRADE_THEN_SMUGGLE, verdict.clone(), false);
+        verdict.switched(1);
+        let mut buf = [0u8; 512];
+        let mut read = ReadBuf::new(&mut buf);
+        let waker = futures::task::noop_waker();
+        let polled = Pin::new(&mut io).poll_read(&mut Context::from_waker(&waker), &mut read);
+        assert!(matches!(polled, Poll::Ready(Ok(()))));
+        assert_eq!(io.tracker.state, State::Off);
+        assert_eq!(verdict.refuses(u64::MAX), None);
+        // A switch only covers what follows it: an earlier ambiguity stands.
+        let v = verdict_of(&[b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx"]);
+        v.switched(1);
+        assert!(v.refuses(1).is_some());
     }
 }

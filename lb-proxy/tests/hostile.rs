@@ -110,6 +110,47 @@ async fn a_smuggled_second_request_is_refused_after_a_clean_first() {
 }
 
 #[tokio::test]
+async fn asking_for_an_upgrade_the_worker_does_not_grant_leaves_the_checks_on() {
+    // `Upgrade` once turned the checks off for the rest of the connection,
+    // whatever the answer: a 200 to it opened the way to smuggling.
+    let upgrade = "GET /first HTTP/1.1\r\nHost: orders.fabric.localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let smuggled = "POST /count HTTP/1.1\r\nHost: orders.fabric.localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for pass_through in [true, false] {
+        let (a, proxy) = one_worker(lb_proxy::Settings {
+            pass_through,
+            ..settings()
+        })
+        .await;
+        // Pipelined: both requests in one write.
+        let answer = exchange(proxy.http, format!("{upgrade}{smuggled}").as_bytes()).await;
+        let first = answer.find("HTTP/1.1 200").expect(&answer);
+        let second = answer.find("HTTP/1.1 400").expect(&answer);
+        assert!(first < second, "pass_through {pass_through}: {answer}");
+        assert!(answer.contains("AMBIGUOUS_REQUEST"), "{answer}");
+        assert_eq!(a.hits(), 1, "pass_through {pass_through}");
+
+        // One after the other, the second sent once the first is answered.
+        let mut s = TcpStream::connect(proxy.http).await.unwrap();
+        s.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"a GET /first") {
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        s.write_all(smuggled.as_bytes()).await.unwrap();
+        let answer = read_to_close(&mut s).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("AMBIGUOUS_REQUEST"),
+            "pass_through {pass_through}: {answer}"
+        );
+        assert_eq!(a.hits(), 2, "the smuggled request never reached the worker");
+    }
+}
+
+#[tokio::test]
 async fn bodies_over_the_limit_are_413_and_heads_over_it_431() {
     let (a, proxy) = one_worker(lb_proxy::Settings {
         max_body_bytes: 1000,

@@ -335,6 +335,43 @@ async fn active_probes_take_an_unready_worker_out_and_bring_it_back() {
 }
 
 #[tokio::test]
+async fn probes_go_to_a_workers_ops_address_when_the_table_gives_one() {
+    let (a, a_ops, b) = (
+        Backend::start("a").await,
+        Backend::start("a-ops").await,
+        Backend::start("b").await,
+    );
+    let proxy = Proxy::start(lb_proxy::Settings {
+        health_interval: Duration::from_millis(50),
+        health_rise: 2,
+        health_fall: 2,
+        ..settings()
+    })
+    .await;
+    proxy
+        .put_routes(serde_json::json!({"apps": {"orders": {"workers": [
+            {"index": 0, "address": a.addr.to_string(), "health": a_ops.addr.to_string(), "state": "ready"},
+            {"index": 1, "address": b.addr.to_string(), "state": "ready"},
+        ]}}}))
+        .await;
+    // The app behind a owns `/readyz` on its own port and says 503 there
+    // throughout: only the ops address speaks for the worker.
+    a.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    a_ops
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    until_steady(&proxy, 40, |body| body == "b GET /").await;
+    a_ops
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    until_steady(&proxy, 1, |body| body == "a GET /").await;
+    assert_eq!(
+        proxy.routes().await["apps"]["orders"]["workers"][0]["health"],
+        a_ops.addr.to_string()
+    );
+}
+
+#[tokio::test]
 async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let dir = tempfile::tempdir().unwrap();
@@ -364,12 +401,7 @@ async fn the_route_file_is_reloaded_when_it_changes_and_a_bad_one_ignored() {
             "b GET /"
         );
     }
-    let shown: serde_json::Value = reqwest::get(proxy.admin_url("/routes"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown = proxy.routes().await;
     assert_eq!(shown["apps"]["orders"]["workers"][1]["state"], "draining");
 }
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::shutdown::Shutdown;
+use common::token::TokenKey;
 use fabric_tests::process::{Proc, Stream};
 use lb_proxy::{Config, Listeners, Settings};
 use nix::sys::signal::Signal;
@@ -32,6 +33,8 @@ struct Proxy {
     http: SocketAddr,
     admin: SocketAddr,
     shutdown: Shutdown,
+    /// Holds the fabric secret the proxy checks `/routes` callers with.
+    _data: tempfile::TempDir,
 }
 
 impl Drop for Proxy {
@@ -45,8 +48,11 @@ async fn proxy(settings: Settings, workers: &[SocketAddr]) -> Proxy {
     let (admin, http) = (bind().await, bind().await);
     let (admin_addr, http_addr) = (admin.local_addr().unwrap(), http.local_addr().unwrap());
     let shutdown = Shutdown::new(Duration::from_secs(2));
+    let data = tempfile::tempdir().unwrap();
+    let key = TokenKey::load_or_generate(&data.path().join(common::secrets::SECRET_FILE)).unwrap();
     let config = Config {
         settings,
+        data_dir: data.path().to_path_buf(),
         ..Config::default()
     };
     tokio::spawn(lb_proxy::serve(
@@ -69,6 +75,7 @@ async fn proxy(settings: Settings, workers: &[SocketAddr]) -> Proxy {
     loop {
         let put = client
             .put(format!("http://{admin_addr}/routes"))
+            .bearer_auth(key.issue_internal(WAIT))
             .json(&table)
             .send()
             .await;
@@ -85,6 +92,7 @@ async fn proxy(settings: Settings, workers: &[SocketAddr]) -> Proxy {
         http: http_addr,
         admin: admin_addr,
         shutdown,
+        _data: data,
     }
 }
 

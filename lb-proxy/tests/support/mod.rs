@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::token::TokenKey;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -57,13 +58,45 @@ pub async fn count(mut body: Incoming) -> Result<u64, hyper::Error> {
 
 /// A worker stand-in: answers `{name} {METHOD} {path}` with the request's
 /// headers echoed as `echo-*`; `/count` counts the body, `/bytes/N` streams N
-/// bytes, `/sleep/MS` waits first.
+/// bytes, `/sleep/MS` waits first, `/hold` waits until its gate opens.
 pub struct Backend {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
     /// Whether `/readyz` answers 200 (else 503).
     pub ready: Arc<AtomicBool>,
+    /// What `/hold` requests wait for.
+    pub gate: Arc<Gate>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Holds `/hold` requests until opened, counting those it holds.
+#[derive(Default)]
+pub struct Gate {
+    open: tokio::sync::Notify,
+    opened: AtomicBool,
+    waiting: AtomicU64,
+}
+
+impl Gate {
+    /// Requests waiting now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Lets every request held, and every later one, through.
+    pub fn open(&self) {
+        self.opened.store(true, Ordering::Relaxed);
+        self.open.notify_waiters();
+    }
+
+    async fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let notified = self.open.notified();
+        if !self.opened.load(Ordering::Relaxed) {
+            notified.await;
+        }
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Backend {
@@ -72,8 +105,16 @@ impl Drop for Backend {
     }
 }
 
-async fn answer(name: &'static str, ready: bool, req: Request<Incoming>) -> Response<Body> {
+async fn answer(
+    name: &'static str,
+    ready: bool,
+    gate: &Gate,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path == "/hold" {
+        gate.pass().await;
+    }
     if path == "/readyz" {
         let mut r = text(if ready { "ready" } else { "not ready" });
         if !ready {
@@ -107,20 +148,22 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicU64::new(0));
         let ready = Arc::new(AtomicBool::new(true));
-        let (h, r) = (hits.clone(), ready.clone());
+        let gate = Arc::new(Gate::default());
+        let (h, r, g) = (hits.clone(), ready.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (h, r) = (h.clone(), r.clone());
+                let (h, r, g) = (h.clone(), r.clone(), g.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         if req.uri().path() != "/readyz" {
                             h.fetch_add(1, Ordering::Relaxed);
                         }
                         let ready = r.load(Ordering::Relaxed);
-                        async move { Ok::<_, Infallible>(answer(name, ready, req).await) }
+                        let g = g.clone();
+                        async move { Ok::<_, Infallible>(answer(name, ready, &g, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -132,6 +175,7 @@ impl Backend {
             addr,
             hits,
             ready,
+            gate,
             task,
         }
     }
@@ -141,19 +185,32 @@ impl Backend {
     }
 }
 
+/// Waits until `check` holds (at most 10 s, checking every 10 ms).
+pub async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// An address where nothing listens (bound, then closed).
 pub async fn dead_address() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
 }
 
-/// A proxy on port 0 with its admin port, plain and TLS data listeners.
+/// A proxy on port 0 with its admin port, plain and TLS data listeners, and
+/// a data directory of its own holding the fabric secret.
 pub struct Proxy {
     pub admin: SocketAddr,
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub shutdown: common::shutdown::Shutdown,
     pub task: tokio::task::JoinHandle<Result<(), lb_proxy::Error>>,
+    /// The fabric secret the proxy verifies internal tokens with.
+    pub key: TokenKey,
+    _data: tempfile::TempDir,
 }
 
 impl Proxy {
@@ -166,8 +223,12 @@ impl Proxy {
             http.local_addr().unwrap(),
             https.local_addr().unwrap(),
         );
+        let data = tempfile::tempdir().unwrap();
+        let key =
+            TokenKey::load_or_generate(&data.path().join(common::secrets::SECRET_FILE)).unwrap();
         let config = Config {
             shutdown_grace: Duration::from_secs(5),
+            data_dir: data.path().to_path_buf(),
             settings,
             ..Config::default()
         };
@@ -187,6 +248,8 @@ impl Proxy {
             https: addrs.2,
             shutdown,
             task,
+            key,
+            _data: data,
         };
         let client = reqwest::Client::new();
         for _ in 0..200 {
@@ -208,10 +271,28 @@ impl Proxy {
         format!("http://{}{path}", self.http)
     }
 
+    /// The fabric's internal token, which `/routes` asks for.
+    pub fn internal_token(&self) -> String {
+        self.key.issue_internal(Duration::from_secs(3600))
+    }
+
+    /// The route table in use, from the admin API.
+    pub async fn routes(&self) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .get(self.admin_url("/routes"))
+            .bearer_auth(self.internal_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
     /// Replaces the route table through the admin API.
     pub async fn put_routes(&self, table: serde_json::Value) {
         let r = reqwest::Client::new()
             .put(self.admin_url("/routes"))
+            .bearer_auth(self.internal_token())
             .json(&table)
             .send()
             .await
