@@ -43,6 +43,56 @@ pub fn validate_app_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// How many characters an app instance's id has.
+pub const INSTANCE_LEN: usize = 10;
+
+/// A fresh instance id for an app's first deploy: [`INSTANCE_LEN`]
+/// characters of `a-z0-9`, about 51 random bits.
+pub fn new_instance() -> String {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; INSTANCE_LEN];
+    crate::envelope::fill_random(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// The id an app instance has at the queue and object store services, in
+/// its tokens and in its data keys: `{name}--{instance}`. App names hold no
+/// `--`, so no name, and no other instance, has the same id. An app
+/// deployed before instances existed has an empty instance, and its name
+/// is its id.
+pub fn app_id(name: &str, instance: &str) -> String {
+    if instance.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}--{instance}")
+    }
+}
+
+/// Checks an app id as [`app_id`] makes them: an app name, optionally
+/// followed by `--` and an instance of 1 to 16 lowercase letters and digits.
+pub fn validate_app_id(id: &str) -> Result<(), NameError> {
+    let Some((name, instance)) = id.split_once("--") else {
+        return validate_app_name(id);
+    };
+    validate_app_name(name)?;
+    if instance.is_empty()
+        || instance.len() > 16
+        || !instance
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(NameError {
+            what: "app id",
+            name: id.to_string(),
+            reason: "the instance after '--' must be 1 to 16 lowercase letters or digits",
+        });
+    }
+    Ok(())
+}
+
 /// Checks a queue or store name: letters, digits, `-`, `_` and `.`, at most
 /// [`MAX_RESOURCE_NAME`] bytes (short enough for an SQS queue name with a prefix).
 pub fn validate_resource_name(what: &'static str, name: &str) -> Result<(), NameError> {
@@ -84,6 +134,22 @@ mod tests {
         ] {
             assert!(validate_app_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn app_ids_are_names_or_names_with_an_instance_and_never_collide() {
+        let instance = new_instance();
+        assert_eq!(instance.len(), INSTANCE_LEN);
+        assert_ne!(instance, new_instance());
+        let id = app_id("shop", &instance);
+        assert!(validate_app_id(&id).is_ok(), "{id}");
+        assert!(validate_app_name(&id).is_err(), "an id is never a name");
+        assert_eq!(app_id("shop", ""), "shop");
+        assert!(validate_app_id("shop").is_ok());
+        for bad in ["shop--", "shop--A1", "shop--a-b", "--abc", "shop--abc--def"] {
+            assert!(validate_app_id(bad).is_err(), "{bad}");
+        }
+        assert!(validate_app_id(&format!("shop--{}", "a".repeat(17))).is_err());
     }
 
     #[test]
