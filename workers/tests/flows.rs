@@ -408,3 +408,39 @@ async fn a_bad_manifest_never_starts() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn clients_trickling_their_bodies_hold_no_slot() {
+    use tokio::io::AsyncWriteExt;
+    let w = worker(
+        r#"
+flows:
+  - name: echo
+    source: { http: { method: POST, path: /echo } }
+    steps:
+      - set-payload: '{got: .}'
+"#,
+    )
+    .await;
+    let addr = w.base.trim_start_matches("http://").to_string();
+    // More clients than a 0.2 worker has slots (32), each stuck mid-body.
+    let mut stuck = Vec::new();
+    for _ in 0..48 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"a\":",
+        )
+        .await
+        .unwrap();
+        stuck.push(s);
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/echo", w.base))
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a whole request is served beside them");
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"got": 1}));
+    drop(stuck);
+}

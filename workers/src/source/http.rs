@@ -22,6 +22,8 @@ use crate::manifest::{Flow, Source, Strategy};
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 /// How long a request waits for a slot under the worker's ceiling before a 503.
 const SLOT_WAIT: Duration = Duration::from_secs(1);
+/// How long a request's whole body may take to arrive (then a 408).
+pub const BODY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Limits that apply to every HTTP flow of the worker.
 #[derive(Clone)]
@@ -151,6 +153,28 @@ async fn serve(
             "the worker is at its concurrency ceiling; retry",
         )
     };
+    // The body is read whole, within a total deadline, before a slot is
+    // taken: a client trickling its body holds a connection, never a slot.
+    let attributes = attributes(&req, params);
+    let read = axum::body::to_bytes(req.into_body(), route.limits.max_body);
+    let body = tokio::time::timeout(BODY_DEADLINE, read)
+        .await
+        .map_err(|_| {
+            let mut e = FlowError::new(
+                ErrorType::Timeout,
+                format!("the request body did not arrive within {BODY_DEADLINE:?}"),
+            );
+            e.status = Some(StatusCode::REQUEST_TIMEOUT);
+            e
+        })?
+        .map_err(|_| {
+            let mut e = FlowError::new(
+                ErrorType::Validation,
+                format!("request body larger than {} bytes", route.limits.max_body),
+            );
+            e.status = Some(StatusCode::PAYLOAD_TOO_LARGE);
+            e
+        })?;
     let _slot = tokio::time::timeout(SLOT_WAIT, route.limits.slots.acquire())
         .await
         .map_err(|_| overloaded())?
@@ -160,17 +184,6 @@ async fn serve(
         Some(sem) => Some(sem.acquire().await.map_err(|_| overloaded())?),
         None => None,
     };
-    let attributes = attributes(&req, params);
-    let body = axum::body::to_bytes(req.into_body(), route.limits.max_body)
-        .await
-        .map_err(|_| {
-            let mut e = FlowError::new(
-                ErrorType::Validation,
-                format!("request body larger than {} bytes", route.limits.max_body),
-            );
-            e.status = Some(StatusCode::PAYLOAD_TOO_LARGE);
-            e
-        })?;
     let mut event = Event::new(payload_from_bytes(&body), attributes);
     event.correlation_id = cid.to_string();
     route.engine.run(&route.flow, event).await
