@@ -328,7 +328,8 @@ impl Engine {
                 {
                     Admission::Proceed(claim) => exec.claims.push(claim),
                     Admission::Duplicate => {
-                        tracing::info!(correlation_id = %exec.event.correlation_id, key, "duplicate; stopped");
+                        // The key is payload data: it stays out of the log.
+                        tracing::info!(correlation_id = %exec.event.correlation_id, "duplicate; stopped");
                         exec.stopped = true;
                     }
                 }

@@ -51,6 +51,7 @@ pub struct PersistentQueues {
     publishers: HashMap<String, Publisher>,
     acker: Acker,
     lock: Duration,
+    encrypted: bool,
 }
 
 impl PersistentQueues {
@@ -83,6 +84,7 @@ impl PersistentQueues {
             client,
             publishers,
             lock: DEFAULT_LOCK,
+            encrypted,
         })
     }
 
@@ -90,6 +92,13 @@ impl PersistentQueues {
     pub fn with_lock(mut self, lock: Duration) -> Self {
         self.lock = lock;
         self
+    }
+
+    /// Whether messages are sealed at rest: then no payload text may reach
+    /// a log or the queue in the clear, error texts (which may quote it)
+    /// included.
+    pub fn encrypted(&self) -> bool {
+        self.encrypted
     }
 
     /// The client, for consumers.

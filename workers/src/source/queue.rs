@@ -169,15 +169,25 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
             }
         }
         Err(err) => {
+            // An error's text may quote the payload: for a queue sealed at
+            // rest only its type goes to the log and back to queue-svc.
+            let text = if queues.encrypted() {
+                format!(
+                    "{}: (the message is redacted; the queue is encrypted)",
+                    err.kind.name()
+                )
+            } else {
+                err.to_string()
+            };
             let outcome = if deliveries >= max_deliveries {
-                tracing::warn!(queue, message_id = %id, deliveries, error = %err, "dead-lettered");
+                tracing::warn!(queue, message_id = %id, deliveries, error = %text, "dead-lettered");
                 MessageOutcome::DeadLettered
             } else {
-                tracing::info!(queue, message_id = %id, deliveries, error = %err, "rolled back");
+                tracing::info!(queue, message_id = %id, deliveries, error = %text, "rolled back");
                 MessageOutcome::RolledBack
             };
             engine.metrics().message(&flow.name, outcome);
-            if let Err(e) = lease.rollback(Some(&err.to_string())).await {
+            if let Err(e) = lease.rollback(Some(&text)).await {
                 tracing::warn!(queue, message_id = %id, error = %e, "rollback failed; delivered again after its lock");
             }
         }
