@@ -11,7 +11,7 @@ pub mod envelope;
 #[cfg(feature = "embedded")]
 pub mod group_commit;
 pub mod http;
-mod secret_file;
+pub mod secret_file;
 pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;

@@ -5,6 +5,29 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+/// Makes `dir` (created if missing) its owner's alone: the directory and
+/// every directory under it mode 0700, every file 0600. Symbolic links are
+/// left as they are and not followed. For a data directory an earlier
+/// version created with the process's default modes.
+pub fn make_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates `path` with mode 0600 and writes `contents`, durably.
 ///
 /// Fails with `AlreadyExists` when the file is there, so two processes racing
@@ -47,6 +70,25 @@ pub fn create_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_data_directory_is_made_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("workers")).unwrap();
+        std::fs::write(data.join("registry.redb"), b"x").unwrap();
+        std::fs::write(data.join("workers/a-1-v1.log"), b"x").unwrap();
+        for p in [&data, &data.join("workers")] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        super::make_private(&data).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("workers")), 0o700);
+        assert_eq!(mode(&data.join("registry.redb")), 0o600);
+        assert_eq!(mode(&data.join("workers/a-1-v1.log")), 0o600);
+    }
+
     use super::*;
 
     #[test]

@@ -61,6 +61,10 @@ fn main() -> ExitCode {
     if let Err(e) = common::telemetry::init("fabric") {
         e.exit();
     }
+    if matches!(cli.command, Command::Up(_) | Command::Serve { .. }) {
+        // Whatever the fabric writes (keys, stores, logs) is its user's alone.
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve { component, config } = &cli.command
         && let Some(threads) = serve::runtime_threads(*component, config.as_deref())

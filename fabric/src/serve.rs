@@ -89,6 +89,9 @@ where
     let config: ServiceConfig<S> = config::load(file).unwrap_or_else(|e| e.exit());
     // Keys are checked at start, so a bad key is a config error, not a later failure.
     if keys == Keys::Needed {
+        if let Err(e) = common::secret_file::make_private(&config.data_dir) {
+            config::ConfigError(format!("data_dir {}: {e}", config.data_dir.display())).exit();
+        }
         common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
         common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
     }
