@@ -223,7 +223,10 @@ mod tests {
             .await
             .expect("deleted() completes for a buried app");
         drop(ours);
-        assert!(waiting.await.unwrap(), "drained once the last request ended");
+        assert!(
+            waiting.await.unwrap(),
+            "drained once the last request ended"
+        );
         assert!(t.drained("shop", Duration::ZERO).await);
         drop(theirs);
     }
