@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::app::{validate_app_name, validate_resource_name};
+use common::app::{validate_app_id, validate_resource_name};
 use common::envelope::{Aad, Keyring, ResourceKind};
 
 use crate::api::{
@@ -116,7 +116,7 @@ impl Queues {
 
     /// A queue id from names that come from a request.
     pub(crate) fn queue_id(app: &str, queue: &str) -> Result<QueueId, QueueError> {
-        validate_app_name(app)?;
+        validate_app_id(app)?;
         validate_resource_name("queue name", queue)?;
         Ok(QueueId {
             app: app.to_string(),
@@ -472,7 +472,7 @@ impl Queues {
     }
 
     pub(crate) async fn list(&self, app: &str) -> Result<Vec<QueueStats>, QueueError> {
-        validate_app_name(app)?;
+        validate_app_id(app)?;
         let mut out = Vec::new();
         for (name, config) in self.backend.0.list(app).await? {
             let q = Self::queue_id(app, &name)?;
