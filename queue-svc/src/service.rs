@@ -9,6 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::app::{validate_app_id, validate_resource_name};
 use common::envelope::{Aad, Keyring, ResourceKind};
+use common::tombstone::{DRAIN_LIMIT, Tombstones};
 
 use crate::api::{
     AckFailure, AckResponse, LeasedMessage, MAX_BATCH, MAX_BODY_BYTES, NewMessage, QueueSpec,
@@ -96,6 +97,7 @@ pub(crate) struct Queues {
     settings: Settings,
     configs: RwLock<HashMap<QueueId, QueueConfig>>,
     metrics: Metrics,
+    tombstones: Tombstones,
 }
 
 impl Queues {
@@ -104,6 +106,7 @@ impl Queues {
         keyring: Keyring,
         settings: Settings,
         metrics: Metrics,
+        tombstones: Tombstones,
     ) -> Self {
         Queues {
             backend,
@@ -111,6 +114,7 @@ impl Queues {
             settings,
             configs: RwLock::default(),
             metrics,
+            tombstones,
         }
     }
 
@@ -480,6 +484,31 @@ impl Queues {
             out.push(self.stats_with(&q, config).await?);
         }
         Ok(out)
+    }
+
+    /// Forgets an app: records its tombstone (durably, then here, so its
+    /// tokens are refused from now on), waits for its requests already
+    /// admitted, then deletes every queue it had. Idempotent: a call that
+    /// failed part-way is finished by the next.
+    pub(crate) async fn forget(&self, app: &str) -> Result<(), QueueError> {
+        validate_app_id(app)?;
+        self.backend.0.bury(app).await?;
+        self.tombstones.bury(app);
+        if !self.tombstones.drained(app, DRAIN_LIMIT).await {
+            return Err(QueueError::Unavailable(format!(
+                "requests of app {app} admitted before its deletion are still running; retry"
+            )));
+        }
+        self.backend.0.purge_app(app).await?;
+        self.configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|q, _| q.app != app);
+        tracing::info!(
+            app,
+            "app forgotten: tombstone recorded, every queue deleted"
+        );
+        Ok(())
     }
 }
 

@@ -5,7 +5,11 @@
 //! real names and the queue's settings are tags. The longest app ids leave
 //! too little room for that, and get a compact form (see [`sqs_name`]).
 //! App ids hold no `_`, so `{prefix}{app}_` begins the names of that app's
-//! queues and of no other app's: the app's queues are listed by that prefix.
+//! queues and of no other app's: the app's queues are listed, and purged,
+//! by that prefix.
+//!
+//! A deleted app's tombstone is an empty queue `{prefix}_tomb_{app}`: no
+//! app's queue starts with `{prefix}_`, as app ids start with a letter.
 //!
 //! A message's id, publish time and stored body travel in the SQS body (see
 //! [`encode_body`]); a dead letter also carries its delivery count
@@ -34,6 +38,8 @@ use crate::settings::Settings;
 
 const NAME: &str = "sqs";
 const SQS_NAME_MAX: usize = 80;
+/// What follows the prefix in a tombstone's queue name.
+const TOMB: &str = "_tomb_";
 /// The room after `{prefix}{app}_` that the readable form needs at least:
 /// `_`, an 8-digit hash and `_dlq`.
 const READABLE_ROOM: usize = 1 + 8 + 4;
@@ -125,6 +131,16 @@ fn sqs_name(prefix: &str, q: &QueueId, part: Part) -> String {
         Part::Main => base,
         Part::Dead => format!("{base}_dlq"),
     }
+}
+
+/// The SQS name of `app`'s tombstone.
+fn tomb_name(prefix: &str, app: &str) -> String {
+    format!("{prefix}{TOMB}{app}")
+}
+
+/// The queue name at the end of a queue URL.
+fn name_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
 }
 
 fn string_attr(value: impl Into<String>, kind: &str) -> MessageAttributeValue {
@@ -244,7 +260,7 @@ impl Sqs {
         sqs_name(&self.prefix, q, part)
     }
 
-    /// A queue's tags (none for a DLQ).
+    /// A queue's tags (none for a DLQ or a tombstone).
     async fn tags(&self, url: &str) -> Result<HashMap<String, String>, BackendError> {
         let out = self
             .client
@@ -731,6 +747,56 @@ impl QueueBackend for Sqs {
             })
         })
     }
+
+    fn bury<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            // CreateQueue of an existing queue with the same (no) attributes
+            // answers its URL: a second burial changes nothing.
+            self.client
+                .create_queue()
+                .queue_name(tomb_name(&self.prefix, app))
+                .send()
+                .await
+                .map_err(|e| sdk_err("create tombstone queue", e))?;
+            Ok(())
+        })
+    }
+
+    fn tombstones(&self) -> BoxFut<'_, Vec<String>> {
+        Box::pin(async move {
+            let marker = tomb_name(&self.prefix, "");
+            let urls = self.urls_with_prefix(&marker).await?;
+            Ok(urls
+                .iter()
+                .filter_map(|u| name_of(u).strip_prefix(marker.as_str()))
+                .filter(|app| common::app::validate_app_id(app).is_ok())
+                .map(str::to_string)
+                .collect())
+        })
+    }
+
+    fn purge_app<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let ours = app_prefix(&self.prefix, app);
+            // Every queue of the app, its DLQs and any half-declared one
+            // included (a declare creates the DLQ first).
+            for url in self.urls_with_prefix(&ours).await? {
+                match self.client.delete_queue().queue_url(&url).send().await {
+                    Ok(_) => {}
+                    Err(e) => match sdk_err("delete queue", e) {
+                        // Deleted meanwhile: by an earlier purge, say.
+                        BackendError::UnknownQueue(_) => {}
+                        other => return Err(other),
+                    },
+                }
+            }
+            self.urls
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|name, _| !name.starts_with(&ours));
+            Ok(())
+        })
+    }
 }
 
 /// Refuses an SQS queue whose tags name another queue of the app: two
@@ -845,6 +911,8 @@ mod tests {
                     }
                 }
             }
+            let tomb = tomb_name(prefix, &longest_id);
+            assert!(valid_sqs_name(&tomb), "{tomb} ({} chars)", tomb.len());
         }
     }
 
@@ -870,7 +938,10 @@ mod tests {
                             assert_eq!(sqs.starts_with(&ours), app == other, "{ours} vs {sqs}");
                         }
                     }
+                    assert!(!tomb_name(prefix, other).starts_with(&ours));
                 }
+                let marker = tomb_name(prefix, "");
+                assert!(!ours.starts_with(&marker), "{ours} vs {marker}");
             }
         }
     }
