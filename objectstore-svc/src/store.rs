@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::app::{validate_app_id, validate_resource_name};
 use common::envelope::{Aad, Keyring, OpenError, ResourceKind};
+use common::tombstone::{DRAIN_LIMIT, Tombstones};
 
 use crate::api::{KeyPage, Lease, MAX_KEY_BYTES, MAX_PAGE, MAX_TTL, MAX_VALUE_BYTES, ObjectInfo};
 use crate::api::{PutResult, StoreStats};
@@ -64,6 +65,10 @@ pub enum StoreError {
         /// Why.
         source: OpenError,
     },
+    /// Requests of an app being forgotten, admitted before its tombstone,
+    /// did not end in time; forgetting it again will wait for them again.
+    #[error("requests of app {0:?} admitted before its deletion are still running; retry")]
+    StillRunning(String),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -404,6 +409,26 @@ impl ObjectStore {
                 token,
             }),
         }
+    }
+
+    /// Forgets an app: records its tombstone (durably, then in
+    /// `tombstones`, so its tokens are refused from now on), waits for its
+    /// requests already admitted, then deletes every value of every store
+    /// it had, and its leases. Idempotent: a call that failed part-way is
+    /// finished by the next.
+    pub async fn forget(&self, app: &str, tombstones: &Tombstones) -> Result<()> {
+        validate_app_id(app).map_err(invalid)?;
+        self.backend.get().bury(app.to_string()).await?;
+        tombstones.bury(app);
+        if !tombstones.drained(app, DRAIN_LIMIT).await {
+            return Err(StoreError::StillRunning(app.to_string()));
+        }
+        self.backend.get().purge_app(app.to_string()).await?;
+        tracing::info!(
+            app,
+            "app forgotten: tombstone recorded, every store and lease deleted"
+        );
+        Ok(())
     }
 }
 
