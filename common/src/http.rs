@@ -109,6 +109,16 @@ pub fn authorize(
         .map_err(ApiError::from)
 }
 
+/// Checks that the request carries an internal token of this fabric (one
+/// component calling another): 401 without a valid token, 403 for an app's.
+pub fn authorize_internal(
+    key: &crate::token::TokenKey,
+    headers: &axum::http::HeaderMap,
+) -> Result<crate::token::Claims, ApiError> {
+    let token = bearer_token(headers).ok_or(crate::token::TokenError::Missing)?;
+    key.verify_internal(token).map_err(ApiError::from)
+}
+
 /// Whether a component can take work, and if not, why. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Readiness(Arc<RwLock<Result<(), String>>>);
@@ -298,6 +308,33 @@ mod tests {
                 .status,
             StatusCode::UNAUTHORIZED
         );
+    }
+
+    #[test]
+    fn only_internal_tokens_pass_the_internal_check() {
+        use crate::token::{Scope, TokenKey};
+        use axum::http::{HeaderMap, HeaderValue};
+        let key = TokenKey::generate();
+        let with = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+            headers
+        };
+        let status = |headers: &HeaderMap| authorize_internal(&key, headers).map_err(|e| e.status);
+        assert_eq!(
+            status(&HeaderMap::new()).unwrap_err(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(status(&with(&key.issue_internal(Duration::from_secs(60)))).is_ok());
+        for scope in [Scope::Worker, Scope::Read] {
+            let app = key.issue("orders", scope, Duration::from_secs(60));
+            assert_eq!(status(&with(&app)).unwrap_err(), StatusCode::FORBIDDEN);
+        }
+        let other = TokenKey::generate().issue_internal(Duration::from_secs(60));
+        assert_eq!(status(&with(&other)).unwrap_err(), StatusCode::UNAUTHORIZED);
     }
 
     #[tokio::test]

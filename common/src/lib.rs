@@ -16,3 +16,4 @@ pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod tombstone;

@@ -46,6 +46,42 @@ impl ClientError {
     pub fn is_conflict(&self) -> bool {
         self.status() == Some(409)
     }
+
+    /// Whether the same call may succeed later: the service was not reached
+    /// or did not answer in time, failed (5xx) or was busy (429). A refusal
+    /// (any other 4xx) or a bad URL will fail again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            ClientError::BadUrl(_) => false,
+        }
+    }
+}
+
+/// How long [`forget_app`] waits for its answer: purging an app scans the
+/// whole DynamoDB table.
+pub const FORGET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks objectstore-svc at `base_url` to forget the deleted app `app_id`,
+/// with the fabric's internal token: from the first moment its tokens are
+/// refused, then every value of every store it had (the runtime's own
+/// stores included) and its leases are deleted. `Ok` once all of it is
+/// gone. Safe to repeat, and worth repeating while the error
+/// [`is_retryable`](ClientError::is_retryable): the next call finishes the job.
+pub async fn forget_app(base_url: &str, app_id: &str, internal_token: &str) -> Result<()> {
+    let mut url = Url::parse(base_url).map_err(|_| ClientError::BadUrl(base_url.to_string()))?;
+    url.path_segments_mut()
+        .map_err(|()| ClientError::BadUrl(base_url.to_string()))?
+        .pop_if_empty()
+        .extend(["v1", "apps", app_id]);
+    let http = reqwest::Client::builder().timeout(FORGET_TIMEOUT).build()?;
+    let req = http
+        .delete(url)
+        .bearer_auth(internal_token)
+        .header(CORRELATION_HEADER, uuid::Uuid::new_v4().to_string());
+    Client::send(req).await?;
+    Ok(())
 }
 
 /// A value as read.

@@ -26,6 +26,7 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "malformed stored record");
                 (StatusCode::INTERNAL_SERVER_ERROR, "STORE")
             }
+            StoreError::StillRunning(_) => (StatusCode::SERVICE_UNAVAILABLE, "STORE"),
             StoreError::Backend(_) => {
                 tracing::warn!(error = %e, "backend failed");
                 (StatusCode::SERVICE_UNAVAILABLE, "STORE")

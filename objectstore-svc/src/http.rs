@@ -9,9 +9,10 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::extract::{DefaultBodyLimit, Json, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use common::http::{ApiError, authorize};
+use axum::routing::{delete, get, post};
+use common::http::{ApiError, authorize, authorize_internal};
 use common::token::{Scope, TokenKey};
+use common::tombstone::{Admitted, Tombstones};
 use serde::Deserialize;
 
 use crate::api::{CORRELATION_HEADER, EXPIRES_AT_HEADER, LeaseRequest, MAX_PAGE, MAX_VALUE_BYTES};
@@ -26,13 +27,32 @@ pub struct ApiState {
     pub store: ObjectStore,
     /// Verifies app tokens.
     pub tokens: TokenKey,
+    /// The deleted apps, whose tokens are refused.
+    pub tombstones: Tombstones,
     /// Request metrics.
     pub metrics: Metrics,
+}
+
+impl ApiState {
+    /// The one check of every request for an app: its token opens `app`
+    /// with `scope` (else 401 or 403), and the app was not deleted (else
+    /// 403). The request counts as in flight for the app while the
+    /// admission is held, so that deleting the app waits for it.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        app: &str,
+        scope: Scope,
+    ) -> Result<Admitted, ApiError> {
+        authorize(&self.tokens, headers, app, scope)?;
+        Ok(self.tombstones.admit(app)?)
+    }
 }
 
 /// The API's routes (without the operational endpoints).
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/v1/apps/{app}", delete(forget))
         .route("/v1/apps/{app}/stores/{store}", get(stats))
         .route("/v1/apps/{app}/stores/{store}/keys", get(list))
         .route(
@@ -153,7 +173,7 @@ async fn empty_key(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 async fn get_key(State(s): State<ApiState>, headers: HeaderMap, path: KeyPath) -> Response {
     op(&s, "get", &headers, async {
         let Path((app, store, key)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Read)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Read)?;
         let object = s.store.get(&app, &store, &key).await?;
         let mut response = (
             [
@@ -185,7 +205,7 @@ async fn put_key(
 ) -> Response {
     op(&s, "put", &headers, async {
         let Path((app, store, key)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
         let Query(query) = query.map_err(from_query)?;
         let pre = precondition(&headers)?;
         let body = body.map_err(from_bytes)?;
@@ -211,7 +231,7 @@ async fn put_key(
 async fn delete_key(State(s): State<ApiState>, headers: HeaderMap, path: KeyPath) -> Response {
     op(&s, "delete", &headers, async {
         let Path((app, store, key)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
         let pre = precondition(&headers)?;
         s.store.delete(&app, &store, &key, pre).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -227,7 +247,7 @@ async fn list(
 ) -> Response {
     op(&s, "list", &headers, async {
         let Path((app, store)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Read)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Read)?;
         let Query(q) = query.map_err(from_query)?;
         let page = s
             .store
@@ -247,7 +267,7 @@ async fn list(
 async fn stats(State(s): State<ApiState>, headers: HeaderMap, path: StorePath) -> Response {
     op(&s, "stats", &headers, async {
         let Path((app, store)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Read)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Read)?;
         Ok(Json(s.store.stats(&app, &store).await?).into_response())
     })
     .await
@@ -264,7 +284,7 @@ async fn acquire(
 ) -> Response {
     op(&s, "lease_acquire", &headers, async {
         let Path((app, name)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
         let Json(req) = body.map_err(from_json)?;
         let lease = s.store.acquire(&app, &name, &req.holder, req.ttl).await?;
         Ok(Json(lease).into_response())
@@ -280,7 +300,7 @@ async fn renew(
 ) -> Response {
     op(&s, "lease_renew", &headers, async {
         let Path((app, name)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
         let Json(req) = body.map_err(from_json)?;
         let token = req
             .token
@@ -302,9 +322,25 @@ async fn release(
 ) -> Response {
     op(&s, "lease_release", &headers, async {
         let Path((app, name)) = path.map_err(from_path)?;
-        authorize(&s.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
         let Query(q) = query.map_err(from_query)?;
         s.store.release(&app, &name, &q.holder, q.token).await?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+}
+
+/// `DELETE /v1/apps/{app}`: the fabric forgets a deleted app. Only an
+/// internal token may ask; 204 once everything the app stored is gone.
+async fn forget(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    op(&s, "forget", &headers, async {
+        let Path(app) = path.map_err(from_path)?;
+        authorize_internal(&s.tokens, &headers)?;
+        s.store.forget(&app, &s.tombstones).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
     })
     .await

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use common::config::ServiceConfig;
 use common::http::Readiness;
 use common::shutdown::Shutdown;
+use common::tombstone::{REFRESH_INTERVAL, Tombstones};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -99,9 +100,18 @@ pub async fn run(
     let mut registry = common::http::registry(NAME);
     let metrics = metrics::Metrics::register(&mut registry);
     let readiness = Readiness::new("starting");
+    let deleted = backend.get().tombstones().await;
+    let kind = backend.kind();
+    let tombstones = Tombstones::new(deleted.map_err(|source| RunError::Backend { kind, source })?);
+    let refresh = backend.clone();
+    tombstones.spawn_refresh(&shutdown, REFRESH_INTERVAL, move || {
+        let backend = refresh.clone();
+        async move { backend.get().tombstones().await }
+    });
     let state = http::ApiState {
         store: store::ObjectStore::new(backend, keyring),
         tokens,
+        tombstones,
         metrics,
     };
     let router =

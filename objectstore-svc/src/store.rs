@@ -2,8 +2,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::app::{validate_app_name, validate_resource_name};
+use common::app::{validate_app_id, validate_resource_name};
 use common::envelope::{Aad, Keyring, OpenError, ResourceKind};
+use common::tombstone::{DRAIN_LIMIT, Tombstones};
 
 use crate::api::{KeyPage, Lease, MAX_KEY_BYTES, MAX_PAGE, MAX_TTL, MAX_VALUE_BYTES, ObjectInfo};
 use crate::api::{PutResult, StoreStats};
@@ -64,6 +65,10 @@ pub enum StoreError {
         /// Why.
         source: OpenError,
     },
+    /// Requests of an app being forgotten, admitted before its tombstone,
+    /// did not end in time; forgetting it again will wait for them again.
+    #[error("requests of app {0:?} admitted before its deletion are still running; retry")]
+    StillRunning(String),
     /// The backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -112,7 +117,7 @@ fn invalid(e: impl ToString) -> StoreError {
 }
 
 fn check_store(app: &str, store: &str) -> Result<()> {
-    validate_app_name(app).map_err(invalid)?;
+    validate_app_id(app).map_err(invalid)?;
     validate_resource_name("store name", store).map_err(invalid)
 }
 
@@ -141,7 +146,7 @@ pub fn check_ttl(ttl: Duration) -> Result<u64> {
 }
 
 fn check_lease(app: &str, name: &str, holder: &str) -> Result<LeaseId> {
-    validate_app_name(app).map_err(invalid)?;
+    validate_app_id(app).map_err(invalid)?;
     validate_resource_name("lease name", name).map_err(invalid)?;
     if holder.is_empty() || holder.len() > MAX_HOLDER {
         return Err(invalid(format!(
@@ -405,6 +410,26 @@ impl ObjectStore {
             }),
         }
     }
+
+    /// Forgets an app: records its tombstone (durably, then in
+    /// `tombstones`, so its tokens are refused from now on), waits for its
+    /// requests already admitted, then deletes every value of every store
+    /// it had, and its leases. Idempotent: a call that failed part-way is
+    /// finished by the next.
+    pub async fn forget(&self, app: &str, tombstones: &Tombstones) -> Result<()> {
+        validate_app_id(app).map_err(invalid)?;
+        self.backend.get().bury(app.to_string()).await?;
+        tombstones.bury(app);
+        if !tombstones.drained(app, DRAIN_LIMIT).await {
+            return Err(StoreError::StillRunning(app.to_string()));
+        }
+        self.backend.get().purge_app(app.to_string()).await?;
+        tracing::info!(
+            app,
+            "app forgotten: tombstone recorded, every store and lease deleted"
+        );
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -432,6 +457,31 @@ mod tests {
             .unwrap();
         assert_eq!(other.get("orders", "s", "k2").await.unwrap().value, b"w");
         assert_eq!(ours.get("orders", "s", "k").await.unwrap().value, b"v");
+    }
+
+    #[tokio::test]
+    async fn app_ids_are_accepted_and_kept_apart_from_the_names_they_begin_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::embedded(&dir.path().join("o.redb")).unwrap();
+        let store = ObjectStore::new(backend, Keyring::single(MasterKey::generate()));
+        let apps = ["shop", "shop--x1", "shop-1"];
+        for app in apps {
+            store
+                .put(app, "s", "k", app.as_bytes(), None, Precondition::None)
+                .await
+                .unwrap();
+        }
+        for app in apps {
+            assert_eq!(
+                store.get(app, "s", "k").await.unwrap().value,
+                app.as_bytes()
+            );
+            assert_eq!(store.stats(app, "s").await.unwrap().keys, 1);
+        }
+        for bad in ["shop--", "shop--X", "shop--a-b"] {
+            let err = store.get(bad, "s", "k").await.unwrap_err();
+            assert!(matches!(err, StoreError::Invalid(_)), "{bad}: {err:?}");
+        }
     }
 
     #[test]

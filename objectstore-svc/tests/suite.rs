@@ -20,6 +20,8 @@ use objectstore_svc::{Config, EMBEDDED_FILE, Settings};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 
+mod forget;
+
 const APP: &str = "orders";
 const TABLE: &str = "wf-objectstore-suite";
 
@@ -29,6 +31,7 @@ struct Harness {
     tokens: TokenKey,
     client: Client,
     store: String,
+    table: String,
     data: tempfile::TempDir,
     shutdown: Shutdown,
 }
@@ -37,6 +40,15 @@ impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
+}
+
+/// A stopped service's data (its embedded file or table, its secrets): to
+/// look at as stored, and to start a service on again.
+struct Stopped {
+    kind: BackendKind,
+    table: String,
+    store: String,
+    data: tempfile::TempDir,
 }
 
 fn unique(prefix: &str) -> String {
@@ -61,6 +73,11 @@ async fn until_past(at: u64) {
 
 impl Harness {
     async fn start(kind: BackendKind) -> Harness {
+        Self::start_on(kind, TABLE).await
+    }
+
+    /// A service whose DynamoDB backend uses `table`.
+    async fn start_on(kind: BackendKind, table: &str) -> Harness {
         if kind == BackendKind::DynamoDb {
             assert!(
                 std::env::var("AWS_ENDPOINT_URL_DYNAMODB").is_ok(),
@@ -68,36 +85,30 @@ impl Harness {
                  infra/localstack/up and load the env file it prints"
             );
         }
-        let data = tempfile::tempdir().expect("temp dir");
-        let config = Config {
-            data_dir: data.path().to_path_buf(),
-            settings: Settings {
-                backend: kind,
-                table: TABLE.to_string(),
-            },
-            ..Config::default()
-        };
-        let tokens = common::secrets::token_key(&config).expect("token key");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = Shutdown::new(Duration::from_secs(5));
-        tokio::spawn(objectstore_svc::run(config, listener, shutdown.clone()));
-        // The service opens its backend before it accepts; this waits for that.
-        let ready = reqwest::get(format!("{base}/readyz"))
-            .await
-            .expect("readyz");
-        assert_eq!(ready.status(), 200);
-        let token = tokens.issue(APP, Scope::Worker, Duration::from_secs(3600));
-        let client = Client::new(&base, APP, &token).expect("client");
-        Harness {
+        let stopped = Stopped {
             kind,
-            base,
-            tokens,
-            client,
+            table: table.to_string(),
             store: unique("s"),
+            data: tempfile::tempdir().expect("temp dir"),
+        };
+        stopped.start().await
+    }
+
+    /// Stops the service; once it let go of its embedded file, its data.
+    async fn stop(mut self) -> Stopped {
+        self.shutdown.trigger();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"));
+        let stopped = Stopped {
+            kind: self.kind,
+            table: self.table.clone(),
+            store: self.store.clone(),
             data,
-            shutdown,
+        };
+        drop(self);
+        if stopped.kind == BackendKind::Embedded {
+            drop(open_when_released(&stopped.embedded_file()).await);
         }
+        stopped
     }
 
     fn client_for(&self, app: &str, scope: Scope) -> Client {
@@ -132,7 +143,7 @@ impl Harness {
                 let ddb = aws_sdk_dynamodb::Client::new(&sdk);
                 let query = |pk: String| {
                     ddb.query()
-                        .table_name(TABLE)
+                        .table_name(&self.table)
                         .key_condition_expression("pk = :pk")
                         .expression_attribute_values(":pk", AttributeValue::S(pk))
                         .into_paginator()
@@ -155,6 +166,61 @@ impl Harness {
             }
         }
     }
+}
+
+impl Stopped {
+    /// The embedded store's file.
+    fn embedded_file(&self) -> std::path::PathBuf {
+        self.data.path().join(EMBEDDED_FILE)
+    }
+
+    /// Starts a service on this data.
+    async fn start(self) -> Harness {
+        let config = Config {
+            data_dir: self.data.path().to_path_buf(),
+            settings: Settings {
+                backend: self.kind,
+                table: self.table.clone(),
+            },
+            ..Config::default()
+        };
+        let tokens = common::secrets::token_key(&config).expect("token key");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = Shutdown::new(Duration::from_secs(5));
+        tokio::spawn(objectstore_svc::run(config, listener, shutdown.clone()));
+        // The service opens its backend before it accepts; this waits for that.
+        let ready = reqwest::get(format!("{base}/readyz"))
+            .await
+            .expect("readyz");
+        assert_eq!(ready.status(), 200);
+        let token = tokens.issue(APP, Scope::Worker, Duration::from_secs(3600));
+        let client = Client::new(&base, APP, &token).expect("client");
+        Harness {
+            kind: self.kind,
+            base,
+            tokens,
+            client,
+            store: self.store,
+            table: self.table,
+            data: self.data,
+            shutdown,
+        }
+    }
+}
+
+/// The embedded store at `path`, opened once no service holds it (at most 10 s):
+/// a stopped service can still be dropping its last handle on another thread.
+async fn open_when_released(path: &std::path::Path) -> redb::Database {
+    for _ in 0..500 {
+        match redb::Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other.unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+    panic!("{} is still open", path.display());
 }
 
 fn append_attrs(out: &mut Vec<u8>, item: &std::collections::HashMap<String, AttributeValue>) {
@@ -742,3 +808,37 @@ suite!(
     bad_input_is_refused_and_changes_nothing,
     values_are_ciphertext_at_rest,
 );
+
+/// Forgetting an app, on each backend; each case on a table of its own.
+mod forgetting {
+    use super::{BackendKind, Harness, forget};
+
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            mod embedded {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $case() {
+                        let h = super::Harness::start(super::BackendKind::Embedded).await;
+                        super::forget::$case(h).await
+                    }
+                )*
+            }
+            mod dynamodb {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $case() {
+                        let table = super::forget::own_table();
+                        let h = super::Harness::start_on(super::BackendKind::DynamoDb, &table).await;
+                        super::forget::$case(h).await
+                    }
+                )*
+            }
+        };
+    }
+
+    cases!(
+        forgetting_an_app_refuses_its_tokens_and_purges_it_alone,
+        a_purge_cut_short_is_finished_by_the_next_call,
+    );
+}

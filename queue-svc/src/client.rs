@@ -52,6 +52,56 @@ impl ClientError {
             ClientError::Transport(_) => None,
         }
     }
+
+    /// Whether the same call may succeed later: the service was not reached
+    /// or did not answer in time, failed (5xx) or was busy (429). A refusal
+    /// (any other 4xx) will be refused again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport(_) => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+        }
+    }
+}
+
+/// How long [`forget_app`] waits for its answer: purging every queue of an
+/// app can take a while on SQS.
+pub const FORGET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Asks queue-svc at `base_url` to forget the deleted app `app_id`, with the
+/// fabric's internal token: from the first moment its tokens are refused,
+/// then every queue it had is deleted, DLQs included. `Ok` once all of it is
+/// gone. Safe to repeat, and worth repeating while the error
+/// [`is_retryable`](ClientError::is_retryable): the next call finishes the job.
+pub async fn forget_app(
+    base_url: &str,
+    app_id: &str,
+    internal_token: &str,
+) -> Result<(), ClientError> {
+    let mut url = reqwest::Url::parse(base_url)
+        .map_err(|e| ClientError::Transport(format!("base URL {base_url:?}: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|()| ClientError::Transport(format!("base URL {base_url:?} cannot be a base")))?
+        .pop_if_empty()
+        .extend(["v1", "apps", app_id]);
+    let http = reqwest::Client::builder().timeout(FORGET_TIMEOUT).build()?;
+    answered(http.delete(url).bearer_auth(internal_token).send().await?).await?;
+    Ok(())
+}
+
+/// A success as is; an error answer as [`ClientError::Api`].
+async fn answered(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+    Err(ClientError::Api {
+        status,
+        kind: text("error"),
+        message: text("message"),
+    })
 }
 
 impl From<reqwest::Error> for ClientError {
@@ -112,18 +162,7 @@ impl Client {
     }
 
     async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        let status = resp.status().as_u16();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        let text = |k: &str| body[k].as_str().unwrap_or_default().to_string();
-        Err(ClientError::Api {
-            status,
-            kind: text("error"),
-            message: text("message"),
-        })
+        answered(req.send().await?).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

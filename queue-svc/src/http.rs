@@ -1,4 +1,4 @@
-//! The HTTP API: routes, app-token checks, parameters, and errors through `ApiError`.
+//! The HTTP API: routes, token and tombstone checks, parameters, and errors through `ApiError`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use common::http::{ApiError, authorize};
+use common::http::{ApiError, authorize, authorize_internal};
 use common::shutdown::Shutdown;
 use common::token::{Scope, TokenKey};
+use common::tombstone::{Admitted, Tombstones};
 use serde::Deserialize;
 
 use crate::api::{
@@ -29,10 +30,25 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 pub(crate) struct Api {
     pub queues: Arc<Queues>,
     pub tokens: TokenKey,
+    pub tombstones: Tombstones,
     pub shutdown: Shutdown,
 }
 
 impl Api {
+    /// The one check of every request for an app: its token opens `app`
+    /// with `scope` (else 401 or 403), and the app was not deleted (else
+    /// 403). The request counts as in flight for the app while the
+    /// admission is held, so that deleting the app waits for it.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        app: &str,
+        scope: Scope,
+    ) -> Result<Admitted, ApiError> {
+        authorize(&self.tokens, headers, app, scope)?;
+        Ok(self.tombstones.admit(app)?)
+    }
+
     /// The app's queue a request names, once its token may act on it with `scope`.
     fn queue(
         &self,
@@ -40,15 +56,16 @@ impl Api {
         app: &str,
         queue: &str,
         scope: Scope,
-    ) -> Result<QueueId, ApiError> {
-        authorize(&self.tokens, headers, app, scope)?;
-        Ok(Queues::queue_id(app, queue)?)
+    ) -> Result<(QueueId, Admitted), ApiError> {
+        let admitted = self.authorize(headers, app, scope)?;
+        Ok((Queues::queue_id(app, queue)?, admitted))
     }
 }
 
 /// The API's routes.
 pub(crate) fn router(api: Api) -> Router {
     Router::new()
+        .route("/v1/apps/{app}", delete(forget))
         .route("/v1/apps/{app}/queues", get(list))
         .route("/v1/apps/{app}/queues/{queue}", put(declare).get(stats))
         .route(
@@ -115,7 +132,7 @@ fn lock_of(text: Option<&str>) -> Result<Duration, QueueError> {
 
 async fn list(State(api): State<Api>, Path(app): Path<String>, headers: HeaderMap) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Read)?;
+        let _admitted = api.authorize(&headers, &app, Scope::Read)?;
         let queues = api.queues.list(&app).await?;
         Ok(Json(QueueList { queues }))
     };
@@ -129,7 +146,7 @@ async fn declare(
     spec: Result<Json<QueueSpec>, JsonRejection>,
 ) -> Response {
     let result = async {
-        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
+        let (q, _admitted) = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let spec = body(spec)?;
         Ok(Json(api.queues.declare(&q, spec).await?))
     };
@@ -142,7 +159,7 @@ async fn stats(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let q = api.queue(&headers, &app, &queue, Scope::Read)?;
+        let (q, _admitted) = api.queue(&headers, &app, &queue, Scope::Read)?;
         Ok(Json(api.queues.stats(&q).await?))
     };
     respond(&headers, result.await)
@@ -155,7 +172,7 @@ async fn publish(
     request: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Response {
     let result = async {
-        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
+        let (q, _admitted) = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let request = body(request)?;
         let ids = api.queues.publish(&q, request.messages).await?;
         Ok((StatusCode::CREATED, Json(PublishResponse { ids })))
@@ -169,7 +186,7 @@ async fn purge(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
+        let (q, _admitted) = api.queue(&headers, &app, &queue, Scope::Worker)?;
         api.queues.purge(&q).await?;
         Ok(StatusCode::NO_CONTENT)
     };
@@ -218,12 +235,15 @@ async fn lease(
     params: Result<Query<LeaseQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
-        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
+        let (q, admitted) = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let params = lease_params(query(params)?)?;
-        // A long poll ends early on shutdown; anything it leased is redelivered after its lock.
+        // A long poll ends early on shutdown; anything it leased is
+        // redelivered after its lock. It ends too when its app is deleted,
+        // so as not to hold up the purge.
         let messages = tokio::select! {
             r = api.queues.lease(&q, params) => r?,
             () = api.shutdown.triggered() => Vec::new(),
+            () = admitted.deleted() => Vec::new(),
         };
         Ok(Json(LeaseResponse { messages }))
     };
@@ -236,7 +256,7 @@ async fn redrive(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let q = api.queue(&headers, &app, &queue, Scope::Worker)?;
+        let (q, _admitted) = api.queue(&headers, &app, &queue, Scope::Worker)?;
         let moved = api.queues.redrive(&q).await?;
         Ok(Json(RedriveResponse { moved }))
     };
@@ -249,7 +269,7 @@ async fn ack(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
         api.queues.ack_one(&app, lease).await?;
         Ok(StatusCode::NO_CONTENT)
     };
@@ -263,7 +283,7 @@ async fn ack_batch(
     request: Result<Json<AckRequest>, JsonRejection>,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
         let request = body(request)?;
         Ok(Json(api.queues.ack(&app, request.leases).await?))
     };
@@ -277,7 +297,7 @@ async fn rollback(
     request: Option<Json<RollbackRequest>>,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
         let error = request.and_then(|Json(r)| r.error);
         api.queues.rollback(&app, &lease, error).await?;
         Ok(StatusCode::NO_CONTENT)
@@ -299,9 +319,20 @@ async fn extend(
     params: Result<Query<ExtendQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
-        authorize(&api.tokens, &headers, &app, Scope::Worker)?;
+        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
         let lock = lock_of(query(params)?.lock.as_deref())?;
         api.queues.extend(&app, &lease, lock).await?;
+        Ok(StatusCode::NO_CONTENT)
+    };
+    respond(&headers, result.await)
+}
+
+/// `DELETE /v1/apps/{app}`: the fabric forgets a deleted app. Only an
+/// internal token may ask; 204 once every queue of the app is gone.
+async fn forget(State(api): State<Api>, Path(app): Path<String>, headers: HeaderMap) -> Response {
+    let result = async {
+        authorize_internal(&api.tokens, &headers)?;
+        api.queues.forget(&app).await?;
         Ok(StatusCode::NO_CONTENT)
     };
     respond(&headers, result.await)

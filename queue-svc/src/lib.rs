@@ -1,7 +1,7 @@
 //! Persistent queues for apps: per-app queues over SQS or an embedded store.
 //!
 //! [`run`] serves the HTTP API (publish, lease, ack, rollback, extend, DLQ
-//! redrive, purge, stats) beside `/healthz`, `/readyz` and `/metrics`;
+//! redrive, purge, stats, and forgetting a deleted app) beside `/healthz`, `/readyz` and `/metrics`;
 //! [`client`] is what workers use to talk to it. See docs/queue-svc.md.
 #![forbid(unsafe_code)]
 
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use common::config::{ConfigError, ServiceConfig};
 use common::http::{Readiness, ops_router, registry};
 use common::shutdown::Shutdown;
+use common::tombstone::{REFRESH_INTERVAL, Tombstones};
 use tokio::net::TcpListener;
 
 pub use backend::{Backend, BackendError, EMBEDDED_FILE};
@@ -55,15 +56,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let mut registry = registry(NAME);
     let metrics = metrics::Metrics::register(&mut registry);
     tracing::info!(backend = %config.settings.backend, "queue backend open");
+    let tombstones = Tombstones::new(backend.0.tombstones().await?);
+    let refresh = backend.clone();
+    tombstones.spawn_refresh(&shutdown, REFRESH_INTERVAL, move || {
+        let backend = refresh.clone();
+        async move { backend.0.tombstones().await }
+    });
     let queues = Arc::new(service::Queues::new(
         backend,
         keyring,
         config.settings.clone(),
         metrics,
+        tombstones.clone(),
     ));
     let api = http::Api {
         queues,
         tokens,
+        tombstones,
         shutdown: shutdown.clone(),
     };
     let router = http::router(api).merge(ops_router(readiness.clone(), Arc::new(registry)));

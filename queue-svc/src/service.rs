@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::app::{validate_app_name, validate_resource_name};
+use common::app::{validate_app_id, validate_resource_name};
 use common::envelope::{Aad, Keyring, ResourceKind};
+use common::tombstone::{DRAIN_LIMIT, Tombstones};
 
 use crate::api::{
     AckFailure, AckResponse, LeasedMessage, MAX_BATCH, MAX_BODY_BYTES, NewMessage, QueueSpec,
@@ -96,6 +97,7 @@ pub(crate) struct Queues {
     settings: Settings,
     configs: RwLock<HashMap<QueueId, QueueConfig>>,
     metrics: Metrics,
+    tombstones: Tombstones,
 }
 
 impl Queues {
@@ -104,6 +106,7 @@ impl Queues {
         keyring: Keyring,
         settings: Settings,
         metrics: Metrics,
+        tombstones: Tombstones,
     ) -> Self {
         Queues {
             backend,
@@ -111,12 +114,13 @@ impl Queues {
             settings,
             configs: RwLock::default(),
             metrics,
+            tombstones,
         }
     }
 
     /// A queue id from names that come from a request.
     pub(crate) fn queue_id(app: &str, queue: &str) -> Result<QueueId, QueueError> {
-        validate_app_name(app)?;
+        validate_app_id(app)?;
         validate_resource_name("queue name", queue)?;
         Ok(QueueId {
             app: app.to_string(),
@@ -472,7 +476,7 @@ impl Queues {
     }
 
     pub(crate) async fn list(&self, app: &str) -> Result<Vec<QueueStats>, QueueError> {
-        validate_app_name(app)?;
+        validate_app_id(app)?;
         let mut out = Vec::new();
         for (name, config) in self.backend.0.list(app).await? {
             let q = Self::queue_id(app, &name)?;
@@ -480,6 +484,31 @@ impl Queues {
             out.push(self.stats_with(&q, config).await?);
         }
         Ok(out)
+    }
+
+    /// Forgets an app: records its tombstone (durably, then here, so its
+    /// tokens are refused from now on), waits for its requests already
+    /// admitted, then deletes every queue it had. Idempotent: a call that
+    /// failed part-way is finished by the next.
+    pub(crate) async fn forget(&self, app: &str) -> Result<(), QueueError> {
+        validate_app_id(app)?;
+        self.backend.0.bury(app).await?;
+        self.tombstones.bury(app);
+        if !self.tombstones.drained(app, DRAIN_LIMIT).await {
+            return Err(QueueError::Unavailable(format!(
+                "requests of app {app} admitted before its deletion are still running; retry"
+            )));
+        }
+        self.backend.0.purge_app(app).await?;
+        self.configs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|q, _| q.app != app);
+        tracing::info!(
+            app,
+            "app forgotten: tombstone recorded, every queue deleted"
+        );
+        Ok(())
     }
 }
 

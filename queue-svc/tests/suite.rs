@@ -1,5 +1,6 @@
 //! One suite of queue semantics, run against every backend: embedded, and SQS through the emulator.
 
+mod forget;
 mod support;
 
 use std::collections::BTreeSet;
@@ -523,4 +524,16 @@ async fn embedded_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_backend() {
     suite(BackendKind::Sqs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_backend_forgets_an_app() {
+    forget::forgetting_an_app_refuses_its_tokens_and_purges_it_alone(BackendKind::Embedded).await;
+    forget::a_purge_cut_short_is_finished_by_the_next_call(BackendKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_backend_forgets_an_app() {
+    forget::forgetting_an_app_refuses_its_tokens_and_purges_it_alone(BackendKind::Sqs).await;
+    forget::a_purge_cut_short_is_finished_by_the_next_call(BackendKind::Sqs).await;
 }

@@ -4,8 +4,20 @@
 //! - object head: `pk = o#{app}#{store}`, `sk = key`; `e` ETag, `z` plaintext
 //!   size, `x` expiry (ms, exact), `ttl` expiry (s, for DynamoDB's lazy TTL
 //!   deletion), and either `v` (the sealed value) or `ver` and `n` (its chunks);
-//! - chunk: `pk = c#{version}`, `sk = {index:05}`, `v` one slice of the sealed value;
-//! - lease: `pk = l#{app}`, `sk = name`; `h` holder, `t` fencing token, `x` expiry (ms).
+//! - chunk: `pk = c#{version}`, `sk = {index:05}`, `v` one slice of the sealed
+//!   value; a version is `{app}#{random id}` (a bare random id when written
+//!   before app purges existed);
+//! - lease: `pk = l#{app}`, `sk = name`; `h` holder, `t` fencing token, `x` expiry (ms);
+//! - tombstone: `pk = _tombstones`, `sk = app`, `at` when it was deleted (ms):
+//!   every other key begins with a letter and `#`, so no app has this one.
+//!
+//! Purging an app scans the table for `o#{app}#` (every store), `l#{app}`
+//! and `c#{app}#`: an app's items lie in one partition per store, and
+//! DynamoDB lists partitions by no prefix, so the scan reads the whole
+//! table, once per deleted app. App ids hold no `#`, so those prefixes
+//! match no other app's items. The chunks a head points to are deleted
+//! before the head, so an older chunk version without its app in its key
+//! is found through its head, even when a purge is cut short and resumed.
 //!
 //! A value over [`CHUNK`] bytes is written as chunks under a fresh version id
 //! first, then the head is switched to that version by one conditional put;
@@ -22,12 +34,15 @@
 //! anyway) and keeps the emulator honest for a single instance. Between
 //! instances, atomicity is DynamoDB's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TimeToLiveSpecification};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, ReturnValue, TimeToLiveSpecification, WriteRequest,
+};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
@@ -44,6 +59,13 @@ pub(crate) const CHUNK: usize = 280 * 1024;
 const CHUNK_PARALLELISM: usize = 8;
 /// How often a reader starts over when a value is replaced under it.
 const READ_ATTEMPTS: usize = 16;
+/// The partition of the tombstones.
+const TOMBSTONES: &str = "_tombstones";
+/// Deletes per `BatchWriteItem` call, DynamoDB's most.
+const DELETE_BATCH: usize = 25;
+/// Calls for one batch of deletes while DynamoDB leaves some unprocessed
+/// (throttled), pausing 50 ms and doubling between them.
+const DELETE_ATTEMPTS: u32 = 8;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -141,8 +163,16 @@ fn object_pk(app: &str, store: &str) -> String {
     format!("o#{app}#{store}")
 }
 
+/// An item's partition and sort keys, as strings.
+type Key = (String, String);
+
+fn chunk_id(version: &str, index: u64) -> Key {
+    (format!("c#{version}"), format!("{index:05}"))
+}
+
 fn chunk_key(version: &str, index: u64) -> (AttributeValue, AttributeValue) {
-    (s(format!("c#{version}")), s(format!("{index:05}")))
+    let (pk, sk) = chunk_id(version, index);
+    (s(pk), s(sk))
 }
 
 fn malformed(what: &str, reason: &str) -> BackendError {
@@ -366,7 +396,8 @@ impl DynamoDb {
             req = req.item("v", AttributeValue::B(record.sealed.into()));
             None
         } else {
-            let version = uuid::Uuid::new_v4().simple().to_string();
+            // The app in the version lets a purge find chunks no head points to.
+            let version = format!("{}#{}", id.app, uuid::Uuid::new_v4().simple());
             let count = self.write_chunks(&version, &record.sealed, ttl).await?;
             req = req.item("ver", s(&version)).item("n", n(count));
             Some((version, count))
@@ -721,6 +752,146 @@ impl DynamoDb {
     }
 }
 
+/// Forgetting an app: its tombstone, and every item it has.
+impl DynamoDb {
+    async fn bury_app(&self, app: String) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(TOMBSTONES))
+            .item("sk", s(app))
+            .item("at", n(now))
+            .send()
+            .await
+            .map_err(sdk("bury"))?;
+        Ok(())
+    }
+
+    async fn read_tombstones(&self) -> Result<Vec<String>> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("#pk = :pk")
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_values(":pk", s(TOMBSTONES))
+            .into_paginator()
+            .items()
+            .send();
+        let mut apps = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(sdk("tombstones"))?;
+            if let Some(app) = get_s(&item, "sk") {
+                apps.push(app.to_string());
+            }
+        }
+        Ok(apps)
+    }
+
+    /// Scans for the app's items a page at a time and deletes what each
+    /// page found: first the chunks its heads point to, then the items.
+    async fn purge(&self, app: String) -> Result<()> {
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression("begins_with(#pk, :o) OR #pk = :l OR begins_with(#pk, :c)")
+                .projection_expression("#pk, #sk, #ver, #n")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_names("#ver", "ver")
+                .expression_attribute_names("#n", "n")
+                .expression_attribute_values(":o", s(format!("o#{app}#")))
+                .expression_attribute_values(":l", s(format!("l#{app}")))
+                .expression_attribute_values(":c", s(format!("c#{app}#")))
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(sdk("purge scan"))?;
+            let pointed: BTreeSet<Key> = out
+                .items()
+                .iter()
+                .filter_map(chunks_of)
+                .flat_map(|(version, count)| (0..count).map(move |i| chunk_id(&version, i)))
+                .collect();
+            self.delete_all(pointed).await?;
+            let found: BTreeSet<Key> = out
+                .items()
+                .iter()
+                .filter_map(|item| Some((get_s(item, "pk")?.into(), get_s(item, "sk")?.into())))
+                .collect();
+            self.delete_all(found).await?;
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Deletes the items of `keys` (one gone already is no error), a batch
+    /// of [`DELETE_BATCH`] per call, several calls at once.
+    async fn delete_all(&self, keys: BTreeSet<Key>) -> Result<()> {
+        let keys: Vec<Key> = keys.into_iter().collect();
+        let batches: Vec<Vec<Key>> = keys.chunks(DELETE_BATCH).map(<[Key]>::to_vec).collect();
+        futures::stream::iter(batches)
+            .map(|batch| async move { self.delete_batch(&batch).await })
+            .buffer_unordered(CHUNK_PARALLELISM)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_batch(&self, batch: &[Key]) -> Result<()> {
+        let mut requests = batch
+            .iter()
+            .map(|(pk, sk)| {
+                let delete = DeleteRequest::builder()
+                    .key("pk", s(pk))
+                    .key("sk", s(sk))
+                    .build()
+                    .map_err(|e| BackendError::DynamoDb {
+                        op: "purge",
+                        message: e.to_string(),
+                    })?;
+                Ok(WriteRequest::builder().delete_request(delete).build())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..DELETE_ATTEMPTS {
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, requests)
+                .send()
+                .await
+                .map_err(sdk("purge"))?;
+            requests = out
+                .unprocessed_items
+                .and_then(|mut left| left.remove(&self.table))
+                .unwrap_or_default();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        Err(BackendError::DynamoDb {
+            op: "purge",
+            message: format!(
+                "{} deletes still unprocessed (throttled) after {DELETE_ATTEMPTS} calls",
+                requests.len()
+            ),
+        })
+    }
+}
+
 fn if_match(
     req: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
     etag: &str,
@@ -798,5 +969,17 @@ impl StoreBackend for DynamoDb {
         now: Millis,
     ) -> BoxFuture<'_, Result<LeaseOutcome>> {
         self.release_lease(id, holder, token, now).boxed()
+    }
+
+    fn bury(&self, app: String) -> BoxFuture<'_, Result<()>> {
+        self.bury_app(app).boxed()
+    }
+
+    fn tombstones(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.read_tombstones().boxed()
+    }
+
+    fn purge_app(&self, app: String) -> BoxFuture<'_, Result<()>> {
+        self.purge(app).boxed()
     }
 }

@@ -2,9 +2,14 @@
 //!
 //! Tables, each keyed by a tuple so that redb orders and compares it (no
 //! hand-written encoding): `meta` and `data` by (app, store, key), `leases`
-//! by (app, lease name). A value's metadata and bytes change in the same
-//! transaction, and a compare-and-set reads and writes inside it, so redb's
-//! single writer makes every condition atomic.
+//! by (app, lease name); `tombstones` by app. A value's metadata and bytes
+//! change in the same transaction, and a compare-and-set reads and writes
+//! inside it, so redb's single writer makes every condition atomic.
+//!
+//! An app's rows are those whose first element is the app: one contiguous
+//! range per table, which no other app shares, whatever its name begins
+//! with. Purging an app deletes them by that range, [`PURGE_PAGE`] rows a
+//! transaction.
 //!
 //! Writes are group-committed (`common::group_commit`): concurrent writes
 //! share one transaction and one fsync, and each is acknowledged only after
@@ -33,6 +38,12 @@ type Lease<'a> = (&'a str, u64, u64);
 const META: TableDefinition<ObjectKey, Meta> = TableDefinition::new("objectstore_meta");
 const DATA: TableDefinition<ObjectKey, &[u8]> = TableDefinition::new("objectstore_data");
 const LEASES: TableDefinition<(&str, &str), Lease> = TableDefinition::new("objectstore_leases");
+/// app -> when it was deleted (ms).
+const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("objectstore_tombstones");
+
+/// Rows an app purge deletes per transaction, so that the writes sharing
+/// the writer's transactions never wait behind a whole app.
+const PURGE_PAGE: usize = 1000;
 
 pub(crate) struct Embedded {
     db: Arc<Database>,
@@ -62,6 +73,8 @@ impl Embedded {
             txn.open_table(META).map_err(|e| err("open")(e.into()))?;
             txn.open_table(DATA).map_err(|e| err("open")(e.into()))?;
             txn.open_table(LEASES).map_err(|e| err("open")(e.into()))?;
+            txn.open_table(TOMBSTONES)
+                .map_err(|e| err("open")(e.into()))?;
         }
         txn.commit().map_err(|e| err("open")(e.into()))?;
         let db = Arc::new(db);
@@ -353,6 +366,93 @@ impl StoreBackend for Embedded {
             _ => (LeaseOutcome::Lost, None),
         })
     }
+
+    fn bury(&self, app: String) -> BoxFuture<'_, Result<()>> {
+        self.write("bury", move |txn| {
+            let mut tombstones = txn.open_table(TOMBSTONES)?;
+            if tombstones.get(app.as_str())?.is_none() {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                tombstones.insert(app.as_str(), now)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn tombstones(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        self.blocking("tombstones", |db| {
+            let txn = db.begin_read()?;
+            let tombstones = txn.open_table(TOMBSTONES)?;
+            let mut apps = Vec::new();
+            for e in tombstones.iter()? {
+                apps.push(e?.0.value().to_string());
+            }
+            Ok(apps)
+        })
+    }
+
+    fn purge_app(&self, app: String) -> BoxFuture<'_, Result<()>> {
+        async move {
+            loop {
+                let app = app.clone();
+                let removed = self
+                    .write("purge app", move |txn| purge_page(txn, &app, PURGE_PAGE))
+                    .await?;
+                if removed == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Deletes up to `limit` rows of `app` from a table keyed by (app, store,
+/// key); returns how many it deleted.
+fn purge_objects<V: redb::Value + 'static>(
+    table: &mut redb::Table<ObjectKey<'static>, V>,
+    app: &str,
+    limit: usize,
+) -> std::result::Result<usize, redb::Error> {
+    let keys = table
+        .range::<ObjectKey>((app, "", "")..)?
+        .map(|e| {
+            e.map(|(k, _)| {
+                let (a, s, key) = k.value();
+                (a.to_string(), s.to_string(), key.to_string())
+            })
+        })
+        .take_while(|e| e.as_ref().map_or(true, |(a, _, _)| a == app))
+        .take(limit)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for (a, s, key) in &keys {
+        table.remove((a.as_str(), s.as_str(), key.as_str()))?;
+    }
+    Ok(keys.len())
+}
+
+/// Deletes up to `limit` rows of `app` from every table; returns how many.
+fn purge_page(
+    txn: &WriteTransaction,
+    app: &str,
+    limit: usize,
+) -> std::result::Result<usize, redb::Error> {
+    let mut left = limit;
+    left -= purge_objects(&mut txn.open_table(META)?, app, left)?;
+    left -= purge_objects(&mut txn.open_table(DATA)?, app, left)?;
+    let mut leases = txn.open_table(LEASES)?;
+    let names = leases
+        .range::<(&str, &str)>((app, "")..)?
+        .map(|e| e.map(|(k, _)| (k.value().0.to_string(), k.value().1.to_string())))
+        .take_while(|e| e.as_ref().map_or(true, |(a, _)| a == app))
+        .take(left)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    for (a, name) in &names {
+        leases.remove((a.as_str(), name.as_str()))?;
+    }
+    left -= names.len();
+    Ok(limit - left)
 }
 
 impl Embedded {
@@ -386,5 +486,64 @@ impl Embedded {
             };
             Ok(outcome)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_is_purged_page_by_page_and_no_other_app_loses_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("o.redb")).unwrap();
+        let apps = ["shop", "shop--x1", "shop-1", "sho"];
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            let mut data = txn.open_table(DATA).unwrap();
+            let mut leases = txn.open_table(LEASES).unwrap();
+            for app in apps {
+                for store in ["_idempotent", "orders"] {
+                    for i in 0..12 {
+                        let key = format!("k{i}");
+                        meta.insert((app, store, key.as_str()), ("e", 1, 0))
+                            .unwrap();
+                        data.insert((app, store, key.as_str()), b"v".as_slice())
+                            .unwrap();
+                    }
+                }
+                leases.insert((app, "primary"), ("w", 1, 0)).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+
+        let mut pages = Vec::new();
+        loop {
+            let txn = store.db.begin_write().unwrap();
+            let removed = purge_page(&txn, "shop", 10).unwrap();
+            txn.commit().unwrap();
+            if removed == 0 {
+                break;
+            }
+            pages.push(removed);
+        }
+        // 24 values, each in two tables, and a lease: 49 rows.
+        assert_eq!(pages, [10, 10, 10, 10, 9]);
+        let txn = store.db.begin_read().unwrap();
+        let mut left = std::collections::BTreeMap::<String, usize>::new();
+        for e in txn.open_table(META).unwrap().iter().unwrap() {
+            *left.entry(e.unwrap().0.value().0.to_string()).or_default() += 1;
+        }
+        for e in txn.open_table(DATA).unwrap().iter().unwrap() {
+            *left.entry(e.unwrap().0.value().0.to_string()).or_default() += 1;
+        }
+        for e in txn.open_table(LEASES).unwrap().iter().unwrap() {
+            *left.entry(e.unwrap().0.value().0.to_string()).or_default() += 1;
+        }
+        let others: std::collections::BTreeMap<String, usize> = ["sho", "shop--x1", "shop-1"]
+            .map(|a| (a.to_string(), 49))
+            .into();
+        assert_eq!(left, others);
     }
 }

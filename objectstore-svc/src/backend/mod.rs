@@ -235,6 +235,14 @@ pub(crate) trait StoreBackend: Send + Sync {
         token: u64,
         now: Millis,
     ) -> BoxFuture<'_, Result<LeaseOutcome>>;
+    /// Records, durably, that `app` was deleted (idempotent).
+    fn bury(&self, app: String) -> BoxFuture<'_, Result<()>>;
+    /// Every app recorded as deleted.
+    fn tombstones(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+    /// Deletes every value (and chunk) of every store of `app`, and its
+    /// leases, and nothing of any other app. Idempotent: a call cut short
+    /// is finished by the next.
+    fn purge_app(&self, app: String) -> BoxFuture<'_, Result<()>>;
 }
 
 /// The backend a service stores into. Cheap to clone.

@@ -5,7 +5,13 @@
 //! - `messages`: (part, id) -> the message's metadata (JSON); ids are UUIDv7,
 //!   so the first entry of a part is its oldest message;
 //! - `bodies`: (part, id) -> the stored body;
-//! - `schedule`: (part, visible at ms, id) -> (): what becomes visible when.
+//! - `schedule`: (part, visible at ms, id) -> (): what becomes visible when;
+//! - `tombstones`: app id -> when it was deleted (ms).
+//!
+//! An app's rows are exactly those whose part key starts with `{app}/`: app
+//! ids hold no `/`, so no other app's keys share that prefix (`shop/` is not
+//! a prefix of `shop--x/` nor of `shop-1/`). Purging an app deletes them by
+//! that prefix, [`PURGE_PAGE`] rows a transaction.
 //!
 //! Writes are group-committed (`common::group_commit`): concurrent publishes,
 //! leases and acks share one transaction and one fsync, each acknowledged
@@ -34,6 +40,11 @@ const QUEUES: TableDefinition<&str, &str> = TableDefinition::new("queues");
 const MESSAGES: TableDefinition<(&str, u128), &str> = TableDefinition::new("messages");
 const BODIES: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("bodies");
 const SCHEDULE: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("schedule");
+const TOMBSTONES: TableDefinition<&str, u64> = TableDefinition::new("tombstones");
+
+/// Rows an app purge deletes per transaction, so that the writes sharing
+/// the writer's transactions never wait behind a whole app.
+const PURGE_PAGE: usize = 1000;
 
 const NAME: &str = "embedded";
 
@@ -88,6 +99,7 @@ impl Embedded {
         txn.open_table(BODIES).map_err(err)?;
         txn.open_table(QUEUES).map_err(err)?;
         txn.open_table(SCHEDULE).map_err(err)?;
+        txn.open_table(TOMBSTONES).map_err(err)?;
         txn.commit().map_err(err)?;
         let db = Arc::new(db);
         let writer = GroupCommit::start(db.clone(), "queue-writer").map_err(err)?;
@@ -352,6 +364,64 @@ fn move_message(
         .insert((to, meta.visible_ms, id), ())
         .map_err(err)?;
     Ok(true)
+}
+
+/// Deletes up to `limit` rows of a `(part, id)` table whose part key
+/// starts with `prefix`; returns how many it deleted.
+fn purge_rows<V: redb::Value + 'static>(
+    table: &mut redb::Table<(&'static str, u128), V>,
+    prefix: &str,
+    limit: usize,
+) -> Result<usize, BackendError> {
+    let keys = table
+        .range((prefix, 0)..)
+        .map_err(err)?
+        .map(|e| e.map(|(k, _)| (k.value().0.to_string(), k.value().1)))
+        .take_while(|e| e.as_ref().map_or(true, |(pk, _)| pk.starts_with(prefix)))
+        .take(limit)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    for (pk, id) in &keys {
+        table.remove((pk.as_str(), *id)).map_err(err)?;
+    }
+    Ok(keys.len())
+}
+
+/// Deletes up to `limit` rows whose part key starts with `prefix`, from
+/// every table; returns how many it deleted. Rows are deleted by their
+/// keys, not through the message they belong to, so that nothing of the
+/// app stays behind even where tables disagree.
+fn purge_page(txn: &WriteTransaction, prefix: &str, limit: usize) -> Result<usize, BackendError> {
+    let mut left = limit;
+    left -= purge_rows(&mut txn.open_table(MESSAGES).map_err(err)?, prefix, left)?;
+    left -= purge_rows(&mut txn.open_table(BODIES).map_err(err)?, prefix, left)?;
+    let mut schedule = txn.open_table(SCHEDULE).map_err(err)?;
+    let keys = schedule
+        .range((prefix, 0, 0)..)
+        .map_err(err)?
+        .map(|e| e.map(|(k, _)| (k.value().0.to_string(), k.value().1, k.value().2)))
+        .take_while(|e| e.as_ref().map_or(true, |(pk, _, _)| pk.starts_with(prefix)))
+        .take(left)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    for (pk, visible, id) in &keys {
+        schedule.remove((pk.as_str(), *visible, *id)).map_err(err)?;
+    }
+    left -= keys.len();
+    let mut queues = txn.open_table(QUEUES).map_err(err)?;
+    let keys = queues
+        .range(prefix..)
+        .map_err(err)?
+        .map(|e| e.map(|(k, _)| k.value().to_string()))
+        .take_while(|e| e.as_ref().map_or(true, |k| k.starts_with(prefix)))
+        .take(left)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    for k in &keys {
+        queues.remove(k.as_str()).map_err(err)?;
+    }
+    left -= keys.len();
+    Ok(limit - left)
 }
 
 fn ids_of(txn: &WriteTransaction, pk: &str) -> Result<Vec<u128>, BackendError> {
@@ -657,6 +727,49 @@ impl QueueBackend for Embedded {
             .map_err(err)?
         })
     }
+
+    fn bury<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()> {
+        let app = app.to_string();
+        Box::pin(self.write(move |txn| {
+            let mut tombstones = txn.open_table(TOMBSTONES).map_err(err)?;
+            if tombstones.get(app.as_str()).map_err(err)?.is_none() {
+                tombstones.insert(app.as_str(), now_ms()).map_err(err)?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn tombstones(&self) -> BoxFut<'_, Vec<String>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let txn = db.begin_read().map_err(err)?;
+                let tombstones = txn.open_table(TOMBSTONES).map_err(err)?;
+                tombstones
+                    .iter()
+                    .map_err(err)?
+                    .map(|e| e.map(|(k, _)| k.value().to_string()).map_err(err))
+                    .collect()
+            })
+            .await
+            .map_err(err)?
+        })
+    }
+
+    fn purge_app<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()> {
+        let prefix = format!("{app}/");
+        Box::pin(async move {
+            loop {
+                let prefix = prefix.clone();
+                let removed = self
+                    .write(move |txn| purge_page(txn, &prefix, PURGE_PAGE))
+                    .await?;
+                if removed == 0 {
+                    return Ok(());
+                }
+            }
+        })
+    }
 }
 
 /// Opens the embedded backend and starts its retention sweeper.
@@ -668,4 +781,72 @@ pub(crate) fn open_with_sweeper(
     let backend = Arc::new(Embedded::open(path, retention)?);
     backend.spawn_sweeper(shutdown);
     Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_is_purged_page_by_page_and_no_other_app_loses_a_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(&dir.path().join("q.redb"), Duration::from_secs(60)).unwrap();
+        let apps = ["shop", "shop--x1", "shop-1", "sho"];
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut queues = txn.open_table(QUEUES).unwrap();
+            let mut messages = txn.open_table(MESSAGES).unwrap();
+            let mut bodies = txn.open_table(BODIES).unwrap();
+            let mut schedule = txn.open_table(SCHEDULE).unwrap();
+            for app in apps {
+                for part in ["orders", "orders/dlq", "z"] {
+                    let pk = format!("{app}/{part}");
+                    if !part.ends_with("/dlq") {
+                        queues.insert(pk.as_str(), "{}").unwrap();
+                    }
+                    for id in 0..4u128 {
+                        messages.insert((pk.as_str(), id), "{}").unwrap();
+                        bodies.insert((pk.as_str(), id), b"b".as_slice()).unwrap();
+                        schedule.insert((pk.as_str(), 7, id), ()).unwrap();
+                    }
+                }
+            }
+        }
+        txn.commit().unwrap();
+
+        let mut pages = Vec::new();
+        loop {
+            let txn = store.db.begin_write().unwrap();
+            let removed = purge_page(&txn, "shop/", 10).unwrap();
+            txn.commit().unwrap();
+            if removed == 0 {
+                break;
+            }
+            pages.push(removed);
+        }
+        // Three parts of four messages, each in three tables; two queues.
+        assert_eq!(pages, [10, 10, 10, 8]);
+        let txn = store.db.begin_read().unwrap();
+        let mut left = std::collections::BTreeMap::<String, usize>::new();
+        let mut count = |pk: &str| {
+            let app = pk.split_once('/').map_or(pk, |(app, _)| app);
+            *left.entry(app.to_string()).or_default() += 1;
+        };
+        for e in txn.open_table(QUEUES).unwrap().iter().unwrap() {
+            count(e.unwrap().0.value());
+        }
+        for e in txn.open_table(MESSAGES).unwrap().iter().unwrap() {
+            count(e.unwrap().0.value().0);
+        }
+        for e in txn.open_table(BODIES).unwrap().iter().unwrap() {
+            count(e.unwrap().0.value().0);
+        }
+        for e in txn.open_table(SCHEDULE).unwrap().iter().unwrap() {
+            count(e.unwrap().0.value().0);
+        }
+        let others: std::collections::BTreeMap<String, usize> = ["sho", "shop--x1", "shop-1"]
+            .map(|a| (a.to_string(), 38))
+            .into();
+        assert_eq!(left, others);
+    }
 }

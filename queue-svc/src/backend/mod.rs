@@ -152,6 +152,14 @@ pub(crate) trait QueueBackend: Send + Sync {
     fn purge<'a>(&'a self, q: &'a QueueId) -> BoxFut<'a, ()>;
     /// The queue's counts.
     fn counts<'a>(&'a self, q: &'a QueueId) -> BoxFut<'a, Counts>;
+    /// Records, durably, that `app` was deleted (idempotent).
+    fn bury<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()>;
+    /// Every app recorded as deleted.
+    fn tombstones(&self) -> BoxFut<'_, Vec<String>>;
+    /// Deletes every queue of `app`, with its DLQ, messages and settings,
+    /// and nothing of any other app. Idempotent: a call cut short is
+    /// finished by the next.
+    fn purge_app<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()>;
 }
 
 /// The queue store a service runs on: embedded or SQS.

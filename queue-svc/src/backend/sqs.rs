@@ -2,12 +2,20 @@
 //!
 //! The SQS name is `{prefix}{app}_{queue, shortened}_{hash}` (SQS names allow
 //! neither `.` nor more than 80 characters), the DLQ the same with `_dlq`; the
-//! real names and the queue's settings are tags. A message's id, publish time
-//! and stored body travel in the SQS body (see [`encode_body`]); a dead letter
-//! also carries its delivery count (`fdeliv`) and last error (`ferr`) as
-//! message attributes.
-//! The service moves messages to the DLQ itself (not through a redrive
-//! policy), so a dead letter keeps its history.
+//! real names and the queue's settings are tags. The longest app ids leave
+//! too little room for that, and get a compact form (see [`sqs_name`]).
+//! App ids hold no `_`, so `{prefix}{app}_` begins the names of that app's
+//! queues and of no other app's: the app's queues are listed, and purged,
+//! by that prefix.
+//!
+//! A deleted app's tombstone is an empty queue `{prefix}_tomb_{app}`: no
+//! app's queue starts with `{prefix}_`, as app ids start with a letter.
+//!
+//! A message's id, publish time and stored body travel in the SQS body (see
+//! [`encode_body`]); a dead letter also carries its delivery count
+//! (`fdeliv`) and last error (`ferr`) as message attributes. The service
+//! moves messages to the DLQ itself (not through a redrive policy), so a
+//! dead letter keeps its history.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -30,6 +38,11 @@ use crate::settings::Settings;
 
 const NAME: &str = "sqs";
 const SQS_NAME_MAX: usize = 80;
+/// What follows the prefix in a tombstone's queue name.
+const TOMB: &str = "_tomb_";
+/// The room after `{prefix}{app}_` that the readable form needs at least:
+/// `_`, an 8-digit hash and `_dlq`.
+const READABLE_ROOM: usize = 1 + 8 + 4;
 /// Last errors kept in memory for messages not yet dead-lettered (SQS cannot
 /// attach data to a message on rollback); beyond this the map starts over.
 const LAST_ERRORS_MAX: usize = 10_000;
@@ -60,6 +73,74 @@ fn fnv1a(text: &str) -> u32 {
     text.bytes().fold(0x811c_9dc5, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// FNV-1a in 64 bits, for the compact names.
+fn fnv1a64(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The first `len` base-62 digits of `n` (letters of both cases, as SQS
+/// names are case-sensitive).
+fn base62(mut n: u64, len: usize) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    (0..len)
+        .map(|_| {
+            let d = DIGITS[(n % 62) as usize] as char;
+            n /= 62;
+            d
+        })
+        .collect()
+}
+
+/// How every SQS queue name of `app` begins.
+fn app_prefix(prefix: &str, app: &str) -> String {
+    format!("{prefix}{app}_")
+}
+
+/// The SQS name of a queue's part.
+///
+/// Readable, when `{prefix}{app}_` leaves room (every app name, and app ids
+/// up to 66 characters with the prefix): `{queue, shortened}_{hash}`, and
+/// `_dlq` for the DLQ. Else (the longest app ids with the longest prefixes:
+/// at least 5 characters are left, as a prefix has at most 16 and an app id
+/// 58): `m` or `d` for the part, and a base-62 hash of the queue's name in
+/// the room left, 23.8 bits or more. The queue's real name is a tag, checked
+/// on use, so two queues of one app whose hashes collide are told apart.
+fn sqs_name(prefix: &str, q: &QueueId, part: Part) -> String {
+    let app_prefix = app_prefix(prefix, &q.app);
+    let room = SQS_NAME_MAX.saturating_sub(app_prefix.len());
+    if room < READABLE_ROOM {
+        let marker = match part {
+            Part::Main => 'm',
+            Part::Dead => 'd',
+        };
+        let hash = base62(fnv1a64(&q.queue), room.saturating_sub(1));
+        return format!("{app_prefix}{marker}{hash}");
+    }
+    let short: String = q
+        .queue
+        .chars()
+        .map(|c| if c == '.' { '-' } else { c })
+        .take(room - READABLE_ROOM)
+        .collect();
+    let base = format!("{app_prefix}{short}_{:08x}", fnv1a(&q.queue));
+    match part {
+        Part::Main => base,
+        Part::Dead => format!("{base}_dlq"),
+    }
+}
+
+/// The SQS name of `app`'s tombstone.
+fn tomb_name(prefix: &str, app: &str) -> String {
+    format!("{prefix}{TOMB}{app}")
+}
+
+/// The queue name at the end of a queue URL.
+fn name_of(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
 }
 
 fn string_attr(value: impl Into<String>, kind: &str) -> MessageAttributeValue {
@@ -174,25 +255,38 @@ impl Sqs {
         }
     }
 
-    fn app_prefix(&self, app: &str) -> String {
-        format!("{}{app}_", self.prefix)
-    }
-
     /// The SQS queue name of a part.
     fn sqs_name(&self, q: &QueueId, part: Part) -> String {
-        let fixed = self.app_prefix(&q.app).len() + 1 + 8 + 4;
-        let room = SQS_NAME_MAX.saturating_sub(fixed);
-        let short: String = q
-            .queue
-            .chars()
-            .map(|c| if c == '.' { '-' } else { c })
-            .take(room)
-            .collect();
-        let base = format!("{}{short}_{:08x}", self.app_prefix(&q.app), fnv1a(&q.queue));
-        match part {
-            Part::Main => base,
-            Part::Dead => format!("{base}_dlq"),
+        sqs_name(&self.prefix, q, part)
+    }
+
+    /// A queue's tags (none for a DLQ or a tombstone).
+    async fn tags(&self, url: &str) -> Result<HashMap<String, String>, BackendError> {
+        let out = self
+            .client
+            .list_queue_tags()
+            .queue_url(url)
+            .send()
+            .await
+            .map_err(|e| sdk_err("list queue tags", e))?;
+        Ok(out.tags.unwrap_or_default())
+    }
+
+    /// The URLs of every queue whose name starts with `prefix`.
+    async fn urls_with_prefix(&self, prefix: &str) -> Result<Vec<String>, BackendError> {
+        let mut urls = Vec::new();
+        let mut pages = self
+            .client
+            .list_queues()
+            .queue_name_prefix(prefix)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("list queues", e))?;
+            urls.extend(page.queue_urls().iter().cloned());
         }
+        Ok(urls)
     }
 
     async fn url(&self, q: &QueueId, part: Part) -> Result<String, BackendError> {
@@ -432,6 +526,8 @@ impl QueueBackend for Sqs {
             let url = self
                 .ensure(&self.sqs_name(q, Part::Main), &queue_attrs(self.retention))
                 .await?;
+            // A queue of this app already under the name: not retagged as another.
+            same_queue(q, &self.tags(&url).await?)?;
             self.client
                 .tag_queue()
                 .queue_url(url)
@@ -453,36 +549,19 @@ impl QueueBackend for Sqs {
                 Err(BackendError::UnknownQueue(_)) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let out = self
-                .client
-                .list_queue_tags()
-                .queue_url(url)
-                .send()
-                .await
-                .map_err(|e| sdk_err("list queue tags", e))?;
-            Ok(out.tags().and_then(config_of))
+            let tags = self.tags(&url).await?;
+            same_queue(q, &tags)?;
+            Ok(config_of(&tags))
         })
     }
 
     fn list<'a>(&'a self, app: &'a str) -> BoxFut<'a, Vec<(String, QueueConfig)>> {
         Box::pin(async move {
-            let mut urls = Vec::new();
-            let mut pages = self
-                .client
-                .list_queues()
-                .queue_name_prefix(self.app_prefix(app))
-                .max_results(1000)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| sdk_err("list queues", e))?;
-                urls.extend(
-                    page.queue_urls()
-                        .iter()
-                        .filter(|u| !u.ends_with("_dlq"))
-                        .cloned(),
-                );
-            }
+            let urls = self
+                .urls_with_prefix(&app_prefix(&self.prefix, app))
+                .await?
+                .into_iter()
+                .filter(|u| !u.ends_with("_dlq"));
             let mut out = Vec::new();
             for url in urls {
                 let tags = self
@@ -668,6 +747,71 @@ impl QueueBackend for Sqs {
             })
         })
     }
+
+    fn bury<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            // CreateQueue of an existing queue with the same (no) attributes
+            // answers its URL: a second burial changes nothing.
+            self.client
+                .create_queue()
+                .queue_name(tomb_name(&self.prefix, app))
+                .send()
+                .await
+                .map_err(|e| sdk_err("create tombstone queue", e))?;
+            Ok(())
+        })
+    }
+
+    fn tombstones(&self) -> BoxFut<'_, Vec<String>> {
+        Box::pin(async move {
+            let marker = tomb_name(&self.prefix, "");
+            let urls = self.urls_with_prefix(&marker).await?;
+            Ok(urls
+                .iter()
+                .filter_map(|u| name_of(u).strip_prefix(marker.as_str()))
+                .filter(|app| common::app::validate_app_id(app).is_ok())
+                .map(str::to_string)
+                .collect())
+        })
+    }
+
+    fn purge_app<'a>(&'a self, app: &'a str) -> BoxFut<'a, ()> {
+        Box::pin(async move {
+            let ours = app_prefix(&self.prefix, app);
+            // Every queue of the app, its DLQs and any half-declared one
+            // included (a declare creates the DLQ first).
+            for url in self.urls_with_prefix(&ours).await? {
+                match self.client.delete_queue().queue_url(&url).send().await {
+                    Ok(_) => {}
+                    Err(e) => match sdk_err("delete queue", e) {
+                        // Deleted meanwhile: by an earlier purge, say.
+                        BackendError::UnknownQueue(_) => {}
+                        other => return Err(other),
+                    },
+                }
+            }
+            self.urls
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|name, _| !name.starts_with(&ours));
+            Ok(())
+        })
+    }
+}
+
+/// Refuses an SQS queue whose tags name another queue of the app: two
+/// names whose hashes collide (see [`sqs_name`]).
+fn same_queue(q: &QueueId, tags: &HashMap<String, String>) -> Result<(), BackendError> {
+    match tags.get("fabric-queue") {
+        Some(other) if *other != q.queue => Err(BackendError::store(
+            NAME,
+            format!(
+                "queue {q}: its SQS name is taken by queue {other:?} of the same app (a hash \
+                 collision); declare it under another name"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn config_of(tags: &HashMap<String, String>) -> Option<QueueConfig> {
@@ -704,5 +848,101 @@ mod tests {
             );
         }
         assert!(decode_body("a bare message").is_none());
+    }
+
+    fn queue(app: &str, queue: &str) -> QueueId {
+        QueueId {
+            app: app.into(),
+            queue: queue.into(),
+        }
+    }
+
+    fn valid_sqs_name(name: &str) -> bool {
+        (1..=SQS_NAME_MAX).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    #[test]
+    fn names_of_app_names_are_as_they_always_were() {
+        let q = queue("orders", "incoming.v2");
+        let hash = format!("{:08x}", fnv1a("incoming.v2"));
+        assert_eq!(
+            sqs_name("fabric-", &q, Part::Main),
+            format!("fabric-orders_incoming-v2_{hash}")
+        );
+        assert_eq!(
+            sqs_name("fabric-", &q, Part::Dead),
+            format!("fabric-orders_incoming-v2_{hash}_dlq")
+        );
+    }
+
+    #[test]
+    fn the_longest_app_ids_with_the_longest_prefix_name_valid_distinct_queues() {
+        use common::app::{MAX_APP_NAME, MAX_RESOURCE_NAME, validate_app_id};
+        let longest_id = format!("{}--{}", "a".repeat(MAX_APP_NAME), "z9".repeat(8));
+        assert_eq!(longest_id.len(), 58);
+        assert!(validate_app_id(&longest_id).is_ok());
+        assert!(validate_app_id(&format!("{longest_id}x")).is_err());
+        let queues = [
+            "q".repeat(MAX_RESOURCE_NAME),
+            format!("{}r", "q".repeat(MAX_RESOURCE_NAME - 1)),
+            "a.b".repeat(MAX_RESOURCE_NAME / 3),
+            "a-b".repeat(MAX_RESOURCE_NAME / 3),
+            "x".into(),
+        ];
+        for prefix in ["", "fabric-", &"P".repeat(16)] {
+            assert!(checked_prefix(prefix), "{prefix:?}");
+            for len in 1..=MAX_APP_NAME {
+                for app in [
+                    "a".repeat(len),
+                    format!("{}--{}", "a".repeat(len), "z9".repeat(8)),
+                    format!("{}--k", "a".repeat(len)),
+                ] {
+                    let mut names = std::collections::BTreeSet::new();
+                    for name in &queues {
+                        for part in [Part::Main, Part::Dead] {
+                            let sqs = sqs_name(prefix, &queue(&app, name), part);
+                            assert!(valid_sqs_name(&sqs), "{sqs:?} ({} chars)", sqs.len());
+                            assert!(sqs.starts_with(&app_prefix(prefix, &app)), "{sqs}");
+                            assert!(names.insert(sqs.clone()), "{sqs} twice");
+                        }
+                    }
+                }
+            }
+            let tomb = tomb_name(prefix, &longest_id);
+            assert!(valid_sqs_name(&tomb), "{tomb} ({} chars)", tomb.len());
+        }
+    }
+
+    fn checked_prefix(p: &str) -> bool {
+        let settings = Settings {
+            sqs_prefix: p.into(),
+            ..Settings::default()
+        };
+        settings.validate().is_ok()
+    }
+
+    #[test]
+    fn an_apps_prefix_matches_its_own_queues_only() {
+        let apps = ["shop", "shop--x", "shop--xy", "shop-1", "shopx", "s"];
+        let long = "q".repeat(64);
+        for prefix in ["fabric-", "P".repeat(16).as_str()] {
+            for app in apps {
+                let ours = app_prefix(prefix, app);
+                for other in apps {
+                    for name in ["a", long.as_str()] {
+                        for part in [Part::Main, Part::Dead] {
+                            let sqs = sqs_name(prefix, &queue(other, name), part);
+                            assert_eq!(sqs.starts_with(&ours), app == other, "{ours} vs {sqs}");
+                        }
+                    }
+                    assert!(!tomb_name(prefix, other).starts_with(&ours));
+                }
+                let marker = tomb_name(prefix, "");
+                assert!(!ours.starts_with(&marker), "{ours} vs {marker}");
+            }
+        }
     }
 }

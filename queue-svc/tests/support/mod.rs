@@ -46,12 +46,23 @@ pub fn require_emulator(backend: BackendKind) {
 /// embedded store at `path`: `queue_svc::run` can return while its last
 /// handle on the store is still being dropped on another thread.
 async fn released(path: &Path) {
+    drop(opened_when_released(path).await);
+}
+
+/// The embedded store at `path`, opened once no service holds it (at most 10 s).
+pub async fn open_when_released(path: &Path) -> redb::Database {
+    opened_when_released(path)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn opened_when_released(path: &Path) -> Result<redb::Database, redb::DatabaseError> {
     for _ in 0..500 {
         match redb::Database::create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            _ => return,
+            other => return other,
         }
     }
     panic!("{} is still open", path.display());
@@ -109,6 +120,11 @@ impl Service {
     /// A worker token for `app`.
     pub fn token(&self, app: &str, scope: Scope) -> String {
         self.key.issue(app, scope, Duration::from_secs(3600))
+    }
+
+    /// An internal token of this fabric, as the control plane holds.
+    pub fn internal_token(&self) -> String {
+        self.key.issue_internal(Duration::from_secs(3600))
     }
 
     /// A client for `app` with a worker token.
