@@ -93,6 +93,18 @@ pub fn validate_app_id(id: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Whether apps named `a` and `b` would answer at one host: worker n of an
+/// app answers at `{app}-{n}.{domain}`, so `shop-1` shadows worker 1 of
+/// `shop` (either way round).
+pub fn shadows(a: &str, b: &str) -> bool {
+    let worker_of = |host: &str, app: &str| {
+        host.strip_prefix(app)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    a == b || worker_of(a, b) || worker_of(b, a)
+}
+
 /// Checks a queue or store name: letters, digits, `-`, `_` and `.`, at most
 /// [`MAX_RESOURCE_NAME`] bytes (short enough for an SQS queue name with a prefix).
 pub fn validate_resource_name(what: &'static str, name: &str) -> Result<(), NameError> {
@@ -150,6 +162,17 @@ mod tests {
             assert!(validate_app_id(bad).is_err(), "{bad}");
         }
         assert!(validate_app_id(&format!("shop--{}", "a".repeat(17))).is_err());
+    }
+
+    #[test]
+    fn names_that_would_answer_at_another_apps_worker_host_shadow_it() {
+        assert!(shadows("shop-1", "shop"));
+        assert!(shadows("shop", "shop-12"));
+        assert!(shadows("shop", "shop"));
+        assert!(!shadows("shop-eu", "shop"));
+        assert!(!shadows("shop1", "shop"));
+        assert!(!shadows("shop-1", "shop-2"));
+        assert!(!shadows("shopping", "shop"));
     }
 
     #[test]

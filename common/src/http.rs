@@ -29,6 +29,8 @@ pub struct ApiError {
     pub message: String,
     /// The request's correlation id, when there is one.
     pub correlation_id: Option<String>,
+    /// Seconds the client should wait before trying again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -47,7 +49,14 @@ impl ApiError {
             kind,
             message: message.into(),
             correlation_id: None,
+            retry_after: None,
         }
+    }
+
+    /// Asks the client to wait `secs` seconds before trying again.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     /// Attaches the request's correlation id.
@@ -81,12 +90,18 @@ impl From<crate::token::TokenError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             [(header::CONTENT_TYPE, "application/json")],
             self.body(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

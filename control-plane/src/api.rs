@@ -20,7 +20,10 @@ use serde::Deserialize;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::model::{AppQueues, AppRecord, AppStatus, DeployRequest, QueueInfo, ScaleRequest};
+use crate::model::{
+    AppQueues, AppRecord, AppStatus, DeployRequest, QueueInfo, Quota, ScaleRequest,
+};
+use crate::purge::Purger;
 use crate::registry::Registry;
 use crate::supervisor::{DeployError, Supervisor};
 
@@ -32,6 +35,15 @@ pub(crate) struct Api {
     pub supervisor: Supervisor,
     pub registry: Registry,
     pub deploying: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Held while a name is checked and reserved, so that two deploys of
+    /// names that would shadow each other cannot both pass.
+    pub names: Arc<tokio::sync::Mutex<()>>,
+    /// Purges deleted apps' data.
+    pub purger: Purger,
+    /// What each tenant may run.
+    pub quota: Quota,
+    /// Requests per API key.
+    pub limiter: Arc<RateLimiter>,
     /// queue-svc's URL and the key to mint read tokens for it, when configured
     /// (persistent queues can be asked for).
     pub queues: Option<(String, common::token::TokenKey)>,
@@ -72,6 +84,41 @@ pub(crate) fn router(api: Api) -> Router {
         .with_state(api)
 }
 
+/// How long a delete waits for its purge before answering 202 (the purge
+/// goes on in the background).
+const PURGE_WAIT: Duration = Duration::from_secs(20);
+
+/// Each API key's request rate (a keyed GCRA limiter); the admin key is
+/// not bounded.
+pub(crate) struct RateLimiter(Option<governor::DefaultKeyedRateLimiter<String>>);
+
+impl RateLimiter {
+    /// `per_second` requests a second per key, in bursts of up to ten
+    /// seconds' worth; 0 for no bound.
+    pub fn new(per_second: u32) -> Self {
+        RateLimiter(std::num::NonZeroU32::new(per_second).map(|rate| {
+            let burst = rate.saturating_mul(std::num::NonZeroU32::new(10).unwrap_or(rate));
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        }))
+    }
+
+    fn check(&self, key: &str) -> ApiResult<()> {
+        let Some(limiter) = &self.0 else {
+            return Ok(());
+        };
+        limiter.check_key(&key.to_string()).map_err(|not_until| {
+            use governor::clock::Clock as _;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many requests for this API key; slow down",
+            )
+            .with_retry_after(wait.as_secs().max(1))
+        })
+    }
+}
+
 impl Api {
     fn tenant(&self, headers: &HeaderMap) -> ApiResult<String> {
         let key = bearer_token(headers).ok_or_else(|| {
@@ -81,9 +128,143 @@ impl Api {
                 "no API key presented",
             )
         })?;
-        self.registry.tenant_of(key).ok_or_else(|| {
+        let tenant = self.registry.tenant_of(key).ok_or_else(|| {
             ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown API key")
-        })
+        })?;
+        if tenant != ADMIN {
+            self.limiter.check(key)?;
+        }
+        Ok(tenant)
+    }
+
+    /// Checks that `tenant` may run `wanted` (workers, size) for app `name`
+    /// beside its other apps, within its quota.
+    fn within_quota(&self, tenant: &str, name: &str, wanted: (u32, f64)) -> ApiResult<()> {
+        if tenant == ADMIN {
+            return Ok(());
+        }
+        let others: Vec<AppRecord> = self
+            .registry
+            .apps()
+            .into_iter()
+            .filter(|a| a.tenant == tenant && a.name != name)
+            .collect();
+        let purging = self
+            .registry
+            .purges()
+            .iter()
+            .filter(|p| p.tenant == tenant && p.name != name)
+            .count() as u32;
+        let apps = others.len() as u32 + purging + 1;
+        let workers = others.iter().map(|a| a.workers).sum::<u32>() + wanted.0;
+        let vcores = others
+            .iter()
+            .map(|a| f64::from(a.workers) * a.size)
+            .sum::<f64>()
+            + f64::from(wanted.0) * wanted.1;
+        let q = self.quota;
+        let over = if apps > q.apps {
+            Some(format!("{apps} apps, more than the {} allowed", q.apps))
+        } else if workers > q.workers {
+            Some(format!(
+                "{workers} workers, more than the {} allowed",
+                q.workers
+            ))
+        } else if vcores > q.vcores + 1e-9 {
+            Some(format!(
+                "{vcores} vCores, more than the {} allowed",
+                q.vcores
+            ))
+        } else {
+            None
+        };
+        match over {
+            Some(what) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "QUOTA",
+                format!("tenant {tenant} would run {what}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The record to deploy as `name` for `tenant`: the app's own (same
+    /// instance) on a redeploy, or a new instance, recorded before any
+    /// worker starts so that its name is taken and its data can be purged
+    /// if the deploy fails. Returns whether it is the app's first deploy.
+    async fn reserve(
+        &self,
+        tenant: &str,
+        name: &str,
+        req: DeployRequest,
+    ) -> ApiResult<(AppRecord, bool)> {
+        let _names = self.names.lock().await;
+        let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "CONFLICT", m);
+        if self.registry.purge(name).is_some() {
+            return Err(conflict(format!(
+                "app {name} is being deleted; its name is free once its data is purged"
+            )));
+        }
+        let existing = self.registry.app(name);
+        if let Some(existing) = &existing
+            && existing.tenant != tenant
+            && tenant != ADMIN
+        {
+            return Err(conflict(format!("app name {name} is taken")));
+        }
+        let owner = existing
+            .as_ref()
+            .map_or(tenant, |a| a.tenant.as_str())
+            .to_string();
+        self.within_quota(&owner, name, (req.workers, req.size))?;
+        let (instance, version) = match &existing {
+            Some(a) => (a.instance.clone(), a.version),
+            None => {
+                let taken = self.registry.apps().into_iter().map(|a| a.name);
+                let deleting = self.registry.purges().into_iter().map(|p| p.name);
+                if let Some(other) = taken
+                    .chain(deleting)
+                    .find(|other| common::app::shadows(name, other))
+                {
+                    return Err(conflict(format!(
+                        "app name {name} would share a host with app {other} \
+                         (worker n of an app answers at {{app}}-{{n}}.{{domain}}); choose another name"
+                    )));
+                }
+                (common::app::new_instance(), 0)
+            }
+        };
+        let record = AppRecord {
+            name: name.to_string(),
+            tenant: owner,
+            instance,
+            version,
+            manifest: req.manifest,
+            workers: req.workers,
+            size: req.size,
+            persistent_queues: req.persistent_queues,
+            encrypt_queues: req.encrypt_queues,
+        };
+        let first = existing.is_none();
+        if first {
+            self.registry.put_app(&record).await.map_err(internal)?;
+        }
+        Ok((record, first))
+    }
+
+    /// Deletes `record` and purges its data, waiting at most [`PURGE_WAIT`]
+    /// for the purge (which goes on in the background past it). Returns
+    /// whether the purge finished.
+    async fn delete_and_purge(&self, record: &AppRecord) -> ApiResult<bool> {
+        let purge = self.supervisor.delete(record).await?;
+        match tokio::time::timeout(PURGE_WAIT, self.purger.purge(&purge)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => {
+                tracing::warn!(app = %record.name, error = %e, "purge not finished; it goes on in the background");
+                Ok(false)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     fn admin(&self, headers: &HeaderMap) -> ApiResult<()> {
@@ -182,31 +363,18 @@ async fn deploy(
     }
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
-    // The registry is read once: the owner decides both the refusal and the record.
-    let existing = api.registry.app(&name);
-    if let Some(existing) = &existing
-        && existing.tenant != tenant
-        && tenant != ADMIN
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "CONFLICT",
-            format!("app name {name} is taken"),
-        ));
+    let (record, first) = api.reserve(&tenant, &name, req).await?;
+    match api.supervisor.deploy(record.clone()).await {
+        Ok(record) => Ok(Json(api.status(record))),
+        Err(e) => {
+            // A first deploy that failed leaves nothing behind: what its
+            // workers wrote is purged and the name is free again.
+            if first && let Err(undo) = api.delete_and_purge(&record).await {
+                tracing::error!(app = %name, error = %undo, "could not undo a failed first deploy");
+            }
+            Err(e.into())
+        }
     }
-    let owner = existing.map_or(tenant, |a| a.tenant);
-    let record = AppRecord {
-        name,
-        tenant: owner,
-        version: 0,
-        manifest: req.manifest,
-        workers: req.workers,
-        size: req.size,
-        persistent_queues: req.persistent_queues,
-        encrypt_queues: req.encrypt_queues,
-    };
-    let record = api.supervisor.deploy(record).await?;
-    Ok(Json(api.status(record)))
 }
 
 async fn list_apps(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Vec<AppStatus>>> {
@@ -233,13 +401,23 @@ async fn delete_app(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let tenant = api.tenant(&headers)?;
-    api.owned(&tenant, &name)?;
+    let record = api.owned(&tenant, &name)?;
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
-    api.supervisor.delete(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    if api.delete_and_purge(&record).await? {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "app": name,
+            "status": "purging",
+            "message": "the app is deleted; its data is being purged, and its name is free once that is done",
+        })),
+    )
+        .into_response())
 }
 
 async fn scale_app(
@@ -251,6 +429,11 @@ async fn scale_app(
     let tenant = api.tenant(&headers)?;
     let app = api.owned(&tenant, &name)?;
     check_workers(req.workers)?;
+    api.within_quota(
+        &app.tenant,
+        &name,
+        (req.workers, req.size.unwrap_or(app.size)),
+    )?;
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let record = match req.size {
@@ -326,8 +509,9 @@ async fn queues(
         }));
     };
     // A short-lived read-only token: enough to count, not to take or publish.
-    let token = key.issue(&name, common::token::Scope::Read, Duration::from_secs(60));
-    let client = queue_svc::client::Client::new(url, &name, &token);
+    let app_id = record.app_id();
+    let token = key.issue(&app_id, common::token::Scope::Read, Duration::from_secs(60));
+    let client = queue_svc::client::Client::new(url, &app_id, &token);
     let stats = client.list().await.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
@@ -365,13 +549,17 @@ async fn events(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
     let tenant = api.tenant(&headers)?;
+    // An app's events are its instance's: those of an earlier app of the
+    // same name (another tenant's, perhaps) are not shown.
     let visible = {
         let api = api.clone();
-        move |app: &Option<String>| -> bool {
+        move |e: &crate::model::Event| -> bool {
             tenant == ADMIN
-                || match app {
+                || match &e.app {
                     None => true,
-                    Some(name) => api.registry.app(name).is_some_and(|a| a.tenant == tenant),
+                    Some(name) => api.registry.app(name).is_some_and(|a| {
+                        a.tenant == tenant && e.app_id.as_deref() == Some(a.app_id().as_str())
+                    }),
                 }
         }
     };
@@ -381,7 +569,7 @@ async fn events(
             .events()
             .recent()
             .into_iter()
-            .filter(|e| visible(&e.app))
+            .filter(|e| visible(e))
             .collect();
         return Ok(Json(events).into_response());
     }
@@ -389,7 +577,7 @@ async fn events(
     let live = BroadcastStream::new(api.supervisor.events().subscribe()).filter_map(Result::ok);
     let stream = tokio_stream::iter(backlog)
         .chain(live)
-        .filter(move |e| visible(&e.app))
+        .filter(move |e| visible(e))
         .map(|e| Ok::<_, Infallible>(SseEvent::default().json_data(&e).unwrap_or_default()));
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())

@@ -31,6 +31,16 @@ pub enum ClientError {
     },
 }
 
+/// What a delete left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Nothing: the app's data is purged and its name is free.
+    Purged,
+    /// The app is gone, its data is still being purged (its name is free
+    /// once that is done).
+    Purging,
+}
+
 /// The control plane at `url`, called with an API key.
 #[derive(Clone)]
 pub struct Client {
@@ -121,9 +131,14 @@ impl Client {
     }
 
     /// Removes an app.
-    pub async fn delete(&self, name: &str) -> Result<(), ClientError> {
-        self.call::<(), ()>(Method::DELETE, &format!("/v1/apps/{name}"), None)
-            .await
+    pub async fn delete(&self, name: &str) -> Result<Deleted, ClientError> {
+        let answer: Option<serde_json::Value> = self
+            .call::<(), _>(Method::DELETE, &format!("/v1/apps/{name}"), None)
+            .await?;
+        Ok(match answer {
+            None => Deleted::Purged,
+            Some(_) => Deleted::Purging,
+        })
     }
 
     /// An app's workers.

@@ -2,7 +2,7 @@
 //! steps), kept in a bounded ring and broadcast to followers.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
@@ -11,11 +11,15 @@ use crate::model::Event;
 
 const KEEP: usize = 1000;
 
+/// Names the instance of an app at the time of an event.
+pub type Identify = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The event log. Cheap to clone.
 #[derive(Clone)]
 pub struct Events {
     inner: Arc<Mutex<(u64, VecDeque<Event>)>>,
     tx: broadcast::Sender<Event>,
+    identify: Arc<OnceLock<Identify>>,
 }
 
 impl Default for Events {
@@ -30,12 +34,19 @@ impl Events {
         Events {
             inner: Arc::new(Mutex::new((0, VecDeque::new()))),
             tx: broadcast::channel(KEEP).0,
+            identify: Arc::default(),
         }
+    }
+
+    /// Stamps every later event with its app's instance, as `identify` names it.
+    pub fn identify_with(&self, identify: Identify) {
+        let _ = self.identify.set(identify);
     }
 
     /// Records and broadcasts an event.
     pub fn emit(&self, app: Option<&str>, kind: &str, message: impl Into<String>) {
         let message = message.into();
+        let app_id = app.and_then(|a| self.identify.get().and_then(|f| f(a)));
         let event = {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             guard.0 += 1;
@@ -45,6 +56,7 @@ impl Events {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 app: app.map(str::to_string),
+                app_id,
                 kind: kind.to_string(),
                 message,
             };

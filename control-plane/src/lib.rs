@@ -10,6 +10,7 @@ mod api;
 pub mod client;
 pub mod events;
 pub mod model;
+pub mod purge;
 pub mod registry;
 pub mod scheduler;
 pub mod supervisor;
@@ -74,6 +75,11 @@ pub struct Settings {
     /// services (this API, queue-svc, objectstore-svc, the load balancers'
     /// admin ports) stay out of reach whatever this allows.
     pub egress_allow: Vec<String>,
+    /// What each tenant may run at once (the admin tenant is not bounded).
+    pub tenant_quota: model::Quota,
+    /// Requests per second each API key may make (the admin key is not
+    /// bounded); bursts of up to ten seconds' worth pass.
+    pub api_rate_per_key: u32,
 }
 
 impl Default for Settings {
@@ -92,6 +98,8 @@ impl Default for Settings {
             worker_token_ttl: Duration::from_secs(30 * 24 * 3600),
             registry_table: None,
             egress_allow: Vec::new(),
+            tenant_quota: model::Quota::default(),
+            api_rate_per_key: 20,
         }
     }
 }
@@ -276,8 +284,9 @@ fn worker_env(config: &Config, key: TokenKey, api: std::net::SocketAddr) -> supe
     let allow = list(&s.egress_allow);
     let deny = list(&own_addresses(&s, api));
     Arc::new(move |record: &model::AppRecord| {
+        // Bound to the instance: it opens nothing of a later app of the same name.
         let token = key.issue(
-            &record.name,
+            &record.app_id(),
             common::token::Scope::Worker,
             s.worker_token_ttl,
         );
@@ -338,10 +347,15 @@ pub async fn run(
         s.azs.clone(),
         &config.data_dir,
     ));
+    let events = events::Events::new();
+    {
+        let registry = registry.clone();
+        events.identify_with(Box::new(move |app| registry.app(app).map(|r| r.app_id())));
+    }
     let supervisor = supervisor::Supervisor::new(
         scheduler,
         registry.clone(),
-        events::Events::new(),
+        events,
         supervisor::SupervisorSettings {
             data_dir: config.data_dir.clone(),
             azs: s.azs.clone(),
@@ -364,6 +378,14 @@ pub async fn run(
         });
     }
     supervisor.recover().await;
+    let purger = purge::Purger::new(
+        registry.clone(),
+        token_key.clone(),
+        s.queue_url.clone(),
+        s.objectstore_url.clone(),
+        config.data_dir.join("workers"),
+    );
+    shutdown.spawn("purger", purger.clone().run(shutdown.clone()));
     for target in &s.routes_push {
         let (sup, target, sd) = (supervisor.clone(), target.clone(), shutdown.clone());
         let key = token_key.clone();
@@ -390,6 +412,10 @@ pub async fn run(
             .clone()
             .map(|url| (url, token_key)),
         has_store: config.settings.objectstore_url.is_some(),
+        purger,
+        names: Arc::default(),
+        quota: config.settings.tenant_quota,
+        limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
     };
     let mut metrics = metrics_registry(NAME);
     metrics.register(

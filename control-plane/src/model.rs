@@ -17,9 +17,14 @@ pub struct DeployRequest {
     /// Queues shared by all workers and kept in queue-svc.
     #[serde(default)]
     pub persistent_queues: bool,
-    /// Persistent queue messages sealed before they reach the backend.
-    #[serde(default)]
+    /// Persistent queue messages sealed before they reach the backend: on
+    /// unless the tenant opts out (`false`).
+    #[serde(default = "on")]
     pub encrypt_queues: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 /// A scale request: new worker count, and optionally a new size.
@@ -40,7 +45,14 @@ pub struct AppRecord {
     pub name: String,
     /// The tenant that owns it.
     pub tenant: String,
-    /// The running version (1 on first deploy).
+    /// This app's instance, minted at its first deploy and kept until it
+    /// is deleted: its tokens, data keys, queues and stores are bound to
+    /// it (see [`AppRecord::app_id`]), so a later app of the same name
+    /// starts empty. Empty for an app deployed before instances existed.
+    #[serde(default)]
+    pub instance: String,
+    /// The running version (1 on first deploy; 0 while the first deploy is
+    /// under way and nothing serves).
     pub version: u64,
     /// The manifest's text.
     pub manifest: String,
@@ -52,6 +64,49 @@ pub struct AppRecord {
     pub persistent_queues: bool,
     /// Queue encryption on.
     pub encrypt_queues: bool,
+}
+
+impl AppRecord {
+    /// The id the app's workers, tokens and data have at the services.
+    pub fn app_id(&self) -> String {
+        common::app::app_id(&self.name, &self.instance)
+    }
+}
+
+/// What one tenant may run at once: checked at every deploy and scale.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quota {
+    /// Apps (those being deployed or deleted included).
+    pub apps: u32,
+    /// Workers over all its apps (the wanted counts).
+    pub workers: u32,
+    /// vCores over all its apps: workers × size.
+    pub vcores: f64,
+}
+
+impl Default for Quota {
+    /// Enough for a team's apps on one machine; an operator sets their own.
+    fn default() -> Self {
+        Quota {
+            apps: 50,
+            workers: 100,
+            vcores: 50.0,
+        }
+    }
+}
+
+/// An app being deleted: its data is purged from the services, and only
+/// then is its name free again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeRecord {
+    /// The app's name.
+    pub name: String,
+    /// The id its data is kept under.
+    pub app_id: String,
+    /// The tenant that owned it.
+    pub tenant: String,
 }
 
 /// What `apps list` and `apps show` print for an app.
@@ -115,6 +170,10 @@ pub struct Event {
     pub at_ms: u64,
     /// The app concerned, if any.
     pub app: Option<String>,
+    /// The app instance concerned: an earlier app of the same name's events
+    /// are not the current one's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
     /// What kind: `worker.down`, `worker.up`, `worker.moved`, `az.down`,
     /// `az.up`, `deploy.started`, `deploy.ready`, `deploy.done`, `deploy.failed`, ...
     pub kind: String,

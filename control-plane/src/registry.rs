@@ -33,7 +33,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::AppRecord;
+use crate::model::{AppRecord, PurgeRecord};
 
 /// Where the registry is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +54,18 @@ pub enum RecordKind {
     Placement,
     /// A tenant, by the SHA-256 hash of one of its API keys.
     Tenant,
+    /// An app being deleted, by name: its data is still being purged.
+    Purge,
 }
 
 impl RecordKind {
     /// Every kind, in the order they are loaded.
-    pub const ALL: [RecordKind; 3] = [RecordKind::App, RecordKind::Placement, RecordKind::Tenant];
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::App,
+        RecordKind::Placement,
+        RecordKind::Tenant,
+        RecordKind::Purge,
+    ];
 
     /// The kind's name in the store (and in the AAD).
     pub fn as_str(self) -> &'static str {
@@ -66,6 +73,7 @@ impl RecordKind {
             RecordKind::App => "app",
             RecordKind::Placement => "placement",
             RecordKind::Tenant => "tenant",
+            RecordKind::Purge => "purge",
         }
     }
 
@@ -137,6 +145,9 @@ pub struct Placement {
     pub ops_address: Option<String>,
     /// Its process id.
     pub pid: Option<u32>,
+    /// Who that process is beyond its pid (see `scheduler::Running::identity`).
+    #[serde(default)]
+    pub identity: Option<String>,
     /// Times it was restarted.
     pub restarts: u32,
 }
@@ -224,6 +235,8 @@ struct Records {
     placements: BTreeMap<String, Placement>,
     /// Tenant by API-key hash.
     tenants: BTreeMap<String, String>,
+    /// Apps being deleted, by name.
+    purges: BTreeMap<String, PurgeRecord>,
 }
 
 impl Records {
@@ -243,6 +256,10 @@ impl Records {
                 let tenant = std::str::from_utf8(plaintext).map_err(|e| e.to_string())?;
                 self.tenants.insert(id, tenant.to_string());
             }
+            RecordKind::Purge => {
+                self.purges
+                    .insert(id, serde_json::from_slice(plaintext).map_err(json)?);
+            }
         }
         Ok(())
     }
@@ -257,6 +274,7 @@ impl Records {
                 .get(id)
                 .and_then(|p| serde_json::to_vec(p).ok()),
             RecordKind::Tenant => self.tenants.get(id).map(|t| t.as_bytes().to_vec()),
+            RecordKind::Purge => self.purges.get(id).and_then(|p| serde_json::to_vec(p).ok()),
         }
     }
 
@@ -271,7 +289,11 @@ impl Records {
             .tenants
             .keys()
             .map(|id| (RecordKind::Tenant, id.clone()));
-        apps.chain(placements).chain(tenants).collect()
+        let purges = self.purges.keys().map(|id| (RecordKind::Purge, id.clone()));
+        apps.chain(placements)
+            .chain(tenants)
+            .chain(purges)
+            .collect()
     }
 }
 
@@ -356,9 +378,14 @@ impl Registry {
         self.shared.persisted(change).await
     }
 
-    /// Removes an app and every placement of it; returns once persisted.
-    pub async fn delete_app(&self, name: &str) -> Result<(), RegistryError> {
+    /// Starts deleting an app: records `purge` and removes the app and
+    /// every placement of it, in one change; returns once persisted. The
+    /// purge record is written first, so a crash between the two leaves
+    /// the app marked for purging, never forgotten with its data kept.
+    pub async fn start_purge(&self, purge: &PurgeRecord) -> Result<(), RegistryError> {
+        let name = purge.name.as_str();
         let change = self.shared.change(|r| {
+            r.purges.insert(name.to_string(), purge.clone());
             r.apps.remove(name);
             let prefix = format!("{name}/");
             let gone: Vec<String> = r
@@ -367,7 +394,10 @@ impl Registry {
                 .filter(|k| k.starts_with(&prefix))
                 .cloned()
                 .collect();
-            let mut changed = vec![(RecordKind::App, name.to_string())];
+            let mut changed = vec![
+                (RecordKind::Purge, name.to_string()),
+                (RecordKind::App, name.to_string()),
+            ];
             for k in gone {
                 r.placements.remove(&k);
                 changed.push((RecordKind::Placement, k));
@@ -375,6 +405,25 @@ impl Registry {
             changed
         });
         self.shared.persisted(change).await
+    }
+
+    /// Ends an app's deletion: its name is free again. Returns once persisted.
+    pub async fn finish_purge(&self, name: &str) -> Result<(), RegistryError> {
+        let change = self.shared.change(|r| {
+            r.purges.remove(name);
+            vec![(RecordKind::Purge, name.to_string())]
+        });
+        self.shared.persisted(change).await
+    }
+
+    /// The app named `name` being deleted, if it is.
+    pub fn purge(&self, name: &str) -> Option<PurgeRecord> {
+        self.shared.read(|r| r.purges.get(name).cloned())
+    }
+
+    /// Every app being deleted.
+    pub fn purges(&self) -> Vec<PurgeRecord> {
+        self.shared.read(|r| r.purges.values().cloned().collect())
     }
 
     /// One app.
@@ -444,6 +493,7 @@ impl Registry {
             r.apps.extend(from.apps);
             r.placements.extend(from.placements);
             r.tenants.extend(from.tenants);
+            r.purges.extend(from.purges);
             keys
         });
         self.shared.persisted(change).await?;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::events::Events;
-use crate::model::{AppRecord, AzStatus, WorkerInfo, WorkerState};
+use crate::model::{AppRecord, AzStatus, PurgeRecord, WorkerInfo, WorkerState};
 use crate::registry::{Placement, Registry, RegistryError};
 use crate::scheduler::{Running, Scheduler, WorkerSpec};
 
@@ -242,6 +242,7 @@ impl Supervisor {
     fn spec(&self, record: &AppRecord, version: u64, index: u32, az: &str) -> WorkerSpec {
         WorkerSpec {
             app: record.name.clone(),
+            app_id: record.app_id(),
             version,
             index,
             az: az.to_string(),
@@ -254,24 +255,50 @@ impl Supervisor {
     /// Takes back the registry's apps after a restart: adopts workers that
     /// still run and answer, starts the rest, stops leftovers of old versions.
     pub async fn recover(&self) {
-        let records = self.inner.registry.apps();
+        // Read first: marking an app for purging forgets its placements,
+        // and its workers are still to be stopped.
         let placements = self.inner.registry.placements();
+        let (records, unfinished): (Vec<AppRecord>, Vec<AppRecord>) = self
+            .inner
+            .registry
+            .apps()
+            .into_iter()
+            .partition(|r| r.version > 0);
+        // A first deploy cut off by the crash never served: it is undone
+        // like a failed one, its data purged (its workers are stopped below).
+        for record in unfinished {
+            let purge = PurgeRecord {
+                name: record.name.clone(),
+                app_id: record.app_id(),
+                tenant: record.tenant.clone(),
+            };
+            if let Err(e) = self.inner.registry.start_purge(&purge).await {
+                tracing::error!(app = %record.name, error = %e, "could not mark an unfinished first deploy for purging");
+            }
+        }
         let mut adopted = Vec::new();
         for p in placements {
             let current = records.iter().find(|r| r.name == p.app).map(|r| r.version);
-            let alive = p.pid.is_some_and(|pid| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-            });
-            let ready = alive && self.probe(&p.ops_address().to_string()).await;
-            if current == Some(p.version) && ready {
-                adopted.push(p);
+            let worker_id = format!("{}-{}-v{}", p.app, p.index, p.version);
+            let reclaimed = match (p.pid, p.address.parse()) {
+                (Some(pid), Ok(address)) => self.inner.scheduler.reclaim(
+                    pid,
+                    p.identity.as_deref(),
+                    &worker_id,
+                    address,
+                    p.ops_address(),
+                ),
+                _ => None,
+            };
+            // A pid that is gone, or now another process's, is forgotten, never killed.
+            let Some(mut running) = reclaimed else {
+                self.inner.registry.remove_placement(&p);
+                continue;
+            };
+            if current == Some(p.version) && self.probe(&running.ops_address.to_string()).await {
+                adopted.push((p, running));
             } else {
-                if let (true, Some(pid)) = (alive, p.pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
+                self.inner.scheduler.kill(&mut running);
                 self.inner.registry.remove_placement(&p);
             }
         }
@@ -283,28 +310,20 @@ impl Supervisor {
                 for index in 1..=record.workers {
                     let found = adopted
                         .iter()
-                        .find(|p| p.app == record.name && p.index == index);
-                    let (az, running, state) =
-                        match found.and_then(|p| Some((p, p.address.parse().ok()?))) {
-                            Some((p, address)) => (
-                                p.az.clone(),
-                                Some(Running {
-                                    address,
-                                    ops_address: p.ops_address(),
-                                    pid: p.pid.unwrap_or_default(),
-                                    child: None,
-                                }),
-                                WorkerState::Ready,
-                            ),
-                            None => (place(&st.azs, &[], index), None, WorkerState::Down),
-                        };
+                        .position(|(p, _)| p.app == record.name && p.index == index)
+                        .map(|i| adopted.swap_remove(i));
+                    let restarts = found.as_ref().map_or(0, |(p, _)| p.restarts);
+                    let (az, running, state) = match found {
+                        Some((p, running)) => (p.az, Some(running), WorkerState::Ready),
+                        None => (place(&st.azs, &[], index), None, WorkerState::Down),
+                    };
                     slots.push(Slot {
                         index,
                         version: record.version,
                         az,
                         running,
                         state,
-                        restarts: found.map_or(0, |p| p.restarts),
+                        restarts,
                         probe_failures: 0,
                         started: now,
                         next_restart: now,
@@ -545,6 +564,7 @@ impl Supervisor {
                     address: running.address.to_string(),
                     ops_address: Some(running.ops_address.to_string()),
                     pid: Some(running.pid),
+                    identity: running.identity.clone(),
                     restarts: slot.restarts,
                 };
                 self.inner.registry.put_placement(&placement);
@@ -762,6 +782,7 @@ impl Supervisor {
                 address: String::new(),
                 ops_address: None,
                 pid: None,
+                identity: None,
                 restarts: 0,
             };
             self.inner.registry.remove_placement(&placement);
@@ -828,9 +849,18 @@ impl Supervisor {
         Ok(record)
     }
 
-    /// Drains and stops every worker of `name` and forgets the app.
-    pub async fn delete(&self, name: &str) -> Result<(), DeployError> {
-        self.inner.registry.delete_app(name).await?;
+    /// Starts deleting `record`: marks it for purging in the registry (the
+    /// app is gone from every list at once, its name stays taken), then
+    /// drains and stops its workers. The purge itself is the caller's
+    /// ([`crate::purge::Purger`]).
+    pub async fn delete(&self, record: &AppRecord) -> Result<PurgeRecord, DeployError> {
+        let name = record.name.as_str();
+        let purge = PurgeRecord {
+            name: name.to_string(),
+            app_id: record.app_id(),
+            tenant: record.tenant.clone(),
+        };
+        self.inner.registry.start_purge(&purge).await?;
         let slots = {
             let mut st = lock(&self.inner.state);
             st.apps.remove(name).map(|r| r.slots).unwrap_or_default()
@@ -840,7 +870,7 @@ impl Supervisor {
         self.inner
             .events
             .emit(Some(name), "app.deleted", format!("{name} was deleted"));
-        Ok(())
+        Ok(purge)
     }
 
     /// Kills every worker in `az` and moves them to the others.

@@ -332,7 +332,13 @@ impl Queues {
         };
         match self.backend.0.dead_letter(q, r, stored).await {
             Ok(()) => {
-                tracing::warn!(queue = %q, message_id = %id, %reason, "moved to the dead-letter queue");
+                // The reason may quote the payload: sealed at rest, kept out of the log.
+                let reason = if encrypted {
+                    "(sealed with the message)"
+                } else {
+                    reason.as_str()
+                };
+                tracing::warn!(queue = %q, message_id = %id, reason, "moved to the dead-letter queue");
                 self.metrics.count("dead_lettered", &q.app, 1);
             }
             // It stays in the queue and is tried again on a later lease.

@@ -287,7 +287,10 @@ struct Fabric {
     /// The load balancer's data path, `host:port`.
     proxy_addr: String,
     admin_key: String,
-    token: String,
+    /// Signs the harness's own tokens for the app's instance.
+    key: TokenKey,
+    /// The app instance's id at the services, once deployed.
+    app_id: String,
 }
 
 impl Drop for Fabric {
@@ -303,9 +306,9 @@ impl Drop for Fabric {
     }
 }
 
-/// SIGKILLs every process started with `FABRIC_DATA_DIR` = `dir` (our workers).
+/// SIGKILLs every process running in `dir` or under it: our workers, which
+/// start in its `workers` directory with an otherwise empty environment.
 fn kill_workers_of(dir: &Path) {
-    let needle = format!("FABRIC_DATA_DIR={}\0", dir.display());
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -317,8 +320,9 @@ fn kill_workers_of(dir: &Path) {
         else {
             continue;
         };
-        if let Ok(environ) = std::fs::read(entry.path().join("environ"))
-            && crate::contains(&environ, needle.as_bytes())
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd"))
+            && cwd.starts_with(dir)
+            && pid != std::process::id() as i32
         {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
@@ -349,7 +353,6 @@ impl Fabric {
             .expect("the fabric secret");
         common::envelope::Keyring::load_or_generate(&data.join(common::secrets::MASTER_KEY_FILE))
             .expect("the master key");
-        let token = key.issue(APP, Scope::Worker, Duration::from_secs(24 * 3600));
         std::fs::create_dir_all(data.join("logs")).expect("the logs directory");
         let (q, s, a, p, c) = (
             free_port(),
@@ -432,7 +435,8 @@ impl Fabric {
             control,
             proxy_addr: format!("127.0.0.1:{p}"),
             admin_key: String::new(),
-            token,
+            key,
+            app_id: APP.to_string(),
         };
         for svc in [
             &mut fabric.queue,
@@ -451,12 +455,18 @@ impl Fabric {
         control_plane::client::Client::new(&self.control.url, &self.admin_key)
     }
 
+    /// A worker token for the app's instance, as the harness's own.
+    fn token(&self) -> String {
+        self.key
+            .issue(&self.app_id, Scope::Worker, Duration::from_secs(24 * 3600))
+    }
+
     fn queues(&self) -> queue_svc::client::Client {
-        queue_svc::client::Client::new(&self.queue.url, APP, &self.token)
+        queue_svc::client::Client::new(&self.queue.url, &self.app_id, &self.token())
     }
 
     fn stores(&self) -> objectstore_svc::client::Client {
-        objectstore_svc::client::Client::new(&self.store.url, APP, &self.token)
+        objectstore_svc::client::Client::new(&self.store.url, &self.app_id, &self.token())
             .expect("a valid URL")
     }
 
@@ -688,6 +698,7 @@ pub async fn run(plan: &Plan) -> Report {
         })
         .await
         .expect("orders deploys");
+    fabric.app_id = app.app.app_id();
     let azs: BTreeSet<String> = fabric.workers().await.into_iter().map(|w| w.az).collect();
     assert_eq!(azs.len(), 3, "three workers over three AZs");
     println!(
@@ -887,9 +898,21 @@ pub async fn run(plan: &Plan) -> Report {
         .count();
     report.duplicates_caught = count_in_logs(&worker_logs, "duplicate; stopped");
 
-    // At rest: the app is deleted (its workers stop), then a few orders are
-    // published the way its workers publish, so they stay queued.
-    fabric.client().delete(APP).await.expect("delete the app");
+    // At rest: a few orders are published the way the app's workers publish,
+    // into a sealed queue of another instance of the app, which no worker
+    // takes from, so they stay queued to be read raw.
+    fabric.app_id = format!("{APP}--parked");
+    let queues = fabric.queues();
+    queues
+        .declare(
+            "incoming",
+            &queue_svc::api::QueueSpec {
+                encrypted: true,
+                max_deliveries: Some(5),
+            },
+        )
+        .await
+        .expect("declare the parking queue");
     let parked: Vec<String> = (0..20)
         .map(|i| {
             serde_json::json!({

@@ -88,6 +88,9 @@ pub struct Settings {
     pub ops_listen: Option<std::net::SocketAddr>,
     /// The app's name, when not the manifest's own (`FABRIC_APP`).
     pub app: Option<String>,
+    /// The app instance's id at the queue and object store services, which
+    /// its token opens (`FABRIC_APP_ID`); the app's name when unset.
+    pub app_id: Option<String>,
     /// The worker size in vCores: 0.1, 0.2, 1, 2, 4, 8 or 16 (`FABRIC_SIZE`; default 1).
     pub size: WorkerSize,
     /// Names this worker in logs, schedule events and the primary lease
@@ -96,7 +99,7 @@ pub struct Settings {
     /// Use queue-svc for the app's queues instead of this worker's memory
     /// (`FABRIC_PERSISTENT_QUEUES`).
     pub persistent_queues: bool,
-    /// Seal persistent queue messages at rest (`FABRIC_ENCRYPT_QUEUES`).
+    /// Seal persistent queue messages at rest (`FABRIC_ENCRYPT_QUEUES`; on by default).
     pub encrypt_queues: bool,
     /// queue-svc's base URL (`FABRIC_QUEUE_URL`), needed with persistent queues.
     pub queue_url: Option<String>,
@@ -131,10 +134,11 @@ impl Default for Settings {
             manifest: PathBuf::new(),
             ops_listen: None,
             app: None,
+            app_id: None,
             size: WorkerSize::default(),
             worker_id: None,
             persistent_queues: false,
-            encrypt_queues: false,
+            encrypt_queues: true,
             queue_url: None,
             objectstore_url: None,
             app_token: None,
@@ -199,6 +203,9 @@ impl Settings {
         let app = manifest::load(&text).map_err(|source| StartError::Manifest { path, source })?;
         if let Some(name) = &self.app {
             common::app::validate_app_name(name).map_err(|e| StartError::Setting(e.to_string()))?;
+        }
+        if let Some(id) = &self.app_id {
+            common::app::validate_app_id(id).map_err(|e| StartError::Setting(e.to_string()))?;
         }
         Ok(app)
     }
@@ -294,13 +301,15 @@ pub async fn run(
         .unwrap_or_else(|| format!("{name}-{}", std::process::id()));
     let readiness = Readiness::new("starting flows");
     let metrics = Metrics::new();
+    // The services know the app by its instance's id, which its token opens.
+    let app_id = settings.app_id.clone().unwrap_or_else(|| name.clone());
     let stores = settings
-        .stores(&app, &name)?
+        .stores(&app, &app_id)?
         .map(|s| s.stopping_on(shutdown.clone()));
     if let Some(stores) = &stores {
         stores.reachable(settings.backing_wait).await?;
     }
-    let queues = settings.queues(&app, &name, size.concurrency * 8).await?;
+    let queues = settings.queues(&app, &app_id, size.concurrency * 8).await?;
     let expr = Evaluator::start(expr::BUDGET, size.runtime_threads.max(2), &app.properties)?;
     let policy = egress::Policy::new(&settings.egress_allow, &settings.egress_deny)
         .map_err(|e| StartError::Setting(e.to_string()))?;

@@ -30,6 +30,7 @@ fn record(name: &str) -> AppRecord {
         size: 0.1,
         persistent_queues: false,
         encrypt_queues: false,
+        instance: "k2m9p4q1x7".into(),
     }
 }
 
@@ -42,6 +43,7 @@ fn placement(app: &str) -> Placement {
         address: "127.0.1.1:5000".into(),
         ops_address: Some("127.0.1.1:5001".into()),
         pid: Some(42),
+        identity: Some("boot:42".into()),
         restarts: 0,
     }
 }
@@ -243,9 +245,15 @@ async fn survives_reopening(b: &Backing) {
     assert_eq!(r.placements(), [placement("orders")]);
     assert_eq!(r.tenant_of("secret-key").as_deref(), Some("t1"));
     assert_eq!(r.tenant_of("other"), None);
-    r.delete_app("orders").await.unwrap();
+    let purge = PurgeRecord {
+        name: "orders".into(),
+        app_id: record("orders").app_id(),
+        tenant: "t1".into(),
+    };
+    r.start_purge(&purge).await.unwrap();
     assert!(r.app("orders").is_none());
     assert!(r.placements().is_empty());
+    assert_eq!(r.purge("orders"), Some(purge.clone()));
     assert_eq!(r.close(WAIT).await, 0);
 
     let r = b.open(&ring).await.unwrap();
@@ -254,6 +262,11 @@ async fn survives_reopening(b: &Backing) {
         r.placements().is_empty(),
         "the app's placements went with it"
     );
+    assert_eq!(r.purges(), [purge], "a purge under way outlives a restart");
+    r.finish_purge("orders").await.unwrap();
+    assert_eq!(r.close(WAIT).await, 0);
+    let r = b.open(&ring).await.unwrap();
+    assert!(r.purges().is_empty());
     assert_eq!(r.close(WAIT).await, 0);
 }
 

@@ -3,7 +3,8 @@
 //! AZ number k (in the configured order, from 1) owns `127.0.k.0/24`; worker n
 //! of an app listens on `127.0.k.n` at two ports the scheduler picks: the
 //! app's, and the ops port for `/healthz`, `/readyz` and `/metrics`. Each
-//! worker's output goes to `<data_dir>/workers/{app}-{n}-v{version}.log`.
+//! worker's output goes to `<data_dir>/workers/{app id}-{n}-v{version}.log`
+//! (mode 0600), an app instance's own.
 //!
 //! A worker runs a tenant's code, so it starts with an empty environment
 //! plus [`PASSED_ENV`] and what the supervisor gives it (its app token and
@@ -51,8 +52,10 @@ impl LocalScheduler {
     }
 
     fn log_path(&self, spec: &WorkerSpec) -> PathBuf {
-        self.logs
-            .join(format!("{}-{}-v{}.log", spec.app, spec.index, spec.version))
+        self.logs.join(format!(
+            "{}-{}-v{}.log",
+            spec.app_id, spec.index, spec.version
+        ))
     }
 
     fn ip(&self, az: &str, index: u32) -> Result<Ipv4Addr, SchedulerError> {
@@ -68,6 +71,26 @@ impl LocalScheduler {
             index.clamp(1, 254) as u8,
         ))
     }
+}
+
+/// A process's identity: this boot's id and the process's start time (in
+/// clock ticks since boot), which together no later process shares.
+fn process_identity(pid: u32) -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after its closing parenthesis; the start time is field 22.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let start = after.split_whitespace().nth(19)?;
+    Some(format!("{}:{start}", boot.trim()))
+}
+
+/// Whether process `pid` was started as worker `worker_id`.
+fn started_as(pid: u32, worker_id: &str) -> bool {
+    let wanted = format!("FABRIC_WORKER_ID={worker_id}");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|var| var == wanted.as_bytes()))
+        .unwrap_or(false)
 }
 
 fn pid_of(p: u32) -> Pid {
@@ -109,6 +132,7 @@ impl Scheduler for LocalScheduler {
             .env("FABRIC_OPS_LISTEN", ops_address.to_string())
             .env("FABRIC_MANIFEST", "-")
             .env("FABRIC_APP", &spec.app)
+            .env("FABRIC_APP_ID", &spec.app_id)
             .env("FABRIC_SIZE", spec.size.to_string())
             .env(
                 "FABRIC_WORKER_ID",
@@ -139,7 +163,33 @@ impl Scheduler for LocalScheduler {
             address,
             ops_address,
             pid,
+            identity: process_identity(pid),
             child: Some(child),
+        })
+    }
+
+    fn reclaim(
+        &self,
+        pid: u32,
+        identity: Option<&str>,
+        worker_id: &str,
+        address: std::net::SocketAddr,
+        ops_address: std::net::SocketAddr,
+    ) -> Option<Running> {
+        if pid == 0 || kill(pid_of(pid), None).is_err() {
+            return None;
+        }
+        let ours = match identity {
+            Some(id) => process_identity(pid).as_deref() == Some(id),
+            // Recorded before identities were: the worker's own name in its environment.
+            None => started_as(pid, worker_id),
+        };
+        ours.then(|| Running {
+            address,
+            ops_address,
+            pid,
+            identity: identity.map(str::to_string),
+            child: None,
         })
     }
 
@@ -193,5 +243,53 @@ impl Scheduler for LocalScheduler {
         let text = std::fs::read_to_string(self.log_path(spec)).ok()?;
         let all: Vec<&str> = text.lines().collect();
         Some(all[all.len().saturating_sub(lines)..].join("\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_known_by_its_boot_and_start_time_while_it_lives() {
+        let me = std::process::id();
+        let id = process_identity(me).expect("this process has an identity");
+        assert_eq!(process_identity(me), Some(id.clone()), "stable");
+        let boot = id.split(':').next().unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let theirs = process_identity(other.id()).expect("a live child has one");
+        assert!(theirs.starts_with(boot), "the same boot: {theirs}");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert_eq!(
+            process_identity(other.id()),
+            None,
+            "a gone process has none"
+        );
+    }
+
+    #[test]
+    fn a_pid_taken_by_another_process_is_not_reclaimed() {
+        let s = LocalScheduler::new(
+            PathBuf::from("/bin/false"),
+            vec!["a".into()],
+            std::path::Path::new("/tmp"),
+        );
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let me = std::process::id();
+        // This test process is alive, but it is not the recorded worker.
+        assert!(
+            s.reclaim(me, Some("another-boot:1"), "w-1-v1", addr, addr)
+                .is_none()
+        );
+        assert!(s.reclaim(me, None, "w-1-v1", addr, addr).is_none());
+        let mine = process_identity(me);
+        assert!(
+            s.reclaim(me, mine.as_deref(), "w-1-v1", addr, addr)
+                .is_some()
+        );
     }
 }

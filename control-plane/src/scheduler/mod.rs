@@ -15,6 +15,8 @@ use std::time::Duration;
 pub struct WorkerSpec {
     /// The app.
     pub app: String,
+    /// The app instance's id at the services (see `common::app::app_id`).
+    pub app_id: String,
     /// The app version.
     pub version: u64,
     /// The worker's index n within the app.
@@ -39,6 +41,10 @@ pub struct Running {
     pub ops_address: SocketAddr,
     /// Its process id.
     pub pid: u32,
+    /// Who the process is beyond its pid (on this machine: the boot and the
+    /// process's start time), so that a restarted control plane never takes
+    /// another process that reused the pid for its worker.
+    pub identity: Option<String>,
     /// The child handle, when this process started it.
     pub child: Option<tokio::process::Child>,
 }
@@ -65,6 +71,17 @@ pub trait Scheduler: Send + Sync {
     fn start(&self, spec: &WorkerSpec) -> Result<Running, SchedulerError>;
     /// Whether the worker is still running.
     fn alive(&self, worker: &mut Running) -> bool;
+    /// Takes back a worker a previous control plane started, recorded as
+    /// `pid` with `identity` and named `worker_id`: `None` when that
+    /// process is gone, or the pid now belongs to another process.
+    fn reclaim(
+        &self,
+        pid: u32,
+        identity: Option<&str>,
+        worker_id: &str,
+        address: SocketAddr,
+        ops_address: SocketAddr,
+    ) -> Option<Running>;
     /// Kills the worker at once (a crash, or its AZ failing).
     fn kill(&self, worker: &mut Running);
     /// Asks the worker to drain and stop; kills it after `grace`.
