@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
-use control_plane::client::{Client, ClientError};
+use control_plane::client::{Client, ClientError, Deleted};
 use control_plane::model::{AppStatus, DeployRequest, ScaleRequest, WorkerInfo};
 use serde::Serialize;
 
@@ -17,7 +17,7 @@ pub struct Target {
     /// The control plane's URL; default: the local fabric's (from `fabric up`).
     #[arg(long, env = "FABRIC_URL", global = true)]
     server: Option<String>,
-    /// An API key; default: the local fabric's admin key.
+    /// An API key; default: the local fabric's admin key, for the local fabric only.
     #[arg(long, env = "FABRIC_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
     /// Where a local fabric keeps its state (to find its URL and key).
@@ -56,9 +56,12 @@ pub enum AppsCommand {
         /// Keep queues in queue-svc, shared by all workers, with zero message loss.
         #[arg(long)]
         persistent_queues: bool,
-        /// Encrypt persistent queue messages at rest.
-        #[arg(long)]
+        /// Encrypt persistent queue messages at rest (the default; kept for scripts).
+        #[arg(long, conflicts_with = "no_encrypt_queues")]
         encrypt_queues: bool,
+        /// Keep persistent queue messages in plaintext at rest (an opt-out).
+        #[arg(long)]
+        no_encrypt_queues: bool,
     },
     /// List apps.
     List,
@@ -131,19 +134,31 @@ impl Target {
                 .ok()
                 .map(|s| s.trim().to_string())
         };
-        let url = self.server.clone().or_else(|| read(URL_FILE)).ok_or_else(|| {
+        let local = read(URL_FILE);
+        let url = self.server.clone().or_else(|| local.clone()).ok_or_else(|| {
             (exit::UNREACHABLE, format!("no control plane: set FABRIC_URL or --server, or start one with `fabric up` (looked in {})", dir.display()))
         })?;
-        let key = self
-            .token
-            .clone()
-            .or_else(|| read(control_plane::ADMIN_KEY_FILE))
-            .ok_or_else(|| {
+        // The local admin key goes only to the URL stored beside it: another
+        // server must be given its own key, never handed this one.
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        let for_local = local.as_deref().is_some_and(|l| same(l, &url));
+        let key = match (&self.token, for_local) {
+            (Some(token), _) => token.clone(),
+            (None, true) => read(control_plane::ADMIN_KEY_FILE).ok_or_else(|| {
                 (
                     exit::API,
                     "no API key: set FABRIC_TOKEN or --token".to_string(),
                 )
-            })?;
+            })?,
+            (None, false) => {
+                return Err((
+                    exit::API,
+                    format!(
+                        "no API key for {url}: the local fabric's admin key is only sent to the local fabric; set FABRIC_TOKEN or --token"
+                    ),
+                ));
+            }
+        };
         Ok(Client::new(&url, &key))
     }
 }
@@ -257,7 +272,8 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             workers,
             size,
             persistent_queues,
-            encrypt_queues,
+            encrypt_queues: _,
+            no_encrypt_queues,
         } => {
             let manifest = read_manifest(&file)?;
             // Refused here already, with line and column, before anything is sent.
@@ -273,7 +289,7 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
                 workers,
                 size,
                 persistent_queues,
-                encrypt_queues,
+                encrypt_queues: !no_encrypt_queues,
             };
             let progress = progress(&client, target.output);
             let result = client.deploy(&req).await;
@@ -320,9 +336,14 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             print(target.output, &vec![app], app_rows);
         }
         AppsCommand::Delete { name } => {
-            client.delete(&name).await.map_err(fail)?;
+            let deleted = client.delete(&name).await.map_err(fail)?;
             if target.output == Output::Table {
-                println!("{name} deleted");
+                match deleted {
+                    Deleted::Purged => println!("{name} deleted, its data purged"),
+                    Deleted::Purging => println!(
+                        "{name} deleted; its data is being purged, and its name is free once that is done"
+                    ),
+                }
             }
         }
     }

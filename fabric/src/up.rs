@@ -64,7 +64,7 @@ async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<
         workers: 2,
         size,
         persistent_queues,
-        encrypt_queues: persistent_queues,
+        encrypt_queues: true,
     };
     let hello = client.deploy(&deploy(HELLO, 0.1, false)).await?;
     let orders = client.deploy(&deploy(ORDERS, 0.2, true)).await?;
@@ -103,6 +103,8 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         ..ServiceConfig::default()
     };
+    common::secret_file::make_private(&data_dir)
+        .map_err(|e| anyhow::anyhow!("data directory {}: {e}", data_dir.display()))?;
     let keyring = common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
     common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
 
@@ -156,10 +158,12 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     let admin_addr = proxy_admin.local_addr()?;
     lines.push(ops_line(lb_proxy::NAME, admin_addr));
     {
+        // Anything else an operator set (`FABRIC_*`) stands.
+        let base: lb_proxy::Settings = common::config::load(None).unwrap_or_else(|e| e.exit());
         let settings = lb_proxy::Settings {
             proxy_listen: proxy_addr,
             domain: args.domain.clone(),
-            ..lb_proxy::Settings::default()
+            ..base
         };
         let listeners = lb_proxy::Listeners {
             admin: proxy_admin,
@@ -174,6 +178,8 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
 
     let listener = TcpListener::bind(config.listen).await?;
     let cp_url = format!("http://{}", listener.local_addr()?);
+    // Anything else an operator set (`FABRIC_TENANT_QUOTA__APPS`, ...) stands.
+    let cp_base: control_plane::Settings = common::config::load(None).unwrap_or_else(|e| e.exit());
     let cp_config = config.with_settings(control_plane::Settings {
         azs: args.azs.clone(),
         domain: args.domain.clone(),
@@ -185,8 +191,11 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         events_webhook: args.events_webhook.clone(),
         registry_table: aws.then(|| format!("{}registry", args.aws_prefix)),
         // Apps call apps through the load balancer's public data port.
-        egress_allow: vec![proxy_addr.to_string()],
-        ..Default::default()
+        egress_allow: [proxy_addr.to_string()]
+            .into_iter()
+            .chain(cp_base.egress_allow.iter().cloned())
+            .collect(),
+        ..cp_base
     });
     let admin_key = control_plane::admin_key(&data_dir)?;
     // A fabric without its control plane is of no use: if it cannot start
@@ -220,7 +229,10 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         "Apps answer through the load balancer on {proxy_addr} as {{app}}.{} (or with that Host header).",
         args.domain
     );
-    println!("Admin API key: {admin_key}");
+    println!(
+        "Admin API key: in {} (readable by you only); `fabric` commands on this machine use it for this fabric.",
+        data_dir.join(control_plane::ADMIN_KEY_FILE).display()
+    );
     if args.demo
         && let Err(e) = deploy_demo(&cp_url, &admin_key, proxy_addr).await
     {
