@@ -122,6 +122,40 @@ impl Fabric {
         cmd.output().expect("run fabric").into()
     }
 
+    /// The URL `fabric up` printed for `component` (`queue-svc`,
+    /// `objectstore-svc`, `lb-proxy`'s admin port).
+    pub fn component_url(&self, component: &str) -> String {
+        self.stdout()
+            .iter()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(component)).then(|| words.next())?
+            })
+            .unwrap_or_else(|| panic!("fabric up printed no URL for {component}"))
+            .to_string()
+    }
+
+    /// What `fabric up` printed on its standard output so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.proc
+            .as_ref()
+            .map(|p| {
+                p.lines_of(Stream::Stdout)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A new tenant's API key, made with the admin key.
+    pub async fn tenant(&self, name: &str) -> String {
+        control_plane::client::Client::new(&self.url(), &self.admin_key())
+            .create_tenant(name)
+            .await
+            .expect("a tenant is made")
+    }
+
     /// The admin API key.
     pub fn admin_key(&self) -> String {
         std::fs::read_to_string(self.data.join("admin.key"))
