@@ -147,6 +147,9 @@ impl Backing {
             .env("FABRIC_OBJECTSTORE_URL", &self.store_url)
             .env("FABRIC_APP_TOKEN", self.token(app))
             .env("FABRIC_LOG_FORMAT", "json")
+            // The tests' own servers that flows call listen on loopback, which
+            // an operator must allow (workers reach the public internet only).
+            .env("FABRIC_EGRESS_ALLOW", r#"["127.0.0.0/8"]"#)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied());
         cmd

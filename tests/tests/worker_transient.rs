@@ -34,6 +34,9 @@ fn start_worker(manifest: &std::path::Path, data: &std::path::Path) -> (Proc, St
         .env("FABRIC_MANIFEST", manifest)
         .env("FABRIC_DATA_DIR", data)
         .env("FABRIC_LOG_FORMAT", "json")
+        // The collector the flow calls listens on loopback, which an
+        // operator must allow (workers reach the public internet only).
+        .env("FABRIC_EGRESS_ALLOW", r#"["127.0.0.0/8"]"#)
         .env("RUST_LOG", "info");
     let mut proc = Proc::spawn(cmd);
     let line = proc.wait_for_line(WAIT, |s, l| s == Stream::Stderr && l.contains("listening"));
