@@ -759,19 +759,25 @@ pub async fn run(plan: &Plan) -> Report {
     let mut deadline = tokio::time::Instant::now() + WAIT;
     let mut left = u64::MAX;
     loop {
-        if let Ok(s) = queues.stats("incoming").await {
-            if s.depth == 0 && s.in_flight == 0 {
+        // An error keeps the clock running: a queue that cannot be read is
+        // not draining either.
+        match queues.stats("incoming").await {
+            Ok(s) if s.depth == 0 && s.in_flight == 0 => {
                 report.dead_lettered = s.dlq_depth;
                 break;
             }
-            if s.depth + s.in_flight < left {
+            Ok(s) if s.depth + s.in_flight < left => {
                 left = s.depth + s.in_flight;
                 deadline = tokio::time::Instant::now() + WAIT;
             }
-            assert!(
+            Ok(s) => assert!(
                 tokio::time::Instant::now() < deadline,
                 "the queue stopped draining: {s:?}"
-            );
+            ),
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue cannot be read: {e}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
