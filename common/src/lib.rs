@@ -11,6 +11,7 @@ pub mod envelope;
 #[cfg(feature = "embedded")]
 pub mod group_commit;
 pub mod http;
+pub mod memory;
 pub mod secret_file;
 pub mod secrets;
 pub mod shutdown;

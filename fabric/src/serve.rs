@@ -48,7 +48,8 @@ pub async fn run(component: Component, file: Option<PathBuf>) -> anyhow::Result<
     }
 }
 
-/// The async runtime's threads for `component`: a worker's come from its size.
+/// The async runtime's threads for `component`: a worker's come from its
+/// size, as does its memory ceiling, set here.
 ///
 /// A worker whose configuration or manifest is invalid exits 64 here, before
 /// anything starts, with one line saying what and where.
@@ -61,6 +62,8 @@ pub fn runtime_threads(component: Component, file: Option<&Path>) -> Option<usiz
     if let Err(e) = config.settings.load_app() {
         invalid(e)
     }
+    // Set before the runtime starts, so everything the worker holds counts.
+    common::memory::set_ceiling(config.settings.size.memory);
     Some(config.settings.size.runtime_threads)
 }
 

@@ -344,3 +344,56 @@ async fn serve_worker_runs_a_manifest_and_refuses_a_bad_one() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("worker size"));
 }
+
+/// A worker of size 0.1 (a 512 MiB heap) running `code` on POST /run.
+fn memory_worker(dir: &std::path::Path, code: &str) -> (Proc, String) {
+    let manifest = dir.join("grow.yaml");
+    std::fs::write(
+        &manifest,
+        format!("name: grow\nflows:\n  - name: grow\n    source: {{ http: {{ method: POST, path: /run }} }}\n    steps:\n      - set-payload: '{code}'\n"),
+    )
+    .unwrap();
+    let mut cmd = fabric();
+    cmd.args(["serve", "worker"])
+        .env("FABRIC_DATA_DIR", dir)
+        .env("FABRIC_MANIFEST", &manifest)
+        .env("FABRIC_SIZE", "0.1")
+        .env("FABRIC_LOG_FORMAT", "json");
+    let mut worker = Proc::spawn(cmd);
+    let line = worker.wait_for_line(WAIT, |s, l| s == Stream::Stderr && l.contains("listening"));
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = event["addr"].as_str().unwrap().to_string();
+    (worker, format!("http://{addr}/run"))
+}
+
+#[tokio::test]
+async fn a_worker_stops_an_expression_at_its_memory_and_never_outgrows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+
+    // Growing a step at a time (10 KB a step, a gigabyte in all): the run
+    // stops with an error near the ceiling, and the worker goes on serving.
+    let grow = r#"reduce range(100000) as $i ([]; . + ["x" * 10000]) | length"#;
+    let (mut worker, url) = memory_worker(dir.path(), grow);
+    let r = client.post(&url).json(&0).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("more memory than its worker has"), "{body}");
+    let again = client.post(&url).json(&0).send().await.unwrap();
+    assert_eq!(again.status(), 500, "the worker still answers");
+    worker.signal(Signal::SIGTERM);
+    assert!(worker.wait_exit(WAIT).success(), "{:?}", worker.seen);
+
+    // Ten gigabytes in one step: the allocation is refused and the worker
+    // ends, as a container past its memory limit does; the host never
+    // gives it the memory.
+    let (mut worker, url) = memory_worker(dir.path(), r#""x" * 10000000000 | length"#);
+    let sent = client.post(&url).json(&0).send().await;
+    if let Ok(r) = sent {
+        panic!("the worker answered {}: {}", r.status(), r.text().await.unwrap());
+    }
+    let status = worker.wait_exit(WAIT);
+    assert!(!status.success(), "{status:?}");
+    let stderr = worker.lines_of(Stream::Stderr).join("\n");
+    assert!(stderr.contains("memory allocation"), "{stderr}");
+}

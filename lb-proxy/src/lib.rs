@@ -38,13 +38,6 @@ use tokio_util::task::TaskTracker;
 
 pub use routes::{RouteTable, WorkerRoute, WorkerState};
 
-/// mimalloc as the allocator of any process the proxy runs in: the data path
-/// allocates and frees small buffers on every request (hyper's heads, header
-/// maps, channels), which glibc's malloc and free took ~5% of the proxy's CPU
-/// time under the benchmark. See docs/dependencies.md.
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use settings::{Balance, Settings};
 
 /// The component's name in logs and metrics.

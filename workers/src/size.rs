@@ -14,6 +14,10 @@ pub struct WorkerSize {
     pub concurrency: usize,
     /// Bytes of payload in flight at once (request bodies and queued messages).
     pub payload_budget: usize,
+    /// Bytes the worker may hold on its heap (CloudHub's memory per size):
+    /// past it an allocation fails and the worker ends, as a container past
+    /// its memory limit does, and is restarted.
+    pub memory: usize,
 }
 
 const MIB: usize = 1024 * 1024;
@@ -25,42 +29,49 @@ pub const SIZES: [WorkerSize; 7] = [
         runtime_threads: 1,
         concurrency: 16,
         payload_budget: 16 * MIB,
+        memory: 512 * MIB,
     },
     WorkerSize {
         vcores: 0.2,
         runtime_threads: 1,
         concurrency: 32,
         payload_budget: 32 * MIB,
+        memory: 1024 * MIB,
     },
     WorkerSize {
         vcores: 1.0,
         runtime_threads: 2,
         concurrency: 128,
         payload_budget: 128 * MIB,
+        memory: 1536 * MIB,
     },
     WorkerSize {
         vcores: 2.0,
         runtime_threads: 4,
         concurrency: 256,
         payload_budget: 256 * MIB,
+        memory: 3584 * MIB,
     },
     WorkerSize {
         vcores: 4.0,
         runtime_threads: 8,
         concurrency: 512,
         payload_budget: 512 * MIB,
+        memory: 7680 * MIB,
     },
     WorkerSize {
         vcores: 8.0,
         runtime_threads: 16,
         concurrency: 1024,
         payload_budget: 1024 * MIB,
+        memory: 15360 * MIB,
     },
     WorkerSize {
         vcores: 16.0,
         runtime_threads: 32,
         concurrency: 2048,
         payload_budget: 2048 * MIB,
+        memory: 32768 * MIB,
     },
 ];
 

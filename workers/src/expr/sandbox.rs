@@ -83,6 +83,8 @@ pub enum Exhausted {
     Time(Duration),
     /// Recursion deeper than [`Budget::stack`] allows.
     Depth,
+    /// The worker's heap is near its ceiling ([`MEMORY_PRESSURE`]).
+    Memory,
 }
 
 impl std::fmt::Display for Exhausted {
@@ -91,6 +93,7 @@ impl std::fmt::Display for Exhausted {
             Exhausted::Steps(n) => write!(f, "the expression ran past its budget of {n} steps"),
             Exhausted::Time(t) => write!(f, "the expression ran past its budget of {t:?}"),
             Exhausted::Depth => f.write_str("the expression recursed deeper than its stack allows"),
+            Exhausted::Memory => f.write_str("the expression used more memory than its worker has"),
         }
     }
 }
@@ -119,6 +122,13 @@ pub struct Gauge {
 /// How many steps pass between two reads of the clock.
 const CLOCK_EVERY: u64 = 256;
 
+/// The share of the worker's memory ceiling past which every run stops: a
+/// run that builds a large value stops with an error here, while the rest of
+/// the heap still holds what the worker needs to answer it. (One step that
+/// asks for more than the rest at once, `"x" * 1e10`, fails its allocation
+/// and ends the worker; see `common::memory`.)
+pub const MEMORY_PRESSURE: f64 = 0.75;
+
 /// Where this thread's stack is now (it grows down on every supported target).
 #[inline(never)]
 fn stack_position() -> usize {
@@ -146,6 +156,10 @@ impl Gauge {
         if n.is_multiple_of(CLOCK_EVERY) && Instant::now() > self.deadline {
             stop(Exhausted::Time(self.budget.time));
         }
+        // Every step: a few steps can double a value (`. + .`).
+        if common::memory::pressure(MEMORY_PRESSURE) {
+            stop(Exhausted::Memory);
+        }
         if self.stack_top.saturating_sub(stack_position()) > self.budget.stack {
             stop(Exhausted::Depth);
         }
@@ -160,18 +174,52 @@ pub fn defs() -> impl Iterator<Item = Def<&'static str>> {
         .filter(|d| !REMOVED.contains(&d.name))
 }
 
+/// Native filters replaced by bounded ones here.
+const REPLACED: [&str; 2] = ["fromjson", "range"];
+
 /// The standard library's native filters, less those that reach the host,
-/// and with `fromjson` bounded.
+/// and with `fromjson` and `range/3` bounded.
 pub fn funs() -> impl Iterator<Item = Fun<Metered>> {
     jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
-        .filter(|(name, _, _)| !REMOVED.contains(name) && *name != "fromjson")
-        .chain([native::run::<Metered>((
-            "fromjson",
-            native::v(0),
-            fromjson as RunPtr<Metered>,
-        ))])
+        .filter(|(name, _, _)| !REMOVED.contains(name) && !REPLACED.contains(name))
+        .chain([
+            native::run::<Metered>(("fromjson", native::v(0), fromjson as RunPtr<Metered>)),
+            native::run::<Metered>(("range", native::v(3), range as RunPtr<Metered>)),
+        ])
+}
+
+/// `range($from; $to; $by)`, ticking the meter once per output. jaq's own
+/// yields each number without evaluating a term, so `last(range(1e18))`
+/// would spin, and `[range(1e18)]` fill the heap, without one step counted.
+fn range(mut cv: Cv<'_, Metered>) -> ValXs<'_, Val> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let by = cv.0.pop_var();
+    let to = cv.0.pop_var();
+    let from = cv.0.pop_var();
+    let gauge = cv.0.data().gauge;
+    let direction = by.partial_cmp(&Val::from(0isize)).unwrap_or(Equal);
+    let mut next = Some(Ok(from));
+    Box::new(std::iter::from_fn(move || {
+        gauge.tick();
+        match next.take()? {
+            Ok(x) => {
+                let more = match direction {
+                    Greater => x < to,
+                    Less => x > to,
+                    Equal => x != to,
+                };
+                if more {
+                    next = Some((x.clone() + by.clone()).map_err(jaq_core::Exn::from));
+                    Some(Ok(x))
+                } else {
+                    None
+                }
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }))
 }
 
 /// The deepest value a program may read from text or give back: serde_json's
