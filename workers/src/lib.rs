@@ -30,7 +30,6 @@ use common::secrets::Secret;
 use common::shutdown::Shutdown;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::expr::Evaluator;
@@ -336,10 +335,7 @@ pub async fn run(
         );
         source::schedule::start(&engine, &primary, &worker_id, &shutdown);
     }
-    let limits = source::http::Limits {
-        slots: Arc::new(Semaphore::new(size.concurrency)),
-        max_body: size.max_payload(),
-    };
+    let limits = source::http::Limits::of(&size);
     let ops = ops_router(readiness.clone(), metrics.registry());
     let router = source::http::router(engine, limits);
     let (router, ops) = match settings.ops_listen {

@@ -444,3 +444,70 @@ flows:
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"got": 1}));
     drop(stuck);
 }
+
+#[tokio::test]
+async fn bodies_half_sent_hold_at_most_the_workers_payload_budget() {
+    use tokio::io::AsyncWriteExt;
+    let w = worker(
+        r#"
+flows:
+  - name: echo
+    source: { http: { method: POST, path: /echo } }
+    steps:
+      - set-payload: 'length'
+"#,
+    )
+    .await;
+    let addr = w.base.trim_start_matches("http://").to_string();
+    // A 0.2 worker: a 32 MiB budget, 8 MiB bodies at most. Four clients each
+    // send 7 MiB of an 8 MiB body and stop: 28 MiB held, 4 MiB left.
+    let size: workers::size::WorkerSize = "0.2".parse().unwrap();
+    let part = 7 * 1024 * 1024;
+    let mut stuck = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            size.max_payload()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&vec![b'a'; part]).await.unwrap();
+        stuck.push(s);
+    }
+    let client = reqwest::Client::new();
+    let send = |len: usize| {
+        client
+            .post(format!("{}/echo", w.base))
+            .header("content-type", "text/plain")
+            .body(vec![b'b'; len])
+            .send()
+    };
+    // A fifth large body finds the budget spent: 503, not a fifth 8 MiB held.
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = send(6 * 1024 * 1024).await.unwrap();
+        if r.status() == 503 {
+            refused = true;
+            break;
+        }
+        // The stuck bodies may still be arriving; the server has not yet
+        // counted them all.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(refused, "a body past the budget is refused");
+    // A small one fits in what is left.
+    let r = send(1000).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "1000");
+    // Once the stuck clients go, their bytes are the worker's again.
+    drop(stuck);
+    let mut served = false;
+    for _ in 0..100 {
+        if send(6 * 1024 * 1024).await.unwrap().status() == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(served);
+}

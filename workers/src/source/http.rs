@@ -32,6 +32,22 @@ pub struct Limits {
     pub slots: Arc<Semaphore>,
     /// The largest request body accepted.
     pub max_body: usize,
+    /// Bytes of request bodies held at once, one permit a byte (the size's
+    /// payload budget): bodies are read before a slot is taken, so without
+    /// it many clients each sending the largest body at once would hold
+    /// their sum.
+    pub body_bytes: Arc<Semaphore>,
+}
+
+impl Limits {
+    /// Limits for a worker of `size`.
+    pub fn of(size: &crate::size::WorkerSize) -> Self {
+        Limits {
+            slots: Arc::new(Semaphore::new(size.concurrency)),
+            max_body: size.max_payload(),
+            body_bytes: Arc::new(Semaphore::new(size.payload_budget)),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -154,10 +170,11 @@ async fn serve(
         )
     };
     // The body is read whole, within a total deadline, before a slot is
-    // taken: a client trickling its body holds a connection, never a slot.
+    // taken: a client trickling its body holds a connection, never a slot,
+    // and bytes of the worker's body budget as they arrive.
     let attributes = attributes(&req, params);
-    let read = axum::body::to_bytes(req.into_body(), route.limits.max_body);
-    let body = tokio::time::timeout(BODY_DEADLINE, read)
+    let read = read_body(req.into_body(), &route.limits);
+    let (body, _bytes) = tokio::time::timeout(BODY_DEADLINE, read)
         .await
         .map_err(|_| {
             let mut e = FlowError::new(
@@ -166,15 +183,7 @@ async fn serve(
             );
             e.status = Some(StatusCode::REQUEST_TIMEOUT);
             e
-        })?
-        .map_err(|_| {
-            let mut e = FlowError::new(
-                ErrorType::Validation,
-                format!("request body larger than {} bytes", route.limits.max_body),
-            );
-            e.status = Some(StatusCode::PAYLOAD_TOO_LARGE);
-            e
-        })?;
+        })??;
     let _slot = tokio::time::timeout(SLOT_WAIT, route.limits.slots.acquire())
         .await
         .map_err(|_| overloaded())?
@@ -187,6 +196,59 @@ async fn serve(
     let mut event = Event::new(payload_from_bytes(&body), attributes);
     event.correlation_id = cid.to_string();
     route.engine.run(&route.flow, event).await
+}
+
+/// Reads a body of at most `limits.max_body` bytes, holding a permit of the
+/// body budget for each byte from the moment it arrives; the permits go
+/// back when the request ends. A budget that stays spent for [`SLOT_WAIT`]
+/// is a 503, as a full set of slots is.
+async fn read_body(
+    mut body: Body,
+    limits: &Limits,
+) -> Result<(bytes::Bytes, Option<tokio::sync::SemaphorePermit<'_>>), FlowError> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        let mut e = FlowError::new(
+            ErrorType::Validation,
+            format!("request body larger than {} bytes", limits.max_body),
+        );
+        e.status = Some(StatusCode::PAYLOAD_TOO_LARGE);
+        e
+    };
+    let bad = |e: axum::Error| {
+        FlowError::new(
+            ErrorType::Validation,
+            format!("cannot read the request body: {e}"),
+        )
+    };
+    let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(bad)?.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() + data.len() > limits.max_body {
+            return Err(too_large());
+        }
+        // max_body fits u32: it is a quarter of a budget of at most 2 GiB.
+        let n = u32::try_from(data.len()).map_err(|_| too_large())?;
+        let permit = tokio::time::timeout(SLOT_WAIT, limits.body_bytes.acquire_many(n))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                FlowError::new(
+                    ErrorType::Overloaded,
+                    "the worker holds as many request bytes as it may; retry",
+                )
+            })?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
 }
 
 fn body_of(value: Value) -> (Option<&'static str>, Vec<u8>) {
