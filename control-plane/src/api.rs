@@ -299,6 +299,27 @@ impl Api {
         }
     }
 
+    /// Restarts `apps` side by side, one at a time, each under its lock as a
+    /// tenant's restart is: their workers were started by an earlier version
+    /// of the fabric ([`Supervisor::recover`]). An app deleted or redeployed
+    /// meanwhile needs nothing.
+    pub async fn renew(&self, apps: Vec<String>) {
+        for name in apps {
+            let lock = self.app_lock(&name);
+            let _held = lock.lock().await;
+            let Some(record) = self.registry.app(&name) else {
+                continue;
+            };
+            if !self.supervisor.runs_an_earlier_fabrics_workers(&name) {
+                continue;
+            }
+            tracing::info!(app = %name, "restarting workers an earlier version of the fabric started");
+            if let Err(e) = self.supervisor.deploy(record).await {
+                tracing::warn!(app = %name, error = %e, "could not restart workers an earlier version of the fabric started");
+            }
+        }
+    }
+
     fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.deploying
             .lock()

@@ -377,7 +377,7 @@ pub async fn run(
             Ok::<_, std::convert::Infallible>(())
         });
     }
-    supervisor.recover().await;
+    let stale = supervisor.recover().await;
     let purger = purge::Purger::new(
         registry.clone(),
         token_key.clone(),
@@ -417,6 +417,13 @@ pub async fn run(
         quota: config.settings.tenant_quota,
         limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
     };
+    if !stale.is_empty() {
+        let api = api.clone();
+        shutdown.spawn("renew", async move {
+            api.renew(stale).await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
     let mut metrics = metrics_registry(NAME);
     metrics.register(
         "registry_unpersisted",

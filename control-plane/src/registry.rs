@@ -162,6 +162,13 @@ impl Placement {
             .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// Whether an earlier version of the fabric started this worker: it has
+    /// no process identity or ops port, and it was started with what that
+    /// version gave workers (the whole environment among them).
+    pub fn from_an_earlier_fabric(&self) -> bool {
+        self.identity.is_none() || self.ops_address.is_none()
+    }
+
     fn key(&self) -> String {
         format!("{}/{}/{}", self.app, self.version, self.index)
     }

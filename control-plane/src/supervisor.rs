@@ -254,7 +254,11 @@ impl Supervisor {
 
     /// Takes back the registry's apps after a restart: adopts workers that
     /// still run and answer, starts the rest, stops leftovers of old versions.
-    pub async fn recover(&self) {
+    /// Returns the apps whose adopted workers an earlier version of the
+    /// fabric started: they serve on, and are to be restarted side by side
+    /// (see `Api::renew`), so they run under today's sandbox.
+    pub async fn recover(&self) -> Vec<String> {
+        let mut stale = Vec::new();
         // Read first: marking an app for purging forgets its placements,
         // and its workers are still to be stopped.
         let placements = self.inner.registry.placements();
@@ -296,6 +300,9 @@ impl Supervisor {
                 continue;
             };
             if current == Some(p.version) && self.probe(&running.ops_address.to_string()).await {
+                if p.from_an_earlier_fabric() && !stale.contains(&p.app) {
+                    stale.push(p.app.clone());
+                }
                 adopted.push((p, running));
             } else {
                 self.inner.scheduler.kill(&mut running);
@@ -350,6 +357,16 @@ impl Supervisor {
             }
         }
         self.publish_routes();
+        stale
+    }
+
+    /// Whether any of `app`'s workers was started by an earlier version of the fabric.
+    pub fn runs_an_earlier_fabrics_workers(&self, app: &str) -> bool {
+        self.inner
+            .registry
+            .placements()
+            .iter()
+            .any(|p| p.app == app && p.from_an_earlier_fabric())
     }
 
     /// Checks every worker until `shutdown`, then stops them all.

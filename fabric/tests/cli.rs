@@ -390,7 +390,11 @@ async fn a_worker_stops_an_expression_at_its_memory_and_never_outgrows_it() {
     let (mut worker, url) = memory_worker(dir.path(), r#""x" * 10000000000 | length"#);
     let sent = client.post(&url).json(&0).send().await;
     if let Ok(r) = sent {
-        panic!("the worker answered {}: {}", r.status(), r.text().await.unwrap());
+        panic!(
+            "the worker answered {}: {}",
+            r.status(),
+            r.text().await.unwrap()
+        );
     }
     let status = worker.wait_exit(WAIT);
     assert!(!status.success(), "{status:?}");

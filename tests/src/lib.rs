@@ -85,3 +85,20 @@ pub fn fabric_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Polls `f` until it gives a value, for at most `within`; panics naming
+/// `what` when it never does.
+pub async fn until<T>(
+    what: &str,
+    within: std::time::Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

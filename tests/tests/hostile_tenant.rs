@@ -51,15 +51,8 @@ fn var(env: &str, name: &str) -> String {
         .to_string()
 }
 
-async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn until<T>(what: &str, f: impl AsyncFnMut() -> Option<T>) -> T {
+    fabric_tests::until(what, WAIT, f).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
