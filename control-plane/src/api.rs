@@ -42,6 +42,8 @@ pub(crate) struct Api {
     pub purger: Purger,
     /// What each tenant may run.
     pub quota: Quota,
+    /// What deploys and scales in flight ask for, counted by quota checks.
+    pub claims: crate::quota::Claims,
     /// Requests per API key.
     pub limiter: Arc<RateLimiter>,
     /// queue-svc's URL and the key to mint read tokens for it, when configured
@@ -137,67 +139,42 @@ impl Api {
         Ok(tenant)
     }
 
-    /// Checks that `tenant` may run `wanted` (workers, size) for app `name`
-    /// beside its other apps, within its quota.
-    fn within_quota(&self, tenant: &str, name: &str, wanted: (u32, f64)) -> ApiResult<()> {
+    /// Checks that `tenant` may run `wanted` (workers, size) as app `name`
+    /// beside its other apps, within its quota, and claims it while the
+    /// change is in flight (see [`crate::quota`]). The admin has no quota.
+    fn claim_quota(
+        &self,
+        tenant: &str,
+        name: &str,
+        wanted: (u32, f64),
+    ) -> ApiResult<Option<crate::quota::Claim>> {
         if tenant == ADMIN {
-            return Ok(());
+            return Ok(None);
         }
-        let others: Vec<AppRecord> = self
-            .registry
-            .apps()
-            .into_iter()
-            .filter(|a| a.tenant == tenant && a.name != name)
-            .collect();
-        let purging = self
-            .registry
-            .purges()
-            .iter()
-            .filter(|p| p.tenant == tenant && p.name != name)
-            .count() as u32;
-        let apps = others.len() as u32 + purging + 1;
-        let workers = others.iter().map(|a| a.workers).sum::<u32>() + wanted.0;
-        let vcores = others
-            .iter()
-            .map(|a| f64::from(a.workers) * a.size)
-            .sum::<f64>()
-            + f64::from(wanted.0) * wanted.1;
-        let q = self.quota;
-        let over = if apps > q.apps {
-            Some(format!("{apps} apps, more than the {} allowed", q.apps))
-        } else if workers > q.workers {
-            Some(format!(
-                "{workers} workers, more than the {} allowed",
-                q.workers
-            ))
-        } else if vcores > q.vcores + 1e-9 {
-            Some(format!(
-                "{vcores} vCores, more than the {} allowed",
-                q.vcores
-            ))
-        } else {
-            None
-        };
-        match over {
-            Some(what) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "QUOTA",
-                format!("tenant {tenant} would run {what}"),
-            )),
-            None => Ok(()),
-        }
+        let (apps, purges) = (self.registry.apps(), self.registry.purges());
+        self.claims
+            .claim(self.quota, (tenant, name), wanted, &apps, &purges)
+            .map(Some)
+            .map_err(|what| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "QUOTA",
+                    format!("tenant {tenant} would run {what}"),
+                )
+            })
     }
 
     /// The record to deploy as `name` for `tenant`: the app's own (same
     /// instance) on a redeploy, or a new instance, recorded before any
     /// worker starts so that its name is taken and its data can be purged
-    /// if the deploy fails. Returns whether it is the app's first deploy.
+    /// if the deploy fails. Returns whether it is the app's first deploy,
+    /// and the quota it claims until the deploy ends.
     async fn reserve(
         &self,
         tenant: &str,
         name: &str,
         req: DeployRequest,
-    ) -> ApiResult<(AppRecord, bool)> {
+    ) -> ApiResult<(AppRecord, bool, Option<crate::quota::Claim>)> {
         let _names = self.names.lock().await;
         let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, "CONFLICT", m);
         if self.registry.purge(name).is_some() {
@@ -216,7 +193,7 @@ impl Api {
             .as_ref()
             .map_or(tenant, |a| a.tenant.as_str())
             .to_string();
-        self.within_quota(&owner, name, (req.workers, req.size))?;
+        let claim = self.claim_quota(&owner, name, (req.workers, req.size))?;
         let (instance, version) = match &existing {
             Some(a) => (a.instance.clone(), a.version),
             None => {
@@ -249,7 +226,7 @@ impl Api {
         if first {
             self.registry.put_app(&record).await.map_err(internal)?;
         }
-        Ok((record, first))
+        Ok((record, first, claim))
     }
 
     /// Deletes `record` and purges its data, waiting at most [`PURGE_WAIT`]
@@ -384,7 +361,7 @@ async fn deploy(
     }
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
-    let (record, first) = api.reserve(&tenant, &name, req).await?;
+    let (record, first, _claim) = api.reserve(&tenant, &name, req).await?;
     match api.supervisor.deploy(record.clone()).await {
         Ok(record) => Ok(Json(api.status(record))),
         Err(e) => {
@@ -424,9 +401,10 @@ async fn delete_app(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let tenant = api.tenant(&headers)?;
-    let record = api.owned(&tenant, &name)?;
+    // Read under the app's lock: a deploy that was in flight has landed.
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
+    let record = api.owned(&tenant, &name)?;
     if api.delete_and_purge(&record).await? {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -448,15 +426,15 @@ async fn scale_app(
     Json(req): Json<ScaleRequest>,
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
-    let app = api.owned(&tenant, &name)?;
     check_workers(req.workers)?;
-    api.within_quota(
+    let lock = api.app_lock(&name);
+    let _held = lock.lock().await;
+    let app = api.owned(&tenant, &name)?;
+    let _claim = api.claim_quota(
         &app.tenant,
         &name,
         (req.workers, req.size.unwrap_or(app.size)),
     )?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
     let record = match req.size {
         // A new size is a new version, deployed side by side.
         Some(size) if size != app.size => {
@@ -483,9 +461,9 @@ async fn restart_app(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
-    let app = api.owned(&tenant, &name)?;
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
+    let app = api.owned(&tenant, &name)?;
     let record = api.supervisor.deploy(app).await?;
     Ok(Json(api.status(record)))
 }

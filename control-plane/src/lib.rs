@@ -11,6 +11,7 @@ pub mod client;
 pub mod events;
 pub mod model;
 pub mod purge;
+pub mod quota;
 pub mod registry;
 pub mod scheduler;
 pub mod supervisor;
@@ -415,6 +416,7 @@ pub async fn run(
         purger,
         names: Arc::default(),
         quota: config.settings.tenant_quota,
+        claims: Default::default(),
         limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
     };
     if !stale.is_empty() {

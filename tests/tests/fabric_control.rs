@@ -237,7 +237,10 @@ async fn workers_an_earlier_fabric_started_are_restarted_side_by_side() {
     let shown = again
         .cli(&["apps", "show", "hello", "--output", "json"])
         .json();
-    assert_eq!(shown[0]["version"], 2, "a restart is a new version: {shown}");
+    assert_eq!(
+        shown[0]["version"], 2,
+        "a restart is a new version: {shown}"
+    );
     for p in old {
         let gone = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_err();
         fabric_tests::until(
