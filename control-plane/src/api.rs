@@ -30,6 +30,9 @@ use crate::supervisor::{DeployError, Supervisor};
 /// The tenant that sees every app and manages AZs and tenants.
 pub const ADMIN: &str = "admin";
 
+/// Manifests checked at once (see `Api::load_manifest`).
+pub const MANIFEST_CHECKS: usize = 2;
+
 #[derive(Clone)]
 pub(crate) struct Api {
     pub supervisor: Supervisor,
@@ -44,6 +47,8 @@ pub(crate) struct Api {
     pub quota: Quota,
     /// What deploys and scales in flight ask for, counted by quota checks.
     pub claims: crate::quota::Claims,
+    /// Manifests checked at once, each on a blocking thread.
+    pub checking: Arc<tokio::sync::Semaphore>,
     /// Requests per API key.
     pub limiter: Arc<RateLimiter>,
     /// queue-svc's URL and the key to mint read tokens for it, when configured
@@ -137,6 +142,21 @@ impl Api {
             self.limiter.check(key)?;
         }
         Ok(tenant)
+    }
+
+    /// Checks a manifest off the async runtime: checking compiles every
+    /// expression and may take a while on a hostile one, and a few of them
+    /// at once must not stall every other request. At most
+    /// [`MANIFEST_CHECKS`] run at once; the rest wait their turn.
+    async fn load_manifest(
+        &self,
+        text: &str,
+    ) -> ApiResult<Result<workers::manifest::App, workers::manifest::ManifestError>> {
+        let _turn = self.checking.acquire().await.map_err(internal)?;
+        let text = text.to_string();
+        tokio::task::spawn_blocking(move || workers::manifest::load(&text))
+            .await
+            .map_err(internal)
     }
 
     /// Checks that `tenant` may run `wanted` (workers, size) as app `name`
@@ -335,7 +355,7 @@ async fn deploy(
     let Json(req) = body.map_err(|e| bad(e.body_text()))?;
     check_workers(req.workers)?;
     check_size(req.size)?;
-    let app = workers::manifest::load(&req.manifest).map_err(|e| {
+    let app = api.load_manifest(&req.manifest).await?.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "MANIFEST",
@@ -490,7 +510,10 @@ async fn queues(
     })?;
     let (Some((url, key)), true) = (&api.queues, record.persistent_queues) else {
         // Transient queues live in the workers: only their names are known here.
-        let manifest = workers::manifest::load(&record.manifest).map_err(internal)?;
+        let manifest = api
+            .load_manifest(&record.manifest)
+            .await?
+            .map_err(internal)?;
         return Ok(Json(AppQueues {
             app: name,
             mode: "transient".into(),

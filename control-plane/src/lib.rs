@@ -417,6 +417,7 @@ pub async fn run(
         names: Arc::default(),
         quota: config.settings.tenant_quota,
         claims: Default::default(),
+        checking: Arc::new(tokio::sync::Semaphore::new(api::MANIFEST_CHECKS)),
         limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
     };
     if !stale.is_empty() {

@@ -488,6 +488,21 @@ pub const OPS_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 /// The largest manifest, in bytes.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 
+/// The most YAML events aliases may replay in one manifest (serde-saphyr's
+/// default is a million: a few anchored 8 KiB expressions, each aliased
+/// thousands of times, would be gigabytes of text to compile).
+pub const MAX_ALIAS_REPLAYS: usize = 10_000;
+
+/// The most expression text one manifest compiles, aliases expanded:
+/// twice what a manifest without aliases can hold.
+pub const MAX_EXPRESSION_TEXT: usize = 2 * MAX_MANIFEST_BYTES;
+
+thread_local! {
+    /// Expression text the manifest being checked may still compile. Each
+    /// check runs on a thread of its own ([`load`]), so this is per manifest.
+    static EXPRESSION_TEXT_LEFT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Parses and checks a manifest. Any text gets an answer: the app, or the
 /// line, column and reason it is refused. Checking runs on a thread of its
 /// own with a deep stack (see [`crate::expr::bounds`]), so no manifest can
@@ -513,7 +528,11 @@ pub fn load(yaml: &str) -> Result<App, ManifestError> {
 }
 
 fn load_here(yaml: &str) -> Result<App, ManifestError> {
-    let def: AppDef = serde_saphyr::from_str(yaml).map_err(|e| {
+    EXPRESSION_TEXT_LEFT.with(|left| left.set(MAX_EXPRESSION_TEXT));
+    let options = serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! { max_total_replayed_events: MAX_ALIAS_REPLAYS },
+    };
+    let def: AppDef = serde_saphyr::from_str_with_options(yaml, options).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let text = e.to_string();
         // The first line holds the reason; the rest is a rendered snippet.
@@ -900,6 +919,19 @@ fn trigger(source: &Spanned<SourceDef>) -> Result<Trigger, ManifestError> {
 }
 
 fn expr(text: &Text) -> Result<Expr, ManifestError> {
+    let spent = EXPRESSION_TEXT_LEFT.with(|left| {
+        let now = left.get().checked_sub(text.value.len());
+        left.set(now.unwrap_or(0));
+        now.is_none()
+    });
+    if spent {
+        return Err(at(
+            text,
+            format!(
+                "the manifest's expressions (aliases expanded) are more than {MAX_EXPRESSION_TEXT} bytes"
+            ),
+        ));
+    }
     Expr::compile(&text.value).map_err(|e| at(text, format!("expression {:?}: {e}", text.value)))
 }
 

@@ -161,3 +161,28 @@ proptest! {
         let _ = Expr::compile(&code);
     }
 }
+
+#[test]
+fn aliases_cannot_multiply_the_expressions_a_manifest_compiles() {
+    // One anchored expression of the longest length, aliased 99 times (the
+    // YAML reader refuses 100 aliases of one anchor by itself):
+    // 800 KiB of text to compile from a 10 KiB manifest.
+    let long = format!("{}1", "- ".repeat((MAX_LEN - 1) / 2));
+    let mut yaml = format!(
+        "name: aliases\nflows:\n  - name: f\n    source: {{ http: {{ method: GET, path: /x }} }}\n    steps:\n      - set-payload: &e '{long}'\n"
+    );
+    for _ in 0..99 {
+        yaml.push_str("      - set-payload: *e\n");
+    }
+    let e = manifest::load(&yaml).unwrap_err();
+    assert!(e.reason.contains("aliases expanded"), "{e}");
+
+    // Aliases of aliases (a "billion laughs"): refused by the replay limit.
+    let mut bomb = String::from("name: laughs\nx0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n");
+    for i in 1..10 {
+        let prev = format!("*a{}", i - 1);
+        bomb.push_str(&format!("x{i}: &a{i} [{}]\n", vec![prev; 10].join(", ")));
+    }
+    bomb.push_str("flows:\n  - name: f\n    steps:\n      - log: '1'\n");
+    assert!(manifest::load(&bomb).is_err());
+}
