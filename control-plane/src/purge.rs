@@ -85,7 +85,7 @@ impl Purger {
                 .map_err(|e| PurgeError::Stores(e.to_string()))?;
         }
         self.remove_logs(&p.app_id).map_err(PurgeError::Logs)?;
-        self.registry.finish_purge(&p.name).await?;
+        self.registry.finish_purge(&p.name, &p.app_id).await?;
         tracing::info!(app = %p.name, app_id = %p.app_id, "app purged");
         Ok(())
     }

@@ -415,8 +415,13 @@ impl Registry {
     }
 
     /// Ends an app's deletion: its name is free again. Returns once persisted.
-    pub async fn finish_purge(&self, name: &str) -> Result<(), RegistryError> {
+    pub async fn finish_purge(&self, name: &str, app_id: &str) -> Result<(), RegistryError> {
         let change = self.shared.change(|r| {
+            // Only the purge that finished: a name deleted again since is
+            // another instance's purge, still to run.
+            if r.purges.get(name).is_none_or(|p| p.app_id != app_id) {
+                return Vec::new();
+            }
             r.purges.remove(name);
             vec![(RecordKind::Purge, name.to_string())]
         });

@@ -935,12 +935,34 @@ fn expr(text: &Text) -> Result<Expr, ManifestError> {
     Expr::compile(&text.value).map_err(|e| at(text, format!("expression {:?}: {e}", text.value)))
 }
 
+/// Headers that frame a message or belong to one connection: the server or
+/// client that sends the message sets them, a flow does not (a flow's own
+/// `content-length` or `transfer-encoding` beside the real one would be a
+/// message two readers split differently).
+const FRAMING_HEADERS: [&str; 9] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
 fn header_exprs(headers: BTreeMap<String, Text>) -> Result<Vec<(String, Expr)>, ManifestError> {
     headers
         .into_iter()
         .map(|(name, value)| {
-            axum::http::HeaderName::from_bytes(name.as_bytes())
+            let parsed = axum::http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| at(&value, format!("{name:?} is not a header name")))?;
+            if FRAMING_HEADERS.contains(&parsed.as_str()) {
+                return Err(at(
+                    &value,
+                    format!("header {name} is set by the fabric, not by a flow"),
+                ));
+            }
             Ok((name, expr(&value)?))
         })
         .collect()

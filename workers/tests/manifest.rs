@@ -243,3 +243,30 @@ fn store_steps_and_schedules_are_checked() {
     ));
     assert!(app.uses_store(), "a schedule needs the primary lease");
 }
+
+#[test]
+fn flows_cannot_set_framing_or_connection_headers() {
+    for header in [
+        "content-length",
+        "Transfer-Encoding",
+        "connection",
+        "upgrade",
+        "host",
+    ] {
+        for step in [
+            format!("respond: {{ status: 200, headers: {{ {header}: '\"1\"' }} }}"),
+            format!(
+                "http-request: {{ url: '\"https://example.com\"', headers: {{ {header}: '\"1\"' }} }}"
+            ),
+        ] {
+            let yaml = format!(
+                "flows:\n  - name: f\n    source: {{ http: {{ method: GET, path: /x }} }}\n    steps:\n      - {step}\n"
+            );
+            let e = manifest::load(&yaml).unwrap_err();
+            assert!(e.reason.contains("set by the fabric"), "{header}: {e}");
+            assert_eq!(e.line, 5, "{e}");
+        }
+    }
+    let fine = "flows:\n  - name: f\n    source: { http: { method: GET, path: /x } }\n    steps:\n      - respond: { status: 200, headers: { x-trace: '\"1\"', set-cookie: '\"a=b\"' } }\n";
+    manifest::load(fine).unwrap();
+}

@@ -262,8 +262,15 @@ async fn survives_reopening(b: &Backing) {
         r.placements().is_empty(),
         "the app's placements went with it"
     );
-    assert_eq!(r.purges(), [purge], "a purge under way outlives a restart");
-    r.finish_purge("orders").await.unwrap();
+    assert_eq!(
+        r.purges(),
+        [purge.clone()],
+        "a purge under way outlives a restart"
+    );
+    // Another instance's purge ending leaves this one alone.
+    r.finish_purge("orders", "orders--another").await.unwrap();
+    assert_eq!(r.purges(), [purge.clone()]);
+    r.finish_purge("orders", &purge.app_id).await.unwrap();
     assert_eq!(r.close(WAIT).await, 0);
     let r = b.open(&ring).await.unwrap();
     assert!(r.purges().is_empty());
