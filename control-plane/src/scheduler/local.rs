@@ -86,6 +86,9 @@ fn process_identity(pid: u32) -> Option<String> {
 }
 
 /// Whether process `pid` was started as worker `worker_id`.
+/// The most of a worker's log [`LocalScheduler::log_tail`] reads.
+const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
 fn started_as(pid: u32, worker_id: &str) -> bool {
     let wanted = format!("FABRIC_WORKER_ID={worker_id}");
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -240,8 +243,20 @@ impl Scheduler for LocalScheduler {
     }
 
     fn log_tail(&self, spec: &WorkerSpec, lines: usize) -> Option<String> {
-        let text = std::fs::read_to_string(self.log_path(spec)).ok()?;
-        let all: Vec<&str> = text.lines().collect();
+        use std::io::{Read, Seek, SeekFrom};
+        // Only the end is read: a worker's log may be as large as its app
+        // made it.
+        let mut file = std::fs::File::open(self.log_path(spec)).ok()?;
+        let len = file.metadata().ok()?.len();
+        let from = len.saturating_sub(LOG_TAIL_BYTES);
+        file.seek(SeekFrom::Start(from)).ok()?;
+        let mut end = Vec::new();
+        file.take(LOG_TAIL_BYTES).read_to_end(&mut end).ok()?;
+        let text = String::from_utf8_lossy(&end);
+        let mut all: Vec<&str> = text.lines().collect();
+        if from > 0 && !all.is_empty() {
+            all.remove(0); // cut mid-line
+        }
         Some(all[all.len().saturating_sub(lines)..].join("\n"))
     }
 }
@@ -249,6 +264,34 @@ impl Scheduler for LocalScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_tail_reads_the_end_of_a_large_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sched = LocalScheduler::new("fabric".into(), vec!["a".into()], dir.path());
+        let spec = WorkerSpec {
+            app: "shop".into(),
+            app_id: "shop--abc".into(),
+            version: 1,
+            index: 1,
+            az: "a".into(),
+            manifest: "".into(),
+            size: 0.1,
+            env: Vec::new(),
+        };
+        let path = sched.log_path(&spec);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            sched.log_tail(&spec, 3).unwrap(),
+            "line 99997\nline 99998\nline 99999"
+        );
+        // More lines than the tail holds: whole lines only.
+        let tail = sched.log_tail(&spec, 1_000_000).unwrap();
+        assert!(tail.len() as u64 <= LOG_TAIL_BYTES);
+        assert!(tail.starts_with("line "), "{}", &tail[..20]);
+    }
 
     #[test]
     fn a_process_is_known_by_its_boot_and_start_time_while_it_lives() {
