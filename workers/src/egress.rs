@@ -28,30 +28,39 @@ use ipnet::IpNet;
 use tokio::net::TcpStream;
 
 /// Ranges no flow reaches unless an operator allows them: everything that
-/// is not the public internet.
-const DENIED: [&str; 22] = [
-    "0.0.0.0/8",       // "this network"
-    "10.0.0.0/8",      // RFC 1918
-    "100.64.0.0/10",   // CGNAT
-    "127.0.0.0/8",     // loopback: the fabric's own ports on one machine
-    "169.254.0.0/16",  // link-local, the instance metadata service among them
-    "172.16.0.0/12",   // RFC 1918
-    "192.0.0.0/24",    // IETF protocol assignments
-    "192.0.2.0/24",    // documentation
-    "192.88.99.0/24",  // 6to4 relay
-    "192.168.0.0/16",  // RFC 1918
-    "198.18.0.0/15",   // benchmarking
-    "198.51.100.0/24", // documentation
-    "203.0.113.0/24",  // documentation
-    "224.0.0.0/4",     // multicast
-    "240.0.0.0/4",     // reserved, and broadcast
-    "::/128",          // unspecified
-    "::1/128",         // loopback
-    "64:ff9b::/96",    // NAT64: an IPv4 address in disguise
-    "100::/64",        // discard
-    "fc00::/7",        // unique-local (the IPv6 metadata address among them)
-    "fe80::/10",       // link-local
-    "ff00::/8",        // multicast
+/// is not the public internet. IPv4-mapped IPv6 (`::ffff:0:0/96`) is not
+/// listed: [`canonical`] turns it into IPv4 before the check, so the IPv4
+/// ranges judge it.
+const DENIED: [&str; 29] = [
+    "0.0.0.0/8",        // "this network"
+    "10.0.0.0/8",       // RFC 1918
+    "100.64.0.0/10",    // CGNAT
+    "127.0.0.0/8",      // loopback: the fabric's own ports on one machine
+    "168.63.129.16/32", // Azure's platform address: metadata, DNS, health probes
+    "169.254.0.0/16",   // link-local, the instance metadata service among them
+    "172.16.0.0/12",    // RFC 1918
+    "192.0.0.0/24",     // IETF protocol assignments
+    "192.0.2.0/24",     // documentation
+    "192.88.99.0/24",   // 6to4 relay
+    "192.168.0.0/16",   // RFC 1918
+    "198.18.0.0/15",    // benchmarking
+    "198.51.100.0/24",  // documentation
+    "203.0.113.0/24",   // documentation
+    "224.0.0.0/4",      // multicast
+    "240.0.0.0/4",      // reserved, and broadcast
+    "::/128",           // unspecified
+    "::1/128",          // loopback
+    "::/96",            // IPv4-compatible (deprecated): `::127.0.0.1` is loopback in disguise
+    "64:ff9b::/96",     // NAT64: an IPv4 address in disguise
+    "64:ff9b:1::/48",   // local-use NAT64: the same, translated inside the network
+    "100::/64",         // discard
+    "2001::/32",        // Teredo: embeds an IPv4 address; denied whole, not judged by it
+    "2001:db8::/32",    // documentation
+    "2002::/16",        // 6to4: embeds an IPv4 address; denied whole, not judged by it
+    "fc00::/7",         // unique-local (the IPv6 metadata address among them)
+    "fe80::/10",        // link-local
+    "fec0::/10",        // site-local (deprecated), still private where used
+    "ff00::/8",         // multicast
 ];
 
 static DENIED_NETS: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
@@ -384,10 +393,25 @@ mod tests {
             "[64:ff9b::7f00:1]:80",
             "224.0.0.1:80",
             "255.255.255.255:80",
+            "168.63.129.16:80",
+            "[::7f00:1]:80",
+            "[::a9fe:a9fe]:80",
+            "[2002:7f00:1::1]:80",
+            "[2001:0:4136:e378:8000:63bf:3fff:fdd2]:80",
+            "[64:ff9b:1::a00:1]:80",
+            "[fec0::1]:80",
+            "[2001:db8::1]:80",
         ] {
             assert!(!p.allows(addr(denied)), "{denied}");
         }
-        for public in ["1.1.1.1:443", "93.184.216.34:80", "[2606:4700::1111]:80"] {
+        for public in [
+            "1.1.1.1:443",
+            "93.184.216.34:80",
+            "168.63.129.17:80",
+            "[2606:4700::1111]:80",
+            "[2003::1]:80",
+            "[2001:4860:4860::8888]:80",
+        ] {
             assert!(p.allows(addr(public)), "{public}");
         }
     }
