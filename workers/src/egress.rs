@@ -4,10 +4,11 @@
 //! By default a flow reaches public addresses only: loopback, private
 //! (RFC 1918), link-local (the cloud metadata address among them), CGNAT,
 //! unique-local IPv6 and the other special ranges are refused, as are the
-//! fabric's own service addresses whatever an operator widens. The check
-//! runs in the connector, on each address a name resolves to, right before
-//! connecting to it: a name that resolves to a public address when asked
-//! and to loopback when connecting (DNS rebinding) is refused at the second
+//! fabric's own service addresses whatever an operator widens (the port of
+//! one on this host at every address of this host). The check runs in the
+//! connector, on each address a name resolves to, right before connecting
+//! to it: a name that resolves to a public address when asked and to
+//! loopback when connecting (DNS rebinding) is refused at the second
 //! resolution, the one used. Redirects are followed through the same
 //! connector, so each hop is checked. Every failure to connect reads the
 //! same, so a flow cannot use the errors to map a network.
@@ -82,7 +83,9 @@ pub struct Policy {
     allow_nets: Vec<IpNet>,
     /// Single addresses allowed (the load balancer's public data port).
     allow_addrs: Vec<SocketAddr>,
-    /// The fabric's own services: never reached, whatever is allowed.
+    /// The fabric's own services: never reached, whatever is allowed; one
+    /// on this host is refused on every address of this host (see
+    /// [`Policy::is_own`]).
     deny_addrs: Vec<SocketAddr>,
 }
 
@@ -121,13 +124,34 @@ impl Policy {
     pub fn allows(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
         let addr = SocketAddr::new(ip, addr.port());
-        if self.deny_addrs.contains(&addr) {
+        if self.is_own(addr) {
             return false;
         }
         self.allow_addrs.contains(&addr)
             || self.allow_nets.iter().any(|n| n.contains(&ip))
             || !DENIED_NETS.iter().any(|n| n.contains(&ip))
     }
+
+    /// Whether `addr` is one of the fabric's own services. A service on this
+    /// host listening on `0.0.0.0` or `[::]` also answers on every other
+    /// address of this host, so the port of an own address on this host is
+    /// refused on all of them, not only on the address it was named by.
+    /// Ports of services on other hosts are refused on those addresses only.
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.deny_addrs.iter().any(|own| {
+            *own == addr
+                || (own.port() == addr.port() && on_this_host(own.ip()) && on_this_host(addr.ip()))
+        })
+    }
+}
+
+/// Whether a connection to `ip` reaches this host: loopback, unspecified
+/// (which Linux and the BSDs connect to this host), or an address of one of
+/// its interfaces, known by being bindable. Asked when connecting, so an
+/// address the host gains later counts; with `ip_nonlocal_bind` every
+/// address binds and so counts, which refuses too much, never too little.
+fn on_this_host(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// An IPv4 address carried in IPv6 (`::ffff:a.b.c.d`) is judged as IPv4.
@@ -435,6 +459,57 @@ mod tests {
             "a service inside an allowed range"
         );
         assert!(Policy::new(&["not an address".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn the_fabrics_own_ports_are_refused_on_every_address_of_this_host() {
+        // An operator opened everything; the services bound to loopback and
+        // to every address still cannot be reached by another local address.
+        let p = Policy::new(
+            &["0.0.0.0/0".into(), "::/0".into()],
+            &[
+                "127.0.0.1:7000".into(),
+                "0.0.0.0:7001".into(),
+                "[::]:7002".into(),
+                "198.51.100.7:7003".into(),
+            ],
+        )
+        .unwrap();
+        for port in [7000, 7001, 7002] {
+            for ip in [
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.255.0.9",
+                "0.0.0.0",
+                "::1",
+                "::",
+                "::ffff:127.0.0.3",
+            ] {
+                let own = SocketAddr::new(ip.parse().unwrap(), port);
+                assert!(!p.allows(own), "{own}");
+            }
+        }
+        assert!(
+            !p.allows(addr("198.51.100.7:7003")),
+            "a service on another host"
+        );
+        assert!(
+            p.allows(addr("127.0.0.1:7003")),
+            "its port is not this host's"
+        );
+        assert!(p.allows(addr("127.0.0.1:7004")), "not a fabric port");
+        assert!(p.allows(addr("1.1.1.1:7000")), "a fabric port, elsewhere");
+        // The address this host sends from, when it has a route: a service
+        // on 0.0.0.0 answers there too. (Connecting UDP sends nothing.)
+        let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("1.1.1.1:53").and_then(|()| s.local_addr()))
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        if let Some(ip) = routed {
+            assert!(!p.allows(SocketAddr::new(ip, 7001)), "{ip}: a fabric port");
+            assert!(p.allows(SocketAddr::new(ip, 7004)), "{ip}: another port");
+        }
     }
 
     #[test]
