@@ -10,7 +10,8 @@
 //! to it: a name that resolves to a public address when asked and to
 //! loopback when connecting (DNS rebinding) is refused at the second
 //! resolution, the one used. Redirects are followed through the same
-//! connector, so each hop is checked. Every failure to connect reads the
+//! connector, so each hop is checked, and one to another origin carries
+//! none of the flow's credentials. Every failure to connect reads the
 //! same, so a flow cannot use the errors to map a network.
 
 use std::future::Future;
@@ -70,6 +71,16 @@ static DENIED_NETS: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
         .map(|n| n.parse().expect("the denied ranges are valid CIDR"))
         .collect()
 });
+
+/// Headers a flow sets for the origin it names, dropped when a redirect
+/// leads to another (scheme, host or port): its credentials, and the `Host`
+/// that would address the other server as the first.
+const ORIGIN_BOUND: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+];
 
 /// How many redirects a request follows.
 const MAX_REDIRECTS: usize = 5;
@@ -348,13 +359,25 @@ impl Client {
                     .and_then(|l| url.join(l).ok())
             {
                 // A 303, and a 301 or 302 after anything but GET or HEAD,
-                // continue as a GET without a body (as browsers do).
+                // continue as a GET without a body (as browsers do after a
+                // POST; here after PUT and the rest too, so a body is only
+                // sent again where a 307 or 308 asks for it).
                 if status == StatusCode::SEE_OTHER
                     || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
                         && out.method != Method::HEAD)
                 {
                     out.method = Method::GET;
                     out.body = None;
+                }
+                if next.origin() != url.origin() {
+                    // Meant for the origin the flow named: never handed to
+                    // one a redirect chose (as browsers and curl do). Dropped
+                    // for the rest of the chain, even one that comes back.
+                    out.headers.retain(|(name, _)| {
+                        !ORIGIN_BOUND
+                            .iter()
+                            .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+                    });
                 }
                 url = next;
                 continue;
