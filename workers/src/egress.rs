@@ -4,12 +4,14 @@
 //! By default a flow reaches public addresses only: loopback, private
 //! (RFC 1918), link-local (the cloud metadata address among them), CGNAT,
 //! unique-local IPv6 and the other special ranges are refused, as are the
-//! fabric's own service addresses whatever an operator widens. The check
-//! runs in the connector, on each address a name resolves to, right before
-//! connecting to it: a name that resolves to a public address when asked
-//! and to loopback when connecting (DNS rebinding) is refused at the second
+//! fabric's own service addresses whatever an operator widens (the port of
+//! one on this host at every address of this host). The check runs in the
+//! connector, on each address a name resolves to, right before connecting
+//! to it: a name that resolves to a public address when asked and to
+//! loopback when connecting (DNS rebinding) is refused at the second
 //! resolution, the one used. Redirects are followed through the same
-//! connector, so each hop is checked. Every failure to connect reads the
+//! connector, so each hop is checked, and one to another origin carries
+//! none of the flow's credentials. Every failure to connect reads the
 //! same, so a flow cannot use the errors to map a network.
 
 use std::future::Future;
@@ -28,30 +30,39 @@ use ipnet::IpNet;
 use tokio::net::TcpStream;
 
 /// Ranges no flow reaches unless an operator allows them: everything that
-/// is not the public internet.
-const DENIED: [&str; 22] = [
-    "0.0.0.0/8",       // "this network"
-    "10.0.0.0/8",      // RFC 1918
-    "100.64.0.0/10",   // CGNAT
-    "127.0.0.0/8",     // loopback: the fabric's own ports on one machine
-    "169.254.0.0/16",  // link-local, the instance metadata service among them
-    "172.16.0.0/12",   // RFC 1918
-    "192.0.0.0/24",    // IETF protocol assignments
-    "192.0.2.0/24",    // documentation
-    "192.88.99.0/24",  // 6to4 relay
-    "192.168.0.0/16",  // RFC 1918
-    "198.18.0.0/15",   // benchmarking
-    "198.51.100.0/24", // documentation
-    "203.0.113.0/24",  // documentation
-    "224.0.0.0/4",     // multicast
-    "240.0.0.0/4",     // reserved, and broadcast
-    "::/128",          // unspecified
-    "::1/128",         // loopback
-    "64:ff9b::/96",    // NAT64: an IPv4 address in disguise
-    "100::/64",        // discard
-    "fc00::/7",        // unique-local (the IPv6 metadata address among them)
-    "fe80::/10",       // link-local
-    "ff00::/8",        // multicast
+/// is not the public internet. IPv4-mapped IPv6 (`::ffff:0:0/96`) is not
+/// listed: [`canonical`] turns it into IPv4 before the check, so the IPv4
+/// ranges judge it.
+const DENIED: [&str; 29] = [
+    "0.0.0.0/8",        // "this network"
+    "10.0.0.0/8",       // RFC 1918
+    "100.64.0.0/10",    // CGNAT
+    "127.0.0.0/8",      // loopback: the fabric's own ports on one machine
+    "168.63.129.16/32", // Azure's platform address: metadata, DNS, health probes
+    "169.254.0.0/16",   // link-local, the instance metadata service among them
+    "172.16.0.0/12",    // RFC 1918
+    "192.0.0.0/24",     // IETF protocol assignments
+    "192.0.2.0/24",     // documentation
+    "192.88.99.0/24",   // 6to4 relay
+    "192.168.0.0/16",   // RFC 1918
+    "198.18.0.0/15",    // benchmarking
+    "198.51.100.0/24",  // documentation
+    "203.0.113.0/24",   // documentation
+    "224.0.0.0/4",      // multicast
+    "240.0.0.0/4",      // reserved, and broadcast
+    "::/128",           // unspecified
+    "::1/128",          // loopback
+    "::/96",            // IPv4-compatible (deprecated): `::127.0.0.1` is loopback in disguise
+    "64:ff9b::/96",     // NAT64: an IPv4 address in disguise
+    "64:ff9b:1::/48",   // local-use NAT64: the same, translated inside the network
+    "100::/64",         // discard
+    "2001::/32",        // Teredo: embeds an IPv4 address; denied whole, not judged by it
+    "2001:db8::/32",    // documentation
+    "2002::/16",        // 6to4: embeds an IPv4 address; denied whole, not judged by it
+    "fc00::/7",         // unique-local (the IPv6 metadata address among them)
+    "fe80::/10",        // link-local
+    "fec0::/10",        // site-local (deprecated), still private where used
+    "ff00::/8",         // multicast
 ];
 
 static DENIED_NETS: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
@@ -60,6 +71,16 @@ static DENIED_NETS: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
         .map(|n| n.parse().expect("the denied ranges are valid CIDR"))
         .collect()
 });
+
+/// Headers a flow sets for the origin it names, dropped when a redirect
+/// leads to another (scheme, host or port): its credentials, and the `Host`
+/// that would address the other server as the first.
+const ORIGIN_BOUND: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::PROXY_AUTHORIZATION,
+    header::HOST,
+];
 
 /// How many redirects a request follows.
 const MAX_REDIRECTS: usize = 5;
@@ -73,7 +94,9 @@ pub struct Policy {
     allow_nets: Vec<IpNet>,
     /// Single addresses allowed (the load balancer's public data port).
     allow_addrs: Vec<SocketAddr>,
-    /// The fabric's own services: never reached, whatever is allowed.
+    /// The fabric's own services: never reached, whatever is allowed; one
+    /// on this host is refused on every address of this host (see
+    /// [`Policy::is_own`]).
     deny_addrs: Vec<SocketAddr>,
 }
 
@@ -112,13 +135,34 @@ impl Policy {
     pub fn allows(&self, addr: SocketAddr) -> bool {
         let ip = canonical(addr.ip());
         let addr = SocketAddr::new(ip, addr.port());
-        if self.deny_addrs.contains(&addr) {
+        if self.is_own(addr) {
             return false;
         }
         self.allow_addrs.contains(&addr)
             || self.allow_nets.iter().any(|n| n.contains(&ip))
             || !DENIED_NETS.iter().any(|n| n.contains(&ip))
     }
+
+    /// Whether `addr` is one of the fabric's own services. A service on this
+    /// host listening on `0.0.0.0` or `[::]` also answers on every other
+    /// address of this host, so the port of an own address on this host is
+    /// refused on all of them, not only on the address it was named by.
+    /// Ports of services on other hosts are refused on those addresses only.
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        self.deny_addrs.iter().any(|own| {
+            *own == addr
+                || (own.port() == addr.port() && on_this_host(own.ip()) && on_this_host(addr.ip()))
+        })
+    }
+}
+
+/// Whether a connection to `ip` reaches this host: loopback, unspecified
+/// (which Linux and the BSDs connect to this host), or an address of one of
+/// its interfaces, known by being bindable. Asked when connecting, so an
+/// address the host gains later counts; with `ip_nonlocal_bind` every
+/// address binds and so counts, which refuses too much, never too little.
+fn on_this_host(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// An IPv4 address carried in IPv6 (`::ffff:a.b.c.d`) is judged as IPv4.
@@ -315,13 +359,25 @@ impl Client {
                     .and_then(|l| url.join(l).ok())
             {
                 // A 303, and a 301 or 302 after anything but GET or HEAD,
-                // continue as a GET without a body (as browsers do).
+                // continue as a GET without a body (as browsers do after a
+                // POST; here after PUT and the rest too, so a body is only
+                // sent again where a 307 or 308 asks for it).
                 if status == StatusCode::SEE_OTHER
                     || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
                         && out.method != Method::HEAD)
                 {
                     out.method = Method::GET;
                     out.body = None;
+                }
+                if next.origin() != url.origin() {
+                    // Meant for the origin the flow named: never handed to
+                    // one a redirect chose (as browsers and curl do). Dropped
+                    // for the rest of the chain, even one that comes back.
+                    out.headers.retain(|(name, _)| {
+                        !ORIGIN_BOUND
+                            .iter()
+                            .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+                    });
                 }
                 url = next;
                 continue;
@@ -384,10 +440,25 @@ mod tests {
             "[64:ff9b::7f00:1]:80",
             "224.0.0.1:80",
             "255.255.255.255:80",
+            "168.63.129.16:80",
+            "[::7f00:1]:80",
+            "[::a9fe:a9fe]:80",
+            "[2002:7f00:1::1]:80",
+            "[2001:0:4136:e378:8000:63bf:3fff:fdd2]:80",
+            "[64:ff9b:1::a00:1]:80",
+            "[fec0::1]:80",
+            "[2001:db8::1]:80",
         ] {
             assert!(!p.allows(addr(denied)), "{denied}");
         }
-        for public in ["1.1.1.1:443", "93.184.216.34:80", "[2606:4700::1111]:80"] {
+        for public in [
+            "1.1.1.1:443",
+            "93.184.216.34:80",
+            "168.63.129.17:80",
+            "[2606:4700::1111]:80",
+            "[2003::1]:80",
+            "[2001:4860:4860::8888]:80",
+        ] {
             assert!(p.allows(addr(public)), "{public}");
         }
     }
@@ -411,6 +482,57 @@ mod tests {
             "a service inside an allowed range"
         );
         assert!(Policy::new(&["not an address".into()], &[]).is_err());
+    }
+
+    #[test]
+    fn the_fabrics_own_ports_are_refused_on_every_address_of_this_host() {
+        // An operator opened everything; the services bound to loopback and
+        // to every address still cannot be reached by another local address.
+        let p = Policy::new(
+            &["0.0.0.0/0".into(), "::/0".into()],
+            &[
+                "127.0.0.1:7000".into(),
+                "0.0.0.0:7001".into(),
+                "[::]:7002".into(),
+                "198.51.100.7:7003".into(),
+            ],
+        )
+        .unwrap();
+        for port in [7000, 7001, 7002] {
+            for ip in [
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.255.0.9",
+                "0.0.0.0",
+                "::1",
+                "::",
+                "::ffff:127.0.0.3",
+            ] {
+                let own = SocketAddr::new(ip.parse().unwrap(), port);
+                assert!(!p.allows(own), "{own}");
+            }
+        }
+        assert!(
+            !p.allows(addr("198.51.100.7:7003")),
+            "a service on another host"
+        );
+        assert!(
+            p.allows(addr("127.0.0.1:7003")),
+            "its port is not this host's"
+        );
+        assert!(p.allows(addr("127.0.0.1:7004")), "not a fabric port");
+        assert!(p.allows(addr("1.1.1.1:7000")), "a fabric port, elsewhere");
+        // The address this host sends from, when it has a route: a service
+        // on 0.0.0.0 answers there too. (Connecting UDP sends nothing.)
+        let routed = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("1.1.1.1:53").and_then(|()| s.local_addr()))
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        if let Some(ip) = routed {
+            assert!(!p.allows(SocketAddr::new(ip, 7001)), "{ip}: a fabric port");
+            assert!(p.allows(SocketAddr::new(ip, 7004)), "{ip}: another port");
+        }
     }
 
     #[test]

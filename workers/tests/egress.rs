@@ -4,8 +4,11 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
+use axum::http::{HeaderMap, Method, Uri};
 use serde_json::{Value, json};
 use support::*;
 
@@ -147,4 +150,165 @@ async fn an_endless_response_is_cut_at_the_workers_limit() {
         body["message"].as_str().unwrap().contains("larger than"),
         "{body}"
     );
+}
+
+/// One request a hop server saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A loopback server that records every request. `/{status}/to/{port}/{rest}`
+/// answers a redirect of that status to `http://127.0.0.1:{port}/{rest}`
+/// (itself or another server, so hops chain); any other path answers `{}`.
+async fn hop_server() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: bytes::Bytes| {
+            let log = log.clone();
+            async move {
+                let path = uri.path().to_string();
+                log.lock().unwrap().push(Seen {
+                    method,
+                    path: path.clone(),
+                    headers,
+                    body,
+                });
+                let hop: Vec<&str> = path.trim_start_matches('/').splitn(4, '/').collect();
+                if let [status, "to", port, rest] = hop[..] {
+                    let status = axum::http::StatusCode::from_bytes(status.as_bytes()).unwrap();
+                    let to = format!("http://127.0.0.1:{port}/{rest}");
+                    return (status, [("location", to)], String::new());
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    [("content-type", "application/json".to_string())],
+                    "{}".to_string(),
+                )
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// A flow that makes one `http-request` per URL, in turn, each with a body
+/// and `headers` (a YAML flow mapping).
+fn requests(urls: &[String], headers: &str) -> String {
+    let steps: String = urls
+        .iter()
+        .map(|url| {
+            format!(
+                "      - http-request: {{ method: POST, url: '\"{url}\"', body: '.', headers: {headers} }}\n"
+            )
+        })
+        .collect();
+    format!(
+        "flows:\n  - name: call\n    source: {{ http: {{ method: POST, path: /call }} }}\n    steps:\n{steps}"
+    )
+}
+
+#[tokio::test]
+async fn credentials_and_host_reach_the_named_origin_and_no_other_a_redirect_picks() {
+    let (a, at_a) = hop_server().await;
+    let (b, at_b) = hop_server().await;
+    let (pa, pb) = (a.port(), b.port());
+    let headers = "{ authorization: '\"Bearer secret\"', cookie: '\"session=s3cret\"', \
+        proxy-authorization: '\"Basic cHJveHk=\"', host: '\"api.example\"', x-trace: '\"t-1\"' }";
+    let w = worker(&requests(
+        &[
+            // A redirect within the named origin.
+            format!("http://{a}/307/to/{pa}/landing"),
+            // To another origin (another port), and from there back.
+            format!("http://{a}/307/to/{pb}/307/to/{pa}/back"),
+        ],
+        headers,
+    ))
+    .await;
+    let (status, body) = call(&w).await;
+    assert_eq!(status, 200, "{body}");
+
+    let at_a = at_a.lock().unwrap().clone();
+    let at_b = at_b.lock().unwrap().clone();
+    let paths = |seen: &[Seen]| seen.iter().map(|s| s.path.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        paths(&at_a),
+        [
+            format!("/307/to/{pa}/landing"),
+            "/landing".to_string(),
+            format!("/307/to/{pb}/307/to/{pa}/back"),
+            "/back".to_string(),
+        ]
+    );
+    assert_eq!(paths(&at_b), [format!("/307/to/{pa}/back")]);
+    // The named origin, first asked and after a redirect to itself, gets all.
+    for seen in [&at_a[0], &at_a[1], &at_a[2]] {
+        assert_eq!(
+            seen.header("authorization"),
+            Some("Bearer secret"),
+            "{seen:?}"
+        );
+        assert_eq!(seen.header("cookie"), Some("session=s3cret"), "{seen:?}");
+        assert_eq!(
+            seen.header("proxy-authorization"),
+            Some("Basic cHJveHk="),
+            "{seen:?}"
+        );
+        assert_eq!(seen.header("host"), Some("api.example"), "{seen:?}");
+        assert_eq!(seen.header("x-trace"), Some("t-1"), "{seen:?}");
+    }
+    // Another origin gets none of them, nor does the first once the chain
+    // has left it; other headers go on.
+    for (seen, host) in [(&at_b[0], b), (&at_a[3], a)] {
+        for name in ["authorization", "cookie", "proxy-authorization"] {
+            assert_eq!(seen.header(name), None, "{name}: {seen:?}");
+        }
+        assert_eq!(
+            seen.header("host"),
+            Some(host.to_string().as_str()),
+            "{seen:?}"
+        );
+        assert_eq!(seen.header("x-trace"), Some("t-1"), "{seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_303_and_a_302_after_post_continue_as_get_without_the_body_and_a_307_keeps_both() {
+    let (a, at_a) = hop_server().await;
+    let pa = a.port();
+    let w = worker(&requests(
+        &[
+            format!("http://{a}/303/to/{pa}/after-303"),
+            format!("http://{a}/302/to/{pa}/after-302"),
+            format!("http://{a}/307/to/{pa}/after-307"),
+        ],
+        "{}",
+    ))
+    .await;
+    let (status, body) = call(&w).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = at_a.lock().unwrap().clone();
+    let landed = |path: &str| seen.iter().find(|s| s.path == path).cloned().unwrap();
+    for path in ["/after-303", "/after-302"] {
+        let s = landed(path);
+        assert_eq!(s.method, Method::GET, "{path}");
+        assert!(s.body.is_empty(), "{path}: {s:?}");
+        assert_eq!(s.header("content-type"), None, "{path}: {s:?}");
+    }
+    let s = landed("/after-307");
+    assert_eq!(s.method, Method::POST);
+    assert_eq!(&s.body[..], b"{}", "the previous answer, sent on");
+    assert_eq!(s.header("content-type"), Some("application/json"));
 }
