@@ -181,6 +181,56 @@ async fn flows_reach_neither_the_host_nor_the_fabrics_own_ports() {
     assert!(!var(&env, "FABRIC_APP_TOKEN").is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn widened_to_loopback_flows_still_reach_none_of_the_fabrics_own_ports() {
+    // An operator who lets flows call services on this machine.
+    let f = Fabric::start_env(&[("FABRIC_EGRESS_ALLOW", "[127.0.0.0/8]")]);
+    let key = f.tenant("mallory").await;
+    let mine = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mine_addr = mine.local_addr().unwrap();
+    let app = axum::Router::new().route("/", axum::routing::get(|| async { "a neighbour" }));
+    tokio::spawn(async move { axum::serve(mine, app).await });
+    let port = |url: &str| {
+        url.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string()
+    };
+    let (control, queues) = (f.url(), f.component_url("queue-svc"));
+    let targets = [
+        ("/control", control.clone()),
+        ("/queues", format!("{queues}/metrics")),
+        // The same ports on another loopback address: a service bound to
+        // 0.0.0.0 would answer there.
+        ("/control2", format!("http://127.0.0.2:{}", port(&control))),
+        (
+            "/queues2",
+            format!("http://127.0.0.3:{}/metrics", port(&queues)),
+        ),
+        ("/neighbour", format!("http://{mine_addr}/")),
+    ];
+    let mut manifest = "name: probe\nflows:\n".to_string();
+    for (path, url) in &targets {
+        manifest.push_str(&format!(
+            "  - name: f{n}\n    source: {{ http: {{ method: GET, path: {path} }} }}\n    steps:\n      - http-request: {{ method: GET, url: '\"{url}\"' }}\n",
+            n = path.trim_start_matches('/')
+        ));
+    }
+    let (status, body) = deploy(&f, &key, &manifest, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    for (path, _) in &targets[..4] {
+        let (status, body) = via_lb(&f, "probe", path).await;
+        assert_eq!(status, 502, "{path}: {body}");
+        assert!(body.contains("egress policy"), "{path}: {body}");
+    }
+    assert_eq!(
+        via_lb(&f, "probe", "/neighbour").await,
+        (200, "a neighbour".to_string()),
+        "what the operator allowed is reached"
+    );
+}
+
 const SHOP: &str = r#"
 name: shop
 flows:
