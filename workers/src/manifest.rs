@@ -939,7 +939,7 @@ fn expr(text: &Text) -> Result<Expr, ManifestError> {
 /// client that sends the message sets them, a flow does not (a flow's own
 /// `content-length` or `transfer-encoding` beside the real one would be a
 /// message two readers split differently).
-const FRAMING_HEADERS: [&str; 9] = [
+const FRAMING_HEADERS: [&str; 8] = [
     "connection",
     "content-length",
     "keep-alive",
@@ -948,7 +948,6 @@ const FRAMING_HEADERS: [&str; 9] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
 ];
 
 fn header_exprs(headers: BTreeMap<String, Text>) -> Result<Vec<(String, Expr)>, ManifestError> {
