@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod group_commit;
 pub mod http;
 pub mod memory;
+pub mod routes;
 pub mod secret_file;
 pub mod secrets;
 pub mod shutdown;

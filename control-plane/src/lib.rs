@@ -207,7 +207,7 @@ async fn put_routes(
     http: &reqwest::Client,
     target: &str,
     key: &TokenKey,
-    table: &supervisor::RouteTable,
+    table: &common::routes::RouteTable,
 ) -> reqwest::Result<reqwest::Response> {
     http.put(target)
         .bearer_auth(key.issue_internal(ROUTES_TOKEN_TTL))
@@ -521,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn route_pushes_carry_an_internal_token_of_this_fabric() {
         let key = TokenKey::generate();
-        let table = supervisor::RouteTable::default();
+        let table = common::routes::RouteTable::default();
         let http = outbound_http();
         let ours = receiver(key.clone()).await;
         let r = put_routes(&http, &ours, &key, &table).await.unwrap();

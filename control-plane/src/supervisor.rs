@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use common::routes::{AppRoutes, RouteTable, WorkerRoute, WorkerState as RouteState};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -25,36 +25,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Restarts of a new version's workers during a deploy before it is called a crash loop.
 const DEPLOY_CRASHES: u32 = 3;
-
-/// The route table the load balancer follows: each app's workers.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RouteTable {
-    /// Increases with every change.
-    pub version: u64,
-    /// Routes per app.
-    pub apps: BTreeMap<String, AppRoutes>,
-}
-
-/// One app's workers in the route table.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct AppRoutes {
-    /// Its workers that take requests.
-    pub workers: Vec<Route>,
-}
-
-/// One worker in the route table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Route {
-    /// The worker's index n (for `{app}-{n}.{domain}`).
-    pub index: u32,
-    /// Where it listens.
-    pub address: String,
-    /// Where the load balancer probes its health (its ops port), when apart.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
-    /// `ready` (takes new requests) or `draining` (finishes its own only).
-    pub state: String,
-}
 
 /// Settings the supervisor runs with.
 #[derive(Debug, Clone)]
@@ -607,15 +577,15 @@ impl Supervisor {
                 .filter_map(|s| {
                     let r = s.running.as_ref()?;
                     let state = match s.state {
-                        WorkerState::Ready if s.version == run.record.version => "ready",
-                        WorkerState::Draining => "draining",
+                        WorkerState::Ready if s.version == run.record.version => RouteState::Ready,
+                        WorkerState::Draining => RouteState::Draining,
                         _ => return None,
                     };
-                    Some(Route {
+                    Some(WorkerRoute {
                         index: s.index,
                         address: r.address.to_string(),
                         health: Some(r.ops_address.to_string()),
-                        state: state.into(),
+                        state,
                     })
                 })
                 .collect();
