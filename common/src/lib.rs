@@ -6,6 +6,7 @@
 pub mod app;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 #[cfg(feature = "embedded")]

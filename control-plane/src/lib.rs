@@ -239,7 +239,8 @@ async fn send_events(
                 Err(RecvError::Closed) => return,
             },
         };
-        let mut wait = Duration::from_millis(100);
+        let mut backoff =
+            common::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             match http.post(&url).json(&event).send().await {
                 Ok(r) if r.status().is_success() => break,
@@ -250,9 +251,8 @@ async fn send_events(
             }
             tokio::select! {
                 () = shutdown.triggered() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            wait = (wait * 2).min(Duration::from_secs(30));
         }
     }
 }
