@@ -6,12 +6,14 @@
 pub mod app;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 #[cfg(feature = "embedded")]
 pub mod group_commit;
 pub mod http;
 pub mod memory;
+pub mod routes;
 pub mod secret_file;
 pub mod secrets;
 pub mod shutdown;

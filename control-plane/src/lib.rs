@@ -207,7 +207,7 @@ async fn put_routes(
     http: &reqwest::Client,
     target: &str,
     key: &TokenKey,
-    table: &supervisor::RouteTable,
+    table: &common::routes::RouteTable,
 ) -> reqwest::Result<reqwest::Response> {
     http.put(target)
         .bearer_auth(key.issue_internal(ROUTES_TOKEN_TTL))
@@ -239,7 +239,8 @@ async fn send_events(
                 Err(RecvError::Closed) => return,
             },
         };
-        let mut wait = Duration::from_millis(100);
+        let mut backoff =
+            common::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             match http.post(&url).json(&event).send().await {
                 Ok(r) if r.status().is_success() => break,
@@ -250,9 +251,8 @@ async fn send_events(
             }
             tokio::select! {
                 () = shutdown.triggered() => return,
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
-            wait = (wait * 2).min(Duration::from_secs(30));
         }
     }
 }
@@ -521,7 +521,7 @@ mod tests {
     #[tokio::test]
     async fn route_pushes_carry_an_internal_token_of_this_fabric() {
         let key = TokenKey::generate();
-        let table = supervisor::RouteTable::default();
+        let table = common::routes::RouteTable::default();
         let http = outbound_http();
         let ours = receiver(key.clone()).await;
         let r = put_routes(&http, &ours, &key, &table).await.unwrap();

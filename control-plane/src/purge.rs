@@ -111,7 +111,7 @@ impl Purger {
     /// Retries every unfinished purge with back-off until shutdown: those
     /// left by a crash, and those whose service was unreachable.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), std::convert::Infallible> {
-        let mut wait = FIRST_RETRY;
+        let mut backoff = common::backoff::Backoff::new(FIRST_RETRY, MAX_RETRY);
         loop {
             let pending = self.registry.purges();
             let mut failed = false;
@@ -121,14 +121,12 @@ impl Purger {
                     tracing::warn!(app = %p.name, app_id = %p.app_id, error = %e, "purge not finished; will retry");
                 }
             }
-            wait = if failed {
-                (wait * 2).min(MAX_RETRY)
-            } else {
-                FIRST_RETRY
-            };
+            if !failed {
+                backoff.reset();
+            }
             tokio::select! {
                 () = shutdown.triggered() => return Ok(()),
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }

@@ -1,177 +1,20 @@
-//! The route table: apps and their workers, as published, and its compiled,
-//! live form held in an `ArcSwap` and swapped whole.
+//! The route table's live form: the published table (`common::routes`)
+//! compiled into endpoints with their counters, held in an `ArcSwap` and
+//! swapped whole.
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 
 use crate::endpoint::{Endpoint, Health};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::share::Share;
-
-/// Most workers one app may list (the balancer tracks tried workers in a 64-bit mask).
-pub const MAX_WORKERS: usize = 64;
-
-/// Whether a worker takes new requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    /// Takes new requests.
-    Ready,
-    /// Finishes the requests it has, takes no new ones (but still answers its direct URL).
-    Draining,
-}
-
-/// One worker of an app, as the control plane publishes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerRoute {
-    /// The worker's number within its app: `{app}-{index}.{domain}` reaches it alone.
-    pub index: u32,
-    /// Where the worker listens, `host:port`.
-    pub address: String,
-    /// Whether it takes new requests.
-    pub state: WorkerState,
-    /// Where the worker serves its ops endpoints (`/healthz`, `/readyz`,
-    /// `/metrics`), `host:port`, apart from its app's traffic: active probes
-    /// go there when it is given, else to `address` (where the app may own
-    /// those paths itself).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
-}
-
-/// One app's workers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppRouteSpec {
-    /// The app's workers.
-    pub workers: Vec<WorkerRoute>,
-}
-
-/// The whole route table, as published: replaced whole, never patched.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteTable {
-    /// The publisher's version of the table, for logs and the admin API.
-    #[serde(default)]
-    pub version: u64,
-    /// Apps by name.
-    #[serde(default)]
-    pub apps: BTreeMap<String, AppRouteSpec>,
-}
-
-/// A route table that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    /// The file could not be read.
-    #[error("route file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The text is not a route table.
-    #[error("route table {origin}: {reason}")]
-    Parse {
-        /// Where the table came from.
-        origin: String,
-        /// Why it does not parse.
-        reason: String,
-    },
-    /// The table parses but says something impossible.
-    #[error("route table: app {app:?}: {reason}")]
-    Invalid {
-        /// The app at fault.
-        app: String,
-        /// What is wrong.
-        reason: String,
-    },
-}
-
-impl RouteTable {
-    /// Reads a table from a `.toml` file, or JSON otherwise.
-    pub fn from_file(path: &Path) -> Result<Self, RouteError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RouteError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let origin = path.display().to_string();
-        let table: RouteTable = if path.extension().is_some_and(|e| e == "toml") {
-            toml_from_str(&text, &origin)?
-        } else {
-            serde_json::from_str(&text).map_err(|e| RouteError::Parse {
-                origin,
-                reason: e.to_string(),
-            })?
-        };
-        table.validate()?;
-        Ok(table)
-    }
-
-    /// Checks names, addresses and indexes.
-    pub fn validate(&self) -> Result<(), RouteError> {
-        for (app, spec) in &self.apps {
-            let invalid = |reason: String| RouteError::Invalid {
-                app: app.clone(),
-                reason,
-            };
-            let name_ok = !app.is_empty()
-                && app
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !name_ok {
-                return Err(invalid(
-                    "an app name is lower-case letters, digits and '-'".into(),
-                ));
-            }
-            if spec.workers.len() > MAX_WORKERS {
-                return Err(invalid(format!("more than {MAX_WORKERS} workers")));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for w in &spec.workers {
-                if !seen.insert(w.index) {
-                    return Err(invalid(format!("worker index {} appears twice", w.index)));
-                }
-                for (field, value) in [("address", Some(&w.address)), ("health", w.health.as_ref())]
-                {
-                    if let Some(value) = value
-                        && !host_port(value)
-                    {
-                        return Err(invalid(format!(
-                            "worker {}: {field} {value:?} is not host:port",
-                            w.index
-                        )));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Whether `s` is `host:port`, as a URI authority.
-fn host_port(s: &str) -> bool {
-    s.parse::<hyper::http::uri::Authority>().is_ok()
-        && s.rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-}
-
-/// TOML through figment, which the workspace already uses for configuration.
-fn toml_from_str(text: &str, origin: &str) -> Result<RouteTable, RouteError> {
-    use figment::providers::{Format, Toml};
-    figment::Figment::from(Toml::string(text))
-        .extract()
-        .map_err(|e| RouteError::Parse {
-            origin: origin.into(),
-            reason: e.to_string().replace('\n', " "),
-        })
-}
+pub use common::routes::{
+    AppRoutes, MAX_WORKERS, RouteError, RouteTable, WorkerRoute, WorkerState,
+};
 
 /// One app's live route: its workers, in index order, with their counters.
 #[derive(Debug)]

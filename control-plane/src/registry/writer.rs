@@ -227,7 +227,7 @@ async fn write(
     outage: &mut Outage,
 ) {
     let (kind, id) = (key.0, &key.1);
-    let mut wait = FIRST_RETRY;
+    let mut backoff = common::backoff::Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
         let value = {
             let mut st = shared.write();
@@ -253,8 +253,7 @@ async fn write(
             }
             Err(error) => {
                 outage.failed(store.name(), &error, shared.unpersisted(), key);
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(MAX_RETRY);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -1,0 +1,263 @@
+//! Side-by-side deploys, scaling and deletion.
+
+use super::*;
+
+impl Supervisor {
+    /// Deploys `record` side by side: the new version's workers start and turn
+    /// ready, routes switch in one step, the old workers drain and stop. A new
+    /// version that never turns ready is removed and the old one keeps serving.
+    pub async fn deploy(&self, mut record: AppRecord) -> Result<AppRecord, DeployError> {
+        let name = record.name.clone();
+        let version = {
+            let st = lock(&self.inner.state);
+            let previous = st.apps.get(&name).map(|r| r.record.version);
+            let from_slots = st
+                .apps
+                .get(&name)
+                .and_then(|r| r.slots.iter().map(|s| s.version).max());
+            previous.max(from_slots).unwrap_or(0) + 1
+        };
+        record.version = version;
+        self.inner.events.emit(
+            Some(&name),
+            "deploy.started",
+            format!(
+                "{name} v{version}: starting {} workers of size {}",
+                record.workers, record.size
+            ),
+        );
+        {
+            let mut guard = lock(&self.inner.state);
+            let st = &mut *guard;
+            let now = Instant::now();
+            let azs = st.azs.clone();
+            let run = st.apps.entry(name.clone()).or_insert_with(|| AppRun {
+                record: record.clone(),
+                pending: None,
+                slots: Vec::new(),
+            });
+            run.pending = Some(record.clone());
+            let mut taken = Vec::new();
+            for index in 1..=record.workers {
+                let az = place(&azs, &taken, index);
+                taken.push(az.clone());
+                let slot = self.start_slot(&record, version, index, az, now);
+                run.slots.push(slot);
+            }
+        }
+        match self.wait_ready(&name, version).await {
+            Ok(()) => {
+                self.inner.registry.put_app(&record).await?;
+                self.switch(&record).await;
+                self.inner.events.emit(
+                    Some(&name),
+                    "deploy.done",
+                    format!("{name} v{version} is serving"),
+                );
+                Ok(record)
+            }
+            Err(reason) => {
+                let spec = self.spec(&record, version, 1, "");
+                let tail = self.inner.scheduler.log_tail(&spec, 5).unwrap_or_default();
+                self.remove_version(&name, version).await;
+                let message = format!("{name} v{version} was rolled back: {reason}");
+                self.inner
+                    .events
+                    .emit(Some(&name), "deploy.failed", message.clone());
+                Err(DeployError::NotReady(if tail.is_empty() {
+                    message
+                } else {
+                    format!("{message}; worker log:\n{tail}")
+                }))
+            }
+        }
+    }
+
+    pub(super) async fn wait_ready(&self, name: &str, version: u64) -> Result<(), String> {
+        let deadline = Instant::now() + self.inner.settings.ready_timeout;
+        loop {
+            {
+                let st = lock(&self.inner.state);
+                let slots: Vec<&Slot> = st
+                    .apps
+                    .get(name)
+                    .map(|r| r.slots.iter().filter(|s| s.version == version).collect())
+                    .unwrap_or_default();
+                if slots.is_empty() {
+                    return Err("its workers were removed".into());
+                }
+                if slots.iter().all(|s| s.state == WorkerState::Ready) {
+                    return Ok(());
+                }
+                if let Some(s) = slots.iter().find(|s| s.restarts >= DEPLOY_CRASHES) {
+                    return Err(format!(
+                        "worker {name}-{} crashed {} times while starting",
+                        s.index, s.restarts
+                    ));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not ready within {:?}",
+                    self.inner.settings.ready_timeout
+                ));
+            }
+            tokio::time::sleep(TICK / 2).await;
+        }
+    }
+
+    /// Makes `record`'s version the serving one and drains every other.
+    pub(super) async fn switch(&self, record: &AppRecord) {
+        let old = {
+            let mut st = lock(&self.inner.state);
+            let Some(run) = st.apps.get_mut(&record.name) else {
+                return;
+            };
+            run.record = record.clone();
+            run.pending = None;
+            for s in run.slots.iter_mut().filter(|s| s.version != record.version) {
+                s.state = WorkerState::Draining;
+            }
+            run.slots
+                .iter()
+                .filter(|s| s.version != record.version)
+                .map(|s| s.version)
+                .collect::<Vec<_>>()
+        };
+        self.publish_routes();
+        for v in old.into_iter().collect::<std::collections::BTreeSet<_>>() {
+            self.remove_version(&record.name, v).await;
+        }
+    }
+
+    /// Stops and forgets every worker of `name` at `version`, draining them.
+    pub(super) async fn remove_version(&self, name: &str, version: u64) {
+        let removed: Vec<Slot> = {
+            let mut st = lock(&self.inner.state);
+            let Some(run) = st.apps.get_mut(name) else {
+                return;
+            };
+            let (gone, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut run.slots)
+                .into_iter()
+                .partition(|s| s.version == version);
+            run.slots = keep;
+            if run.pending.as_ref().is_some_and(|p| p.version == version) {
+                run.pending = None;
+            }
+            if run.slots.is_empty() && self.inner.registry.app(name).is_none() {
+                st.apps.remove(name);
+            }
+            gone
+        };
+        self.publish_routes();
+        self.stop_slots(name, removed).await;
+    }
+
+    pub(super) async fn stop_slots(&self, name: &str, slots: Vec<Slot>) {
+        // Only a running worker can still be sent requests (a scale up, or
+        // workers already gone, need no wait).
+        if slots.iter().any(|s| s.running.is_some()) {
+            self.routes_settled().await;
+        }
+        let grace = self.inner.settings.drain_grace;
+        let mut stopping = Vec::new();
+        for mut slot in slots {
+            let placement = Placement {
+                app: name.to_string(),
+                version: slot.version,
+                index: slot.index,
+                az: slot.az.clone(),
+                address: String::new(),
+                ops_address: None,
+                pid: None,
+                identity: None,
+                restarts: 0,
+            };
+            self.inner.registry.remove_placement(&placement);
+            if let Some(r) = slot.running.take() {
+                stopping.push(self.inner.scheduler.stop(r, grace));
+            }
+        }
+        for s in stopping {
+            let _ = s.await;
+        }
+    }
+
+    /// Changes the worker count (same version): new workers start, extra ones drain.
+    pub async fn scale(&self, name: &str, workers: u32) -> Result<AppRecord, DeployError> {
+        let (record, extra) = {
+            let mut guard = lock(&self.inner.state);
+            let st = &mut *guard;
+            let now = Instant::now();
+            let azs = st.azs.clone();
+            let Some(run) = st.apps.get_mut(name) else {
+                return Err(DeployError::NotReady(format!("no app named {name}")));
+            };
+            run.record.workers = workers;
+            let version = run.record.version;
+            let mut taken: Vec<String> = run
+                .slots
+                .iter()
+                .filter(|s| s.version == version && s.index <= workers)
+                .map(|s| s.az.clone())
+                .collect();
+            for index in 1..=workers {
+                if run
+                    .slots
+                    .iter()
+                    .any(|s| s.version == version && s.index == index)
+                {
+                    continue;
+                }
+                let az = place(&azs, &taken, index);
+                taken.push(az.clone());
+                let slot = self.start_slot(&run.record, version, index, az, now);
+                run.slots.push(slot);
+            }
+            for s in run.slots.iter_mut().filter(|s| s.index > workers) {
+                s.state = WorkerState::Draining;
+            }
+            let (extra, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut run.slots)
+                .into_iter()
+                .partition(|s| s.index > workers);
+            run.slots = keep;
+            (run.record.clone(), extra)
+        };
+        self.inner.registry.put_app(&record).await?;
+        self.publish_routes();
+        self.stop_slots(name, extra).await;
+        self.wait_ready(name, record.version)
+            .await
+            .map_err(DeployError::NotReady)?;
+        self.inner.events.emit(
+            Some(name),
+            "app.scaled",
+            format!("{name} runs {workers} workers"),
+        );
+        Ok(record)
+    }
+
+    /// Starts deleting `record`: marks it for purging in the registry (the
+    /// app is gone from every list at once, its name stays taken), then
+    /// drains and stops its workers. The purge itself is the caller's
+    /// ([`crate::purge::Purger`]).
+    pub async fn delete(&self, record: &AppRecord) -> Result<PurgeRecord, DeployError> {
+        let name = record.name.as_str();
+        let purge = PurgeRecord {
+            name: name.to_string(),
+            app_id: record.app_id(),
+            tenant: record.tenant.clone(),
+        };
+        self.inner.registry.start_purge(&purge).await?;
+        let slots = {
+            let mut st = lock(&self.inner.state);
+            st.apps.remove(name).map(|r| r.slots).unwrap_or_default()
+        };
+        self.publish_routes();
+        self.stop_slots(name, slots).await;
+        self.inner
+            .events
+            .emit(Some(name), "app.deleted", format!("{name} was deleted"));
+        Ok(purge)
+    }
+}
