@@ -16,12 +16,6 @@ use crate::api::{
     PublishResponse, QueueList, QueueSpec, QueueStats, RedriveResponse, RollbackRequest,
 };
 
-/// Kept for callers that name it: the publisher used to hold every batch this
-/// long for more publishes to join. It no longer waits on a timer (see
-/// [`Publisher`]); a batch gathers only while the publisher's calls are all
-/// in flight.
-pub const COALESCE_WINDOW: Duration = Duration::from_millis(1);
-
 /// Publish calls a [`Publisher`] keeps in flight at once; while all are busy,
 /// new publishes gather into the next batch.
 pub const PUBLISH_CALLS_IN_FLIGHT: usize = 4;

@@ -25,17 +25,11 @@
 //! written, and a reader fetches the chunks of the version its head names and
 //! starts over from the head if any is gone, so it sees one version whole.
 //!
-//! DynamoDB applies a conditional write atomically. The moto emulator does
-//! not: it checks a condition and then writes, without a lock, so two
-//! concurrent conditional writes to one item can both pass. Writes to one
-//! item from this process therefore go one at a time ([`ItemLocks`], one
-//! lock per item, so writes to different items never wait on each other); that
-//! costs nothing real (writes to one item that overlap would conflict
-//! anyway) and keeps the emulator honest for a single instance. Between
-//! instances, atomicity is DynamoDB's.
+//! DynamoDB applies a conditional write atomically. The moto emulator alone
+//! does not (it checks, then writes); `infra/localstack/moto_server.py`
+//! answers one request at a time, so the tests see DynamoDB's atomicity.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -72,60 +66,6 @@ type Item = HashMap<String, AttributeValue>;
 pub(crate) struct DynamoDb {
     client: Client,
     table: String,
-    locks: ItemLocks,
-}
-
-/// Per-item locks serialising this process's writes to one item. One lock
-/// per item being written (not a fixed set of stripes), so writes to
-/// different items never wait for each other; an entry lives only while
-/// some write holds or awaits it.
-struct ItemLocks(std::sync::Mutex<HashMap<ItemKey, Arc<tokio::sync::Mutex<()>>>>);
-
-/// An item's partition and sort keys.
-type ItemKey = (String, String);
-
-/// A held item lock; dropping it releases the item, and forgets its entry
-/// when no other write waits for it.
-struct ItemGuard<'a> {
-    locks: &'a ItemLocks,
-    key: ItemKey,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl ItemLocks {
-    fn new() -> Self {
-        ItemLocks(std::sync::Mutex::default())
-    }
-
-    async fn lock(&self, pk: &str, sk: &str) -> ItemGuard<'_> {
-        let key = (pk.to_string(), sk.to_string());
-        let mutex = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        ItemGuard {
-            locks: self,
-            key,
-            guard: Some(mutex.lock_owned().await),
-        }
-    }
-}
-
-impl Drop for ItemGuard<'_> {
-    fn drop(&mut self) {
-        let mut map = self.locks.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.guard.take();
-        // Only the map holds it now: no write holds or awaits this item.
-        if map
-            .get(&self.key)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            map.remove(&self.key);
-        }
-    }
 }
 
 fn sdk<E, R>(op: &'static str) -> impl Fn(SdkError<E, R>) -> BackendError
@@ -200,7 +140,6 @@ impl DynamoDb {
         let this = DynamoDb {
             client: Client::new(sdk),
             table: table.to_string(),
-            locks: ItemLocks::new(),
         };
         this.ensure_table().await?;
         Ok(this)
@@ -411,13 +350,7 @@ impl DynamoDb {
                 .expression_attribute_values(":now", n(now)),
             Condition::IfMatch(etag) => if_match(req, etag, now),
         };
-        let result = {
-            let _item = self
-                .locks
-                .lock(&object_pk(&id.app, &id.store), &id.key)
-                .await;
-            req.send().await
-        };
+        let result = req.send().await;
         let (outcome, stale) = match result {
             Ok(out) => {
                 let old = out.attributes.filter(|o| !o.is_empty());
@@ -468,13 +401,7 @@ impl DynamoDb {
                     .expression_attribute_values(":now", n(now));
             }
         }
-        let result = {
-            let _item = self
-                .locks
-                .lock(&object_pk(&id.app, &id.store), &id.key)
-                .await;
-            req.send().await
-        };
+        let result = req.send().await;
         match result {
             Ok(out) => {
                 let Some(old) = out.attributes.filter(|o| !o.is_empty()) else {
@@ -632,7 +559,6 @@ impl DynamoDb {
         };
         // Take it if free or lapsed; else extend it if ours; else report who
         // has it. A lease released between those steps sends us round again.
-        let _item = self.locks.lock(&format!("l#{}", id.app), &id.name).await;
         for _ in 0..READ_ATTEMPTS {
             let take = self
                 .update_lease(
@@ -698,7 +624,6 @@ impl DynamoDb {
         update: &str,
         value: (&str, AttributeValue),
     ) -> Result<Option<Item>> {
-        let _item = self.locks.lock(&format!("l#{}", id.app), &id.name).await;
         let values = vec![(":h", s(holder)), (":t", n(token)), (":now", n(now)), value];
         self.update_lease(op, id, update, "#h = :h AND #t = :t AND #x > :now", values)
             .await
