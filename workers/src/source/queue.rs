@@ -18,7 +18,8 @@ use crate::engine::Engine;
 use crate::event::Event;
 use crate::manifest::{Flow, Source};
 use crate::metrics::MessageOutcome;
-use crate::queues::{Message, Queues, TransientQueues};
+use crate::queues::Queues;
+use crate::queues::transient::{Message, TransientQueues};
 
 /// How long one lease call waits for messages. Short, so that a worker told
 /// to stop has no poll outstanding for long: what a poll brings after the
@@ -147,7 +148,7 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
     };
     let max_deliveries = *max_deliveries;
     let msg = lease.message();
-    let (payload, correlation_id) = crate::persistent::decode(&msg.body);
+    let (payload, correlation_id) = crate::queues::persistent::decode(&msg.body);
     let mut event = Event::new(
         payload,
         json!({ "queue": queue, "messageId": msg.id, "deliveryCount": msg.delivery_count }),

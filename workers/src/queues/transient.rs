@@ -17,36 +17,6 @@ use crate::error::{ErrorType, FlowError};
 /// How long a publish waits for room in a full queue before failing with `QUEUE`.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
-/// A publish to a queue the app does not consume: a guard, since loading
-/// refuses a manifest that publishes to such a queue.
-pub(crate) fn no_queue(name: &str) -> FlowError {
-    FlowError::new(ErrorType::Queue, format!("no queue named {name:?}"))
-}
-
-/// The app's queues in this worker: transient, or persistent in queue-svc.
-#[derive(Clone)]
-pub enum Queues {
-    /// In this worker's memory.
-    Transient(TransientQueues),
-    /// In queue-svc, shared by every worker of the app.
-    Persistent(crate::persistent::PersistentQueues),
-}
-
-impl Queues {
-    /// Publishes `payload` to `queue`; the message's id.
-    pub async fn publish(
-        &self,
-        queue: &str,
-        payload: Value,
-        correlation_id: String,
-    ) -> Result<String, FlowError> {
-        match self {
-            Queues::Transient(q) => q.publish(queue, payload, correlation_id).await,
-            Queues::Persistent(q) => q.publish(queue, payload, correlation_id).await,
-        }
-    }
-}
-
 /// One message in a transient queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
@@ -97,7 +67,9 @@ impl TransientQueues {
     }
 
     fn queue(&self, name: &str) -> Result<&Queue, FlowError> {
-        self.queues.get(name).ok_or_else(|| no_queue(name))
+        self.queues
+            .get(name)
+            .ok_or_else(|| FlowError::no_queue(name))
     }
 
     /// Publishes a message, waiting up to [`PUBLISH_WAIT`] for room.

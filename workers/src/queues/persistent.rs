@@ -1,8 +1,8 @@
 //! Persistent queues: the app's queues in queue-svc, shared by all its
 //! workers, with zero message loss and at-least-once delivery.
 //!
-//! A message body is a small JSON envelope carrying the payload and the
-//! correlation id, so a flow on another worker continues the same trace.
+//! A message body wraps the payload with the correlation id
+//! ([`MessageBody`]), so a flow on another worker continues the same trace.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,15 +22,15 @@ pub const DEFAULT_LOCK: Duration = Duration::from_secs(30);
 /// What travels in a persistent queue's message body.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
+struct MessageBody {
     payload: Value,
     correlation_id: String,
 }
 
-/// Reads a message body: the worker's envelope, or (published by anyone
+/// Reads a message body: the worker's [`MessageBody`], or (published by anyone
 /// else through the API) the body itself as a payload with no correlation id.
 pub fn decode(body: &str) -> (Value, Option<String>) {
-    match serde_json::from_str::<Envelope>(body) {
+    match serde_json::from_str::<MessageBody>(body) {
         Ok(e) => (e.payload, Some(e.correlation_id)),
         Err(_) => (payload_from_bytes(body.as_bytes()), None),
     }
@@ -126,8 +126,8 @@ impl PersistentQueues {
         let publisher = self
             .publishers
             .get(queue)
-            .ok_or_else(|| crate::queues::no_queue(queue))?;
-        let body = serde_json::to_string(&Envelope {
+            .ok_or_else(|| FlowError::no_queue(queue))?;
+        let body = serde_json::to_string(&MessageBody {
             payload,
             correlation_id,
         })
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn bodies_from_workers_and_from_anyone() {
-        let body = serde_json::to_string(&Envelope {
+        let body = serde_json::to_string(&MessageBody {
             payload: json!({"a": 1}),
             correlation_id: "c-1".into(),
         })
