@@ -3,14 +3,20 @@
 //!
 //! A message body wraps the payload with the correlation id
 //! ([`MessageBody`]), so a flow on another worker continues the same trace.
+//! A consumer leases only for its free slots; each lease's lock is extended
+//! while its flow runs.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::shutdown::Shutdown;
 use queue_svc::api::QueueSpec;
-use queue_svc::client::{Acker, Client, ClientError, Lease, Publisher};
+use queue_svc::client::{Acker, Client, ClientError, Lease, LeaseOptions, Publisher};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::error::{ErrorType, FlowError};
 use crate::event::payload_from_bytes;
@@ -18,6 +24,11 @@ use crate::event::payload_from_bytes;
 /// How long a leased message stays locked without a heartbeat, by default:
 /// the time a dead worker's messages wait before another worker gets them.
 pub const DEFAULT_LOCK: Duration = Duration::from_secs(30);
+
+/// How long one lease call waits for messages. Short, so that a worker told
+/// to stop has no poll outstanding for long: what a poll brings after the
+/// stop is rolled back at once.
+const LEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// What travels in a persistent queue's message body.
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,9 +40,9 @@ struct MessageBody {
 
 /// Reads a message body: the worker's [`MessageBody`], or (published by anyone
 /// else through the API) the body itself as a payload with no correlation id.
-pub fn decode(body: &str) -> (Value, Option<String>) {
+pub(super) fn decode(body: &str) -> (Value, Option<String>) {
     match serde_json::from_str::<MessageBody>(body) {
-        Ok(e) => (e.payload, Some(e.correlation_id)),
+        Ok(m) => (m.payload, Some(m.correlation_id)),
         Err(_) => (payload_from_bytes(body.as_bytes()), None),
     }
 }
@@ -46,7 +57,7 @@ fn queue_error(queue: &str, e: ClientError) -> FlowError {
 
 /// The app's queues in queue-svc. Cheap to clone.
 #[derive(Clone)]
-pub struct PersistentQueues {
+pub(super) struct PersistentQueues {
     client: Client,
     publishers: HashMap<String, Publisher>,
     acker: Acker,
@@ -58,7 +69,7 @@ impl PersistentQueues {
     /// Declares each `(queue, max deliveries)` (sealed at rest when `encrypted`)
     /// and makes a batching publisher for it. Retries until queue-svc answers
     /// or `give_up` passes; must run inside a Tokio runtime.
-    pub async fn declare(
+    pub(super) async fn declare(
         client: Client,
         queues: &[(String, u32)],
         encrypted: bool,
@@ -89,35 +100,32 @@ impl PersistentQueues {
     }
 
     /// Leased messages stay locked this long without a heartbeat.
-    pub fn with_lock(mut self, lock: Duration) -> Self {
+    pub(super) fn with_lock(mut self, lock: Duration) -> Self {
         self.lock = lock;
         self
     }
 
-    /// Whether messages are sealed at rest: then no payload text may reach
-    /// a log or the queue in the clear, error texts (which may quote it)
-    /// included.
-    pub fn encrypted(&self) -> bool {
-        self.encrypted
-    }
-
-    /// The client, for consumers.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A failed flow's error as it may be told, in the log and to
+    /// queue-svc: for a queue sealed at rest only its type, since the text
+    /// may quote the payload.
+    pub(super) fn reportable(&self, err: &FlowError) -> String {
+        if self.encrypted {
+            format!(
+                "{}: (the message is redacted; the queue is encrypted)",
+                err.kind.name()
+            )
+        } else {
+            err.to_string()
+        }
     }
 
     /// Acknowledges a lease; concurrent acks share calls of up to ten.
-    pub async fn ack(&self, lease: Lease) -> Result<(), ClientError> {
+    pub(super) async fn ack(&self, lease: Lease) -> Result<(), ClientError> {
         self.acker.ack(lease).await
     }
 
-    /// How long a leased message stays locked without a heartbeat.
-    pub fn lock(&self) -> Duration {
-        self.lock
-    }
-
     /// Publishes `payload` to `queue`; its id once queue-svc has stored it.
-    pub async fn publish(
+    pub(super) async fn publish(
         &self,
         queue: &str,
         payload: Value,
@@ -136,6 +144,93 @@ impl PersistentQueues {
             .publish(body)
             .await
             .map_err(|e| queue_error(queue, e))
+    }
+
+    /// Starts one consumer of `queue` that hands each lease to `handle` on
+    /// a task of its own, at most `concurrency` at once. It leases only as
+    /// many messages as there are free slots, so nothing waits locked in
+    /// the worker while its lock runs down.
+    pub(super) fn consume<H, F>(
+        &self,
+        queue: &str,
+        concurrency: usize,
+        shutdown: &Shutdown,
+        handle: H,
+    ) where
+        H: Fn(Lease) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (queues, queue, sd) = (self.clone(), queue.to_string(), shutdown.clone());
+        shutdown.spawn("queue-consumer", async move {
+            queues.lease_for_slots(queue, concurrency, sd, handle).await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
+
+    async fn lease_for_slots<H, F>(
+        self,
+        queue: String,
+        concurrency: usize,
+        shutdown: Shutdown,
+        handle: H,
+    ) where
+        H: Fn(Lease) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_triggered() {
+            let first = tokio::select! {
+                () = shutdown.triggered() => return,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let mut permits = vec![first];
+            while permits.len() < queue_svc::api::MAX_BATCH {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let opts = LeaseOptions {
+                max: permits.len(),
+                wait: LEASE_WAIT,
+                lock: self.lock,
+            };
+            // Not raced against shutdown: a poll dropped half-way would leave
+            // its messages locked for the whole lock time.
+            let leases = match self.client.lease_held(&queue, opts).await {
+                Ok(l) => {
+                    backoff = Duration::from_millis(100);
+                    l
+                }
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "leasing failed; retrying");
+                    tokio::select! {
+                        () = shutdown.triggered() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            for (lease, permit) in leases.into_iter().zip(permits) {
+                if shutdown.is_triggered() {
+                    if let Err(e) = lease.rollback(Some("worker stopping")).await {
+                        tracing::warn!(queue, error = %e, "rollback at stop failed; delivered again after its lock");
+                    }
+                    continue;
+                }
+                let handle = handle.clone();
+                shutdown.spawn("queue-message", async move {
+                    handle(lease).await;
+                    drop(permit);
+                    Ok::<_, std::convert::Infallible>(())
+                });
+            }
+        }
     }
 }
 
