@@ -93,6 +93,12 @@ impl FlowError {
         }
     }
 
+    /// A publish to a queue the app does not consume: a guard, since loading
+    /// refuses a manifest that publishes to such a queue.
+    pub(crate) fn no_queue(name: &str) -> Self {
+        FlowError::new(ErrorType::Queue, format!("no queue named {name:?}"))
+    }
+
     /// The status an HTTP source answers with.
     pub fn status(&self) -> StatusCode {
         self.status.unwrap_or_else(|| self.kind.status())

@@ -13,7 +13,6 @@ pub mod event;
 pub mod expr;
 pub mod manifest;
 pub mod metrics;
-pub mod persistent;
 pub mod primary;
 pub mod queues;
 pub mod size;
@@ -35,8 +34,7 @@ use crate::engine::Engine;
 use crate::expr::Evaluator;
 use crate::manifest::App;
 use crate::metrics::Metrics;
-use crate::persistent::PersistentQueues;
-use crate::queues::{Queues, TransientQueues};
+use crate::queues::Queues;
 use crate::size::WorkerSize;
 use crate::store::Stores;
 
@@ -142,7 +140,7 @@ impl Default for Settings {
             objectstore_url: None,
             app_token: None,
             primary_ttl: Duration::from_secs(10),
-            lease_lock: persistent::DEFAULT_LOCK,
+            lease_lock: queues::DEFAULT_LOCK,
             egress_allow: Vec::new(),
             egress_deny: Vec::new(),
             backing_wait: Duration::from_secs(20),
@@ -240,10 +238,10 @@ impl Settings {
         let consumed: Vec<(String, u32)> =
             app.queues().map(|(q, max)| (q.to_string(), max)).collect();
         if !self.persistent_queues {
-            return Ok(Queues::Transient(TransientQueues::new(
+            return Ok(Queues::transient(
                 consumed.iter().map(|(q, _)| q.as_str()),
                 capacity,
-            )));
+            ));
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(12 * 3600)).contains(&self.lease_lock) {
             return Err(StartError::Setting("lease_lock must be 1s to 12h".into()));
@@ -253,10 +251,15 @@ impl Settings {
             .as_deref()
             .ok_or_else(|| StartError::Setting("persistent queues need FABRIC_QUEUE_URL".into()))?;
         let client = queue_svc::client::Client::new(url, name, self.token()?);
-        let queues =
-            PersistentQueues::declare(client, &consumed, self.encrypt_queues, self.backing_wait)
-                .await?;
-        Ok(Queues::Persistent(queues.with_lock(self.lease_lock)))
+        let queues = Queues::persistent(
+            client,
+            &consumed,
+            self.encrypt_queues,
+            self.backing_wait,
+            self.lease_lock,
+        )
+        .await?;
+        Ok(queues)
     }
 }
 

@@ -2,54 +2,33 @@
 //!
 //! This is the documented trade-off of running an app without persistent
 //! queues: fast and free, but a message in a worker that dies is gone. A full
-//! queue pushes back on its publishers rather than growing.
+//! queue pushes back on its publishers rather than growing; a rolled-back
+//! message goes to the back of its queue after a back-off.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::shutdown::Shutdown;
 use serde_json::Value;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::error::{ErrorType, FlowError};
 
 /// How long a publish waits for room in a full queue before failing with `QUEUE`.
-pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
 
-/// A publish to a queue the app does not consume: a guard, since loading
-/// refuses a manifest that publishes to such a queue.
-pub(crate) fn no_queue(name: &str) -> FlowError {
-    FlowError::new(ErrorType::Queue, format!("no queue named {name:?}"))
-}
-
-/// The app's queues in this worker: transient, or persistent in queue-svc.
-#[derive(Clone)]
-pub enum Queues {
-    /// In this worker's memory.
-    Transient(TransientQueues),
-    /// In queue-svc, shared by every worker of the app.
-    Persistent(crate::persistent::PersistentQueues),
-}
-
-impl Queues {
-    /// Publishes `payload` to `queue`; the message's id.
-    pub async fn publish(
-        &self,
-        queue: &str,
-        payload: Value,
-        correlation_id: String,
-    ) -> Result<String, FlowError> {
-        match self {
-            Queues::Transient(q) => q.publish(queue, payload, correlation_id).await,
-            Queues::Persistent(q) => q.publish(queue, payload, correlation_id).await,
-        }
-    }
+/// Back-off before a rolled-back message is delivered again: 100 ms doubling, at most 5 s.
+fn backoff(deliveries: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << deliveries.saturating_sub(1).min(6));
+    Duration::from_millis(ms.min(5_000))
 }
 
 /// One message in a transient queue.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Message {
+pub(super) struct Message {
     /// Unique within the worker.
     pub id: String,
     /// The body.
@@ -68,7 +47,7 @@ struct Queue {
 
 /// The app's transient queues in this worker. Cheap to clone.
 #[derive(Clone)]
-pub struct TransientQueues {
+pub(super) struct TransientQueues {
     queues: Arc<HashMap<String, Queue>>,
     next_id: Arc<AtomicU64>,
     dead_letter_cap: usize,
@@ -76,7 +55,7 @@ pub struct TransientQueues {
 
 impl TransientQueues {
     /// One queue per name, each holding at most `capacity` messages.
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>, capacity: usize) -> Self {
+    pub(super) fn new<'a>(names: impl IntoIterator<Item = &'a str>, capacity: usize) -> Self {
         let queues = names
             .into_iter()
             .map(|name| {
@@ -97,11 +76,13 @@ impl TransientQueues {
     }
 
     fn queue(&self, name: &str) -> Result<&Queue, FlowError> {
-        self.queues.get(name).ok_or_else(|| no_queue(name))
+        self.queues
+            .get(name)
+            .ok_or_else(|| FlowError::no_queue(name))
     }
 
     /// Publishes a message, waiting up to [`PUBLISH_WAIT`] for room.
-    pub async fn publish(
+    pub(super) async fn publish(
         &self,
         queue: &str,
         payload: Value,
@@ -128,16 +109,63 @@ impl TransientQueues {
         }
     }
 
+    /// Starts `concurrency` consumers of `queue`, each taking the next
+    /// message and running `handle` on it, until shutdown.
+    pub(super) fn consume<H, F>(
+        &self,
+        queue: &str,
+        concurrency: usize,
+        shutdown: &Shutdown,
+        handle: H,
+    ) where
+        H: Fn(Message) -> F + Clone + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        for _ in 0..concurrency {
+            let (queues, queue, sd, handle) = (
+                self.clone(),
+                queue.to_string(),
+                shutdown.clone(),
+                handle.clone(),
+            );
+            shutdown.spawn("queue-consumer", async move {
+                loop {
+                    let msg = tokio::select! {
+                        () = sd.triggered() => break,
+                        msg = queues.take(&queue) => match msg {
+                            Some(m) => m,
+                            None => break,
+                        },
+                    };
+                    handle(msg).await;
+                }
+                Ok::<_, std::convert::Infallible>(())
+            });
+        }
+    }
+
     /// Takes the next message, counting the delivery; `None` once the queue is closed.
-    pub async fn take(&self, queue: &str) -> Option<Message> {
+    async fn take(&self, queue: &str) -> Option<Message> {
         let q = self.queues.get(queue)?;
         let mut msg = q.rx.lock().await.recv().await?;
         msg.deliveries += 1;
         Some(msg)
     }
 
+    /// Puts a message that failed back at the end of its queue after its
+    /// [`backoff`], without waiting for that.
+    pub(super) fn redeliver_later(&self, queue: &str, msg: Message) {
+        let (queues, queue) = (self.clone(), queue.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff(msg.deliveries)).await;
+            if let Err(e) = queues.redeliver(&queue, msg).await {
+                tracing::error!(queue, error = %e, "could not redeliver; message lost with the worker's memory");
+            }
+        });
+    }
+
     /// Puts a message that failed back at the end of its queue.
-    pub async fn redeliver(&self, queue: &str, msg: Message) -> Result<(), FlowError> {
+    async fn redeliver(&self, queue: &str, msg: Message) -> Result<(), FlowError> {
         let q = self.queue(queue)?;
         q.tx.send(msg)
             .await
@@ -145,7 +173,7 @@ impl TransientQueues {
     }
 
     /// Moves a message to the queue's dead letters (the oldest are dropped past capacity).
-    pub fn dead_letter(&self, queue: &str, msg: Message) {
+    pub(super) fn dead_letter(&self, queue: &str, msg: Message) {
         if let Ok(q) = self.queue(queue) {
             let mut dead = q.dead.lock().unwrap_or_else(|p| p.into_inner());
             if dead.len() >= self.dead_letter_cap {
@@ -156,7 +184,8 @@ impl TransientQueues {
     }
 
     /// Messages waiting in `queue`, and messages in its dead letters.
-    pub fn depth(&self, queue: &str) -> Option<(usize, usize)> {
+    #[cfg(test)]
+    fn depth(&self, queue: &str) -> Option<(usize, usize)> {
         let q = self.queues.get(queue)?;
         let dead = q.dead.lock().unwrap_or_else(|p| p.into_inner()).len();
         Some((q.tx.max_capacity() - q.tx.capacity(), dead))
@@ -192,5 +221,13 @@ mod tests {
         let err = qs.publish("q", json!(2), "c".into()).await.unwrap_err();
         assert_eq!(err.kind, ErrorType::Queue);
         assert!(err.message.contains("full"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(4), Duration::from_millis(800));
+        assert_eq!(backoff(50), Duration::from_millis(5_000));
     }
 }
