@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::shutdown::Shutdown;
+use common::telemetry::EventKind;
 use queue_svc::client::{Lease, LeaseOptions};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -165,7 +166,7 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
             if let Err(e) = queues.ack(lease).await {
                 // The flow's effects stand; the message comes back after its
                 // lock, and `idempotent` is what makes that harmless.
-                tracing::warn!(queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
+                tracing::warn!(kind = EventKind::DeliveryAckFailed.as_str(), queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
             }
         }
         Err(err) => {
@@ -180,10 +181,10 @@ async fn process_lease(engine: &Engine, flow: &Flow, queue: &str, lease: Lease) 
                 err.to_string()
             };
             let outcome = if deliveries >= max_deliveries {
-                tracing::warn!(queue, message_id = %id, deliveries, error = %text, "dead-lettered");
+                tracing::warn!(kind = EventKind::DeliveryDeadLettered.as_str(), queue, message_id = %id, deliveries, error = %text, "dead-lettered");
                 MessageOutcome::DeadLettered
             } else {
-                tracing::info!(queue, message_id = %id, deliveries, error = %text, "rolled back");
+                tracing::info!(kind = EventKind::DeliveryRolledBack.as_str(), queue, message_id = %id, deliveries, error = %text, "rolled back");
                 MessageOutcome::RolledBack
             };
             engine.metrics().message(&flow.name, outcome);
@@ -237,14 +238,14 @@ async fn process(
         return;
     };
     if msg.deliveries >= max_deliveries {
-        tracing::warn!(queue, message_id = %msg.id, deliveries = msg.deliveries, error = %err, "dead-lettered");
+        tracing::warn!(kind = EventKind::DeliveryDeadLettered.as_str(), queue, message_id = %msg.id, deliveries = msg.deliveries, error = %err, "dead-lettered");
         engine
             .metrics()
             .message(&flow.name, MessageOutcome::DeadLettered);
         queues.dead_letter(queue, msg);
         return;
     }
-    tracing::info!(queue, message_id = %msg.id, deliveries = msg.deliveries, error = %err, "rolled back");
+    tracing::info!(kind = EventKind::DeliveryRolledBack.as_str(), queue, message_id = %msg.id, deliveries = msg.deliveries, error = %err, "rolled back");
     engine
         .metrics()
         .message(&flow.name, MessageOutcome::RolledBack);
