@@ -400,14 +400,14 @@ impl Fabric {
             // An error keeps the clock running: a queue that cannot be read
             // is not draining either.
             match queues.stats(queue).await {
-                Ok(s) if s.depth == 0 && s.in_flight == 0 => return s.dlq_depth,
-                Ok(s) if s.depth + s.in_flight < left => {
-                    left = s.depth + s.in_flight;
+                Ok(stats) if stats.depth == 0 && stats.in_flight == 0 => return stats.dlq_depth,
+                Ok(stats) if stats.depth + stats.in_flight < left => {
+                    left = stats.depth + stats.in_flight;
                     deadline = tokio::time::Instant::now() + WAIT;
                 }
-                Ok(s) => assert!(
+                Ok(stats) => assert!(
                     tokio::time::Instant::now() < deadline,
-                    "the queue stopped draining: {s:?}"
+                    "the queue stopped draining: {stats:?}"
                 ),
                 Err(e) => assert!(
                     tokio::time::Instant::now() < deadline,
