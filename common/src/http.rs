@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::shutdown::Shutdown;
+use crate::telemetry::EventKind;
 
 /// An error answered to an HTTP client: a status and the fabric's JSON body
 /// `{"error": TYPE, "message": ..., "correlationId": ...}`.
@@ -240,7 +241,7 @@ pub async fn serve(
     };
     tokio::select! {
         result = server => result?,
-        () = deadline => tracing::warn!(component = name, ?grace, "grace period expired; closing open connections"),
+        () = deadline => tracing::warn!(kind = EventKind::GraceExpired.as_str(), component = name, ?grace, "grace period expired; closing open connections"),
     }
     tracing::info!(component = name, %addr, "stopped");
     Ok(())

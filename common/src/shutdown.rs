@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
+use crate::telemetry::EventKind;
+
 /// The drain signal. Clone it into every listener, checker and consumer loop.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
@@ -87,7 +89,7 @@ impl Shutdown {
             .await
             .is_ok();
         if !done {
-            tracing::warn!(grace = ?self.grace, "grace period expired with tasks still running");
+            tracing::warn!(kind = EventKind::GraceExpired.as_str(), grace = ?self.grace, "grace period expired with tasks still running");
         }
         done
     }

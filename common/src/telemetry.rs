@@ -1,4 +1,5 @@
-//! Logging through `tracing`: human or JSON lines (`FABRIC_LOG_FORMAT`), filtered by `RUST_LOG`.
+//! Logging through `tracing`: human or JSON lines (`FABRIC_LOG_FORMAT`), filtered by `RUST_LOG`,
+//! and the `kind` field that names the events a reader counts.
 
 use tracing_subscriber::EnvFilter;
 
@@ -58,9 +59,75 @@ pub fn init(component: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What a log event reports, written as its `kind` field
+/// (`tracing::info!(kind = EventKind::EffectDuplicate.as_str(), …)`).
+///
+/// Readers that count events (the chaos verdict, an alert) match this field,
+/// never the message text, so rewording a message cannot change a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    /// A queue delivery's flow completed but its ack failed: the message
+    /// comes back after its lock, and its effects already happened.
+    DeliveryAckFailed,
+    /// A queue delivery's flow failed; the message is released to be tried again.
+    DeliveryRolledBack,
+    /// A queue delivery's flow failed on its last allowed delivery; the
+    /// message went to the dead-letter queue.
+    DeliveryDeadLettered,
+    /// `idempotent` stopped an event whose key was already processed.
+    EffectDuplicate,
+    /// A process's shutdown grace ran out with work still under way.
+    GraceExpired,
+    /// The control plane SIGKILLed a worker that outlived its grace period.
+    WorkerKilled,
+}
+
+impl EventKind {
+    /// Every kind, for tests and readers that list them.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::DeliveryAckFailed,
+        EventKind::DeliveryRolledBack,
+        EventKind::DeliveryDeadLettered,
+        EventKind::EffectDuplicate,
+        EventKind::GraceExpired,
+        EventKind::WorkerKilled,
+    ];
+
+    /// The `kind` field's value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DeliveryAckFailed => "delivery.ack_failed",
+            EventKind::DeliveryRolledBack => "delivery.rolled_back",
+            EventKind::DeliveryDeadLettered => "delivery.dead_lettered",
+            EventKind::EffectDuplicate => "effect.duplicate",
+            EventKind::GraceExpired => "shutdown.grace_expired",
+            EventKind::WorkerKilled => "worker.killed",
+        }
+    }
+}
+
+impl std::str::FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an event kind"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_event_kind_reads_back_as_itself() {
+        for kind in EventKind::ALL {
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+        }
+        assert!("duplicate; stopped".parse::<EventKind>().is_err());
+    }
 
     #[test]
     fn formats_parse() {

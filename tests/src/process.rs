@@ -1,4 +1,5 @@
-//! A child process under test: its output read line by line, killed by pid when dropped.
+//! A child process under test: its output read line by line, killed by pid when dropped;
+//! and the stop and kill every harness uses for its processes.
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -82,7 +83,7 @@ impl Proc {
 
     /// The child's pid.
     pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        pid_of(&self.child)
     }
 
     /// Waits up to `timeout` for a line matching `pred` and returns it.
@@ -158,16 +159,41 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.graceful && matches!(self.child.try_wait(), Ok(None)) {
-            let _ = kill(self.pid(), Signal::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(self.pid(), Signal::SIGKILL);
-            let _ = self.child.wait();
+        if self.graceful {
+            stop(&mut self.child, Signal::SIGINT, Duration::from_secs(30));
+        } else {
+            kill9(&mut self.child);
         }
     }
+}
+
+/// Sends `signal` to a running `child`, waits up to `grace` for it to exit,
+/// then SIGKILLs it; either way it is reaped.
+pub fn stop(child: &mut Child, signal: Signal, grace: Duration) {
+    if matches!(child.try_wait(), Ok(None)) {
+        let _ = kill(pid_of(child), signal);
+        let deadline = Instant::now() + grace;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    kill9(child);
+}
+
+/// SIGKILLs `child` if it still runs, and reaps it.
+pub fn kill9(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(pid_of(child), Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+/// SIGKILLs the process `pid`, which is not our child (a worker the control
+/// plane started): a crash, as fault injection wants it.
+pub fn kill9_pid(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+fn pid_of(child: &Child) -> Pid {
+    Pid::from_raw(child.id() as i32)
 }

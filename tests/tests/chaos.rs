@@ -49,6 +49,22 @@ fn check(report: &Report) {
         "messages dead-lettered (seed {}): {:?}",
         report.seed, report.dead_letters
     );
+    assert_eq!(
+        report.repeats_beyond_kills(),
+        0,
+        "more repeats blamed on {} worker kills than they can explain (seed {}): {}",
+        report.worker_kills,
+        report.seed,
+        report.counts()
+    );
+    // Without resent orders the run would not test `idempotent`; without a
+    // caught duplicate in the logs, the verdict is not reading them.
+    assert!(
+        report.resent > 0 && report.duplicates_caught > 0,
+        "idempotent was exercised (seed {}): {}",
+        report.seed,
+        report.counts()
+    );
     assert!(
         report.at_rest_leaks.is_empty(),
         "plaintext at rest: {:?}",

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::telemetry::EventKind;
 use serde_json::Value;
 
 use crate::egress::{EgressError, Outbound};
@@ -329,7 +330,7 @@ impl Engine {
                     Admission::Proceed(claim) => exec.claims.push(claim),
                     Admission::Duplicate => {
                         // The key is payload data: it stays out of the log.
-                        tracing::info!(correlation_id = %exec.event.correlation_id, "duplicate; stopped");
+                        tracing::info!(kind = EventKind::EffectDuplicate.as_str(), correlation_id = %exec.event.correlation_id, "duplicate; stopped");
                         exec.stopped = true;
                     }
                 }

@@ -3,7 +3,8 @@
 //! in the test suite (`tests/tests/chaos.rs`, same harness).
 //!
 //! Ends with `BENCH chaos accepted=<n> lost=<n> duplicated_effects=<n>
-//! redelivered=<n> faults=<n>` and exits 1 on any loss, duplicate or leak.
+//! redelivered=<n> faults=<n>` and exits 1 on any loss, duplicate, repeat a
+//! kill cannot explain, or leak.
 //! Knobs (environment): `CHAOS_BACKEND` (`embedded` or `aws`), `CHAOS_ORDERS`,
 //! `CHAOS_RATE` (orders/s), `CHAOS_CLIENTS`, `CHAOS_FAULTS`,
 //! `CHAOS_FAULT_EVERY_MS`, `CHAOS_SEED`.
@@ -67,6 +68,7 @@ async fn main() {
     let clean = report.lost == 0
         && report.duplicated_effects == 0
         && report.dead_lettered == 0
+        && report.repeats_beyond_kills() == 0
         && report.at_rest_leaks.is_empty();
     std::process::exit(if clean { 0 } else { 1 });
 }

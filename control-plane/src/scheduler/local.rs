@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::telemetry::EventKind;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -230,6 +231,7 @@ impl Scheduler for LocalScheduler {
             };
             if !exited {
                 tracing::warn!(
+                    kind = EventKind::WorkerKilled.as_str(),
                     pid = worker.pid,
                     grace = ?grace,
                     "a worker did not stop within its grace period; killing it"

@@ -10,6 +10,7 @@
 mod persistent;
 mod transient;
 
+use common::telemetry::EventKind;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,7 +199,7 @@ impl Delivery {
             && let Err(e) = queues.ack(*lease).await
         {
             let queue = consumer.queue.as_str();
-            tracing::warn!(queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
+            tracing::warn!(kind = EventKind::DeliveryAckFailed.as_str(), queue, message_id = %id, deliveries, error = %e, "ack failed; the message will be delivered again");
         }
     }
 
@@ -220,10 +221,10 @@ impl Delivery {
         let queue = consumer.queue.as_str();
         let last = deliveries >= consumer.max_deliveries;
         let outcome = if last {
-            tracing::warn!(queue, message_id = %id, deliveries, error = %text, "dead-lettered");
+            tracing::warn!(kind = EventKind::DeliveryDeadLettered.as_str(), queue, message_id = %id, deliveries, error = %text, "dead-lettered");
             MessageOutcome::DeadLettered
         } else {
-            tracing::info!(queue, message_id = %id, deliveries, error = %text, "rolled back");
+            tracing::info!(kind = EventKind::DeliveryRolledBack.as_str(), queue, message_id = %id, deliveries, error = %text, "rolled back");
             MessageOutcome::RolledBack
         };
         consumer.metrics.message(&consumer.flow, outcome);
