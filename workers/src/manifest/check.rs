@@ -13,13 +13,16 @@ use super::values::{
 };
 use super::{
     DEFAULT_KEY_TTL, HTTP_REQUEST_TIMEOUT, MAX_CONCURRENCY, MAX_GROUP, MAX_HTTP_REQUEST_TIMEOUT,
-    ManifestError, at,
+    ManifestError, Text, at,
 };
 use crate::error::ErrorType;
 
 pub(super) struct Checker {
     flows: HashSet<String>,
     consumed_queues: HashSet<String>,
+    /// The `flow-ref` targets of the flow being compiled, with where each is
+    /// written, in step order, so a cycle is reported at the ref closing it.
+    flow_refs: Vec<Text>,
 }
 
 impl Checker {
@@ -97,11 +100,13 @@ impl Checker {
         Ok(Checker {
             flows,
             consumed_queues,
+            flow_refs: Vec::new(),
         })
     }
 
-    pub(super) fn app(&self, def: AppDef) -> Result<App, ManifestError> {
+    pub(super) fn app(mut self, def: AppDef) -> Result<App, ManifestError> {
         let mut flows = Vec::with_capacity(def.flows.len());
+        let mut refs = Vec::with_capacity(def.flows.len());
         for flow in def.flows {
             let f = flow.value;
             let strategy = match (f.strategy, f.max_concurrency) {
@@ -139,6 +144,7 @@ impl Checker {
                 },
             });
             let steps = self.steps(f.steps)?;
+            refs.push(std::mem::take(&mut self.flow_refs));
             flows.push(Arc::new(Flow {
                 name: f.name.value.into(),
                 source,
@@ -146,7 +152,7 @@ impl Checker {
                 steps,
             }));
         }
-        check_flow_refs_acyclic(&flows)?;
+        check_flow_refs_acyclic(&flows, &refs)?;
         Ok(App {
             name: def.name.map(|n| n.value),
             properties: Value::Object(def.properties.into_iter().collect()),
@@ -154,11 +160,11 @@ impl Checker {
         })
     }
 
-    fn steps(&self, defs: Vec<Spanned<StepDef>>) -> Result<Vec<Step>, ManifestError> {
+    fn steps(&mut self, defs: Vec<Spanned<StepDef>>) -> Result<Vec<Step>, ManifestError> {
         defs.into_iter().map(|d| self.step(d.value)).collect()
     }
 
-    fn step(&self, def: StepDef) -> Result<Step, ManifestError> {
+    fn step(&mut self, def: StepDef) -> Result<Step, ManifestError> {
         Ok(match def {
             StepDef::Log(e) => Step::Log(expr(&e)?),
             StepDef::SetPayload(e) => Step::SetPayload(expr(&e)?),
@@ -213,7 +219,9 @@ impl Checker {
                         format!("flow-ref to {:?}, which no flow is named", name.value),
                     ));
                 }
-                Step::FlowRef(name.value)
+                let target = name.value.clone();
+                self.flow_refs.push(name);
+                Step::FlowRef(target)
             }
             StepDef::Try { steps, on_error } => Step::Try {
                 steps: self.steps(steps)?,
@@ -329,53 +337,40 @@ impl Checker {
     }
 }
 
-fn check_flow_refs_acyclic(flows: &[Arc<Flow>]) -> Result<(), ManifestError> {
-    fn refs(steps: &[Step], out: &mut Vec<String>) {
-        for s in steps {
-            match s {
-                Step::FlowRef(n) => out.push(n.clone()),
-                Step::Choice { when, otherwise } => {
-                    when.iter().for_each(|(_, st)| refs(st, out));
-                    refs(otherwise, out);
-                }
-                Step::Try { steps, on_error } => {
-                    refs(steps, out);
-                    on_error.iter().for_each(|h| refs(&h.steps, out));
-                }
-                _ => {}
-            }
-        }
-    }
-    let graph: HashMap<&str, Vec<String>> = flows
+/// Refuses flow-refs that form a cycle, at the ref that closes it. `refs`
+/// holds each flow's refs (in `flows` order), each ref's target where it is
+/// written.
+fn check_flow_refs_acyclic(flows: &[Arc<Flow>], refs: &[Vec<Text>]) -> Result<(), ManifestError> {
+    let graph: HashMap<&str, &[Text]> = flows
         .iter()
-        .map(|f| {
-            let mut out = Vec::new();
-            refs(&f.steps, &mut out);
-            (&*f.name, out)
-        })
+        .zip(refs)
+        .map(|(f, out)| (&*f.name, out.as_slice()))
         .collect();
-    // Depth-first search with colours: a grey node met again closes a cycle.
+    // Depth-first search with colours: a grey node met again closes a cycle,
+    // and the ref that led to it is where the cycle is reported.
     fn visit<'a>(
         n: &'a str,
-        graph: &'a HashMap<&str, Vec<String>>,
+        graph: &HashMap<&'a str, &'a [Text]>,
         state: &mut HashMap<&'a str, bool>,
         path: &mut Vec<&'a str>,
-    ) -> Option<Vec<String>> {
-        match state.get(n) {
-            Some(true) => return None,
-            Some(false) => {
-                let start = path.iter().position(|p| *p == n).unwrap_or(0);
-                let mut cycle: Vec<String> = path[start..].iter().map(|s| s.to_string()).collect();
-                cycle.push(n.to_string());
-                return Some(cycle);
-            }
-            None => {}
-        }
+    ) -> Option<(Vec<String>, &'a Text)> {
         state.insert(n, false);
         path.push(n);
-        for next in graph.get(n).into_iter().flatten() {
-            if let Some(c) = visit(next, graph, state, path) {
-                return Some(c);
+        for next in graph.get(n).copied().unwrap_or_default() {
+            match state.get(next.value.as_str()) {
+                Some(true) => {}
+                Some(false) => {
+                    let start = path.iter().position(|p| *p == next.value).unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        path[start..].iter().map(|s| s.to_string()).collect();
+                    cycle.push(next.value.clone());
+                    return Some((cycle, next));
+                }
+                None => {
+                    if let Some(found) = visit(&next.value, graph, state, path) {
+                        return Some(found);
+                    }
+                }
             }
         }
         path.pop();
@@ -384,12 +379,14 @@ fn check_flow_refs_acyclic(flows: &[Arc<Flow>]) -> Result<(), ManifestError> {
     }
     let mut state = HashMap::new();
     for f in flows {
-        if let Some(cycle) = visit(&f.name, &graph, &mut state, &mut Vec::new()) {
-            return Err(ManifestError {
-                line: 1,
-                column: 1,
-                reason: format!("flow-refs form a cycle: {}", cycle.join(" -> ")),
-            });
+        if state.contains_key(&*f.name) {
+            continue;
+        }
+        if let Some((cycle, closing)) = visit(&f.name, &graph, &mut state, &mut Vec::new()) {
+            return Err(at(
+                closing,
+                format!("flow-refs form a cycle: {}", cycle.join(" -> ")),
+            ));
         }
     }
     Ok(())
