@@ -1,5 +1,7 @@
 //! A client of the control plane's API, for the `fabric` command line and tests.
 
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::{Stream, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,6 +31,27 @@ pub enum ClientError {
         /// What went wrong.
         message: String,
     },
+    /// The event stream it sent cannot be read any further (not
+    /// server-sent events).
+    #[error("the event stream from {url} cannot be read: {reason}")]
+    BadStream {
+        /// Its URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// An event the control plane sent that this client cannot read (one of a
+/// newer kind, say). Following goes on past it: the caller says so to the
+/// user rather than losing it silently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an event could not be read ({reason}): {data}")]
+pub struct UnreadableEvent {
+    /// Why it could not be read.
+    pub reason: String,
+    /// Its data, as sent.
+    pub data: String,
 }
 
 /// What a delete left behind.
@@ -159,21 +182,22 @@ impl Client {
     }
 
     /// Follows events as they happen, calling `each` until it returns false.
+    /// An event that cannot be read is handed to `each` as an error, and
+    /// following goes on.
     pub async fn follow_events(
         &self,
-        mut each: impl FnMut(Event) -> bool,
+        each: impl FnMut(Result<Event, UnreadableEvent>) -> bool,
     ) -> Result<(), ClientError> {
-        let unreachable = |source| ClientError::Unreachable {
-            url: self.url.clone(),
-            source,
-        };
-        let mut resp = self
+        let resp = self
             .http
             .get(format!("{}/v1/events?follow=true", self.url))
             .bearer_auth(&self.key)
             .send()
             .await
-            .map_err(unreachable)?;
+            .map_err(|source| ClientError::Unreachable {
+                url: self.url.clone(),
+                source,
+            })?;
         if !resp.status().is_success() {
             return Err(ClientError::Api {
                 status: resp.status(),
@@ -181,22 +205,19 @@ impl Client {
                 message: "cannot follow events".into(),
             });
         }
-        let mut buf = String::new();
-        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                for line in frame.lines() {
-                    if let Some(data) = line.strip_prefix("data:")
-                        && let Ok(event) = serde_json::from_str::<Event>(data.trim())
-                        && !each(event)
-                    {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        Ok(())
+        let chunks = futures::stream::unfold(resp, |mut resp| async move {
+            resp.chunk().await.transpose().map(|chunk| (chunk, resp))
+        });
+        read_events(chunks, each).await.map_err(|e| match e {
+            EventStreamError::Transport(source) => ClientError::Unreachable {
+                url: self.url.clone(),
+                source,
+            },
+            other => ClientError::BadStream {
+                url: self.url.clone(),
+                reason: other.to_string(),
+            },
+        })
     }
 
     /// Fails (`fail`) or restores (`restore`) an AZ.
@@ -215,5 +236,117 @@ impl Client {
             )
             .await?;
         Ok(v["apiKey"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// Reads server-sent events from `chunks` (as they come off the wire, split
+/// anywhere) and hands each, decoded, to `each` until it returns false or the
+/// stream ends. An event whose data is not an [`Event`] is handed over as an
+/// [`UnreadableEvent`]; a stream that is not server-sent events at all ends
+/// the reading with an error.
+async fn read_events<B: AsRef<[u8]>, E>(
+    chunks: impl Stream<Item = Result<B, E>>,
+    mut each: impl FnMut(Result<Event, UnreadableEvent>) -> bool,
+) -> Result<(), EventStreamError<E>> {
+    let mut events = std::pin::pin!(chunks.eventsource());
+    while let Some(next) = events.next().await {
+        let decoded = match next {
+            Ok(sse) => serde_json::from_str::<Event>(&sse.data).map_err(|e| UnreadableEvent {
+                reason: e.to_string(),
+                data: sse.data,
+            }),
+            // Only at the end of the stream: a character cut off there.
+            Err(EventStreamError::Utf8(e)) => Err(UnreadableEvent {
+                reason: format!("not UTF-8: {e}"),
+                data: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            }),
+            Err(other) => return Err(other),
+        };
+        if !each(decoded) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64, message: &str) -> Event {
+        Event {
+            seq,
+            at_ms: 1,
+            app: Some("orders".into()),
+            app_id: None,
+            kind: "worker.up".into(),
+            message: message.into(),
+        }
+    }
+
+    /// Reads `chunks` to the end, returning what `each` was handed.
+    async fn read(chunks: Vec<Vec<u8>>) -> Vec<Result<Event, UnreadableEvent>> {
+        let mut seen = Vec::new();
+        read_events(
+            futures::stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>)),
+            |e| {
+                seen.push(e);
+                true
+            },
+        )
+        .await
+        .expect("a readable stream");
+        seen
+    }
+
+    #[tokio::test]
+    async fn a_character_split_between_reads_and_multi_line_data_arrive_whole() {
+        let first = serde_json::to_string(&event(1, "zone é down")).unwrap();
+        let second = serde_json::to_string(&event(2, "worker 2 → b")).unwrap();
+        // The second event's JSON is sent over two `data:` lines, split after its first comma.
+        let (head, tail) = second.split_at(second.find(',').unwrap() + 1);
+        let wire = format!(": keep-alive\n\ndata: {first}\n\ndata: {head}\ndata: {tail}\n\n");
+        let bytes = wire.as_bytes();
+        // Cut inside the two bytes of 'é' and inside the three of '→'.
+        let e = wire.find('é').unwrap() + 1;
+        let arrow = wire.find('→').unwrap() + 2;
+        let chunks = vec![
+            bytes[..e].to_vec(),
+            bytes[e..arrow].to_vec(),
+            bytes[arrow..].to_vec(),
+        ];
+        let seen = read(chunks).await;
+        assert_eq!(
+            seen,
+            vec![Ok(event(1, "zone é down")), Ok(event(2, "worker 2 → b"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_event_is_handed_over_and_reading_goes_on() {
+        let good = serde_json::to_string(&event(3, "ok")).unwrap();
+        let wire = format!("data: {{\"seq\": \"not a number\"}}\n\ndata: {good}\n\n");
+        let seen = read(vec![wire.into_bytes()]).await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let bad = seen[0].as_ref().unwrap_err();
+        assert_eq!(bad.data, "{\"seq\": \"not a number\"}");
+        assert_eq!(seen[1], Ok(event(3, "ok")));
+    }
+
+    #[tokio::test]
+    async fn following_stops_when_told() {
+        let one = serde_json::to_string(&event(1, "a")).unwrap();
+        let wire = format!("data: {one}\n\ndata: {one}\n\n");
+        let mut calls = 0;
+        read_events(
+            futures::stream::iter([Ok::<_, std::convert::Infallible>(wire.into_bytes())]),
+            |_| {
+                calls += 1;
+                false
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(calls, 1);
     }
 }

@@ -170,6 +170,7 @@ fn fail(e: ClientError) -> (u8, String) {
         ClientError::Api { kind, .. } if kind == "NOT_READY" => exit::ROLLED_BACK,
         ClientError::Api { status, .. } if status.as_u16() == 404 => exit::NOT_FOUND,
         ClientError::Api { .. } => exit::API,
+        ClientError::BadStream { .. } => exit::API,
     };
     (code, e.to_string())
 }
@@ -363,12 +364,14 @@ fn progress(client: &Client, output: Output) -> tokio::task::JoinHandle<()> {
         }
         let _ = client
             .follow_events(|e| {
-                if e.at_ms >= from {
-                    eprintln!(
+                match e {
+                    Ok(e) if e.at_ms < from => {}
+                    Ok(e) => eprintln!(
                         "  [{:>5.1}s] {}",
                         started.elapsed().as_secs_f64(),
                         e.message
-                    );
+                    ),
+                    Err(bad) => eprintln!("  warning: {bad}"),
                 }
                 true
             })
@@ -438,7 +441,12 @@ pub async fn events(target: Target, follow: bool) -> ExitCode {
             if follow {
                 client
                     .follow_events(|e| {
-                        show(&e);
+                        // One bad event is told on stderr, not fatal: the
+                        // ones after it still matter to whoever is watching.
+                        match e {
+                            Ok(e) => show(&e),
+                            Err(bad) => eprintln!("fabric: warning: {bad}"),
+                        }
                         true
                     })
                     .await

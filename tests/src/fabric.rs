@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -186,15 +186,10 @@ impl Fabric {
         what: &str,
         pred: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        let deadline = Instant::now() + START;
-        loop {
+        crate::until_sync(what, START, || {
             let w = self.workers(app);
-            if pred(&w) {
-                return w;
-            }
-            assert!(Instant::now() < deadline, "never saw {what}: {w:#?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            if pred(&w) { Ok(w) } else { Err(w) }
+        })
     }
 
     /// The lines `fabric up` has logged so far that contain `needle`, for

@@ -86,19 +86,75 @@ pub fn fabric_bin() -> std::path::PathBuf {
     bin
 }
 
+/// What one poll of [`until`] or [`until_sync`] gives: the value waited
+/// for, or not yet. `None` is not yet; `Err(why)` is not yet too, and the
+/// last `why` is in the panic when the wait runs out, so a test that times
+/// out says what it saw.
+pub trait Polled {
+    /// The value waited for.
+    type Value;
+    /// Why not yet, when the poll says.
+    type Why: std::fmt::Debug;
+    /// The value, or why not yet (if the poll says).
+    fn ready(self) -> Result<Self::Value, Option<Self::Why>>;
+}
+
+impl<T> Polled for Option<T> {
+    type Value = T;
+    type Why = std::convert::Infallible;
+    fn ready(self) -> Result<T, Option<Self::Why>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Debug> Polled for Result<T, E> {
+    type Value = T;
+    type Why = E;
+    fn ready(self) -> Result<T, Option<E>> {
+        self.map_err(Some)
+    }
+}
+
+/// How long a wait sleeps between two polls.
+const POLL_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn give_up(what: &str, why: Option<impl std::fmt::Debug>) -> ! {
+    match why {
+        Some(why) => panic!("never saw {what}: {why:#?}"),
+        None => panic!("never saw {what}"),
+    }
+}
+
 /// Polls `f` until it gives a value, for at most `within`; panics naming
-/// `what` when it never does.
-pub async fn until<T>(
+/// `what` (and the last poll's reason, if it gave one) when it never does.
+pub async fn until<P: Polled>(
     what: &str,
     within: std::time::Duration,
-    mut f: impl AsyncFnMut() -> Option<T>,
-) -> T {
+    mut f: impl AsyncFnMut() -> P,
+) -> P::Value {
     let deadline = std::time::Instant::now() + within;
     loop {
-        if let Some(v) = f().await {
-            return v;
+        match f().await.ready() {
+            Ok(v) => return v,
+            Err(why) if std::time::Instant::now() >= deadline => give_up(what, why),
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
         }
-        assert!(std::time::Instant::now() < deadline, "never saw {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`until`] for code off the async runtime (a test's load threads, the
+/// `fabric` command line): sleeps the thread between polls.
+pub fn until_sync<P: Polled>(
+    what: &str,
+    within: std::time::Duration,
+    mut f: impl FnMut() -> P,
+) -> P::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match f().ready() {
+            Ok(v) => return v,
+            Err(why) if std::time::Instant::now() >= deadline => give_up(what, why),
+            Err(_) => std::thread::sleep(POLL_EVERY),
+        }
     }
 }

@@ -348,26 +348,26 @@ async fn fabric_up_runs_on_sqs_and_dynamodb_with_the_aws_backend() {
 
 /// Waits until `hello` answers through `fabric`'s load balancer.
 async fn hello_through_the_load_balancer(fabric: &Fabric) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let r = reqwest::Client::new()
-            .get(format!("http://{}/hello/test", fabric.proxy))
-            .header("host", "hello.fabric.localhost")
-            .send()
-            .await;
-        match r {
-            Ok(r) if r.status() == 200 => {
-                let v: Value = r.json().await.unwrap();
-                assert_eq!(v["message"], "hello, test");
-                return;
+    fabric_tests::until(
+        "hello answer through the load balancer",
+        std::time::Duration::from_secs(30),
+        async || {
+            let r = reqwest::Client::new()
+                .get(format!("http://{}/hello/test", fabric.proxy))
+                .header("host", "hello.fabric.localhost")
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    let v: Value = r.json().await.unwrap();
+                    assert_eq!(v["message"], "hello, test");
+                    Ok(())
+                }
+                other => Err(other),
             }
-            other => assert!(
-                std::time::Instant::now() < deadline,
-                "hello never answered through the load balancer: {other:?}"
-            ),
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,9 +473,11 @@ async fn orders_through_the_load_balancer(fabric: &Fabric) {
         .unwrap();
     assert_eq!(bad.status(), 400);
     // Processed by whichever worker leased it; read back through either.
+    // One 30 s budget for all twenty orders.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for i in 0..20 {
-        loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        fabric_tests::until(&format!("order {i} stored"), left, async || {
             let r = through_proxy(reqwest::Method::GET, &format!("/orders/{i}"))
                 .send()
                 .await
@@ -486,15 +488,12 @@ async fn orders_through_the_load_balancer(fabric: &Fabric) {
                     (v["orderId"].as_i64(), v["status"].as_str()),
                     (Some(i), Some("stored"))
                 );
-                break;
+                return Some(());
             }
             assert_eq!(r.status(), 404, "not stored yet, or stored");
-            assert!(
-                std::time::Instant::now() < deadline,
-                "order {i} never stored"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+            None
+        })
+        .await;
     }
     // `fabric queues` shows the shared queue, drained and encrypted as asked.
     let queues = fabric.cli(&["queues", "orders", "--output", "json"]);
@@ -582,29 +581,28 @@ async fn events_reach_a_webhook() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let kinds: Vec<String> = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
-            .collect();
-        if kinds.iter().any(|k| k == "deploy.done") && kinds.iter().any(|k| k == "worker.down") {
-            // Sent in order.
-            let seqs: Vec<u64> = seen
-                .lock()
-                .unwrap()
+    let seqs = fabric_tests::until(
+        "deploy.done and worker.down sent",
+        std::time::Duration::from_secs(30),
+        async || {
+            let seen = seen.lock().unwrap();
+            let kinds: Vec<String> = seen
                 .iter()
-                .map(|e| e["seq"].as_u64().unwrap())
+                .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
                 .collect();
-            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "events seen: {kinds:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+            if kinds.iter().any(|k| k == "deploy.done") && kinds.iter().any(|k| k == "worker.down")
+            {
+                Ok(seen
+                    .iter()
+                    .map(|e| e["seq"].as_u64().unwrap())
+                    .collect::<Vec<u64>>())
+            } else {
+                // The kinds seen so far, for the panic.
+                Err(kinds)
+            }
+        },
+    )
+    .await;
+    // Sent in order.
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }

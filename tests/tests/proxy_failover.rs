@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::shutdown::Shutdown;
 use common::token::TokenKey;
@@ -71,23 +71,19 @@ async fn proxy(settings: Settings, workers: &[SocketAddr]) -> Proxy {
         .collect();
     let table = serde_json::json!({"apps": {"orders": {"workers": workers}}});
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    loop {
+    fabric_tests::until("the proxy admin take the routes", WAIT, async || {
         let put = client
             .put(format!("http://{admin_addr}/routes"))
             .bearer_auth(key.issue_internal(WAIT))
             .json(&table)
             .send()
             .await;
-        if matches!(&put, Ok(r) if r.status() == 200) {
-            break;
+        match put {
+            Ok(r) if r.status() == 200 => Ok(()),
+            other => Err(other),
         }
-        assert!(
-            Instant::now() < deadline,
-            "proxy admin never answered: {put:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
     Proxy {
         http: http_addr,
         admin: admin_addr,
@@ -147,15 +143,12 @@ async fn kill_9_of_one_backend_fails_no_get() {
     let wait_for = |n: u64| {
         let done = done.clone();
         async move {
-            let deadline = Instant::now() + WAIT;
-            while done.load(Ordering::Relaxed) < n {
-                assert!(
-                    Instant::now() < deadline,
-                    "only {} requests done",
-                    done.load(Ordering::Relaxed)
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            // Not yet: how many are done so far, for the panic.
+            fabric_tests::until(&format!("{n} requests done"), WAIT, async || {
+                let so_far = done.load(Ordering::Relaxed);
+                if so_far >= n { Ok(()) } else { Err(so_far) }
+            })
+            .await
         }
     };
     wait_for(300).await;

@@ -32,15 +32,19 @@ async fn start(data: &Path, backend: &str, prefix: &str) -> (Proc, String) {
     let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     let base = format!("http://{}", event["addr"].as_str().expect("addr field"));
     let http = reqwest::Client::new();
-    for _ in 0..500 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return (svc, base);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("queue-svc never became ready: {:?}", svc.seen);
+    // What the service logged before it listened, for the panic.
+    let seen = &svc.seen;
+    // 10 s: what 500 tries 20 ms apart allowed.
+    fabric_tests::until(
+        "queue-svc ready",
+        Duration::from_secs(10),
+        async || match http.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status() == 200 => Ok(()),
+            _ => Err(seen),
+        },
+    )
+    .await;
+    (svc, base)
 }
 
 fn lease_opts(lock: Duration, wait: Duration) -> LeaseOptions {

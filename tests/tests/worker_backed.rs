@@ -17,19 +17,11 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{base} never turned ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fabric_tests::until(&format!("{base} turn ready"), WAIT, async || {
+        let r = http.get(format!("{base}/readyz")).send().await;
+        r.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await
 }
 
 /// Workers `{app}-1` and `{app}-2` of the example `{app}.yaml`, both ready.
@@ -56,11 +48,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fabric_tests::until(what, WAIT, async || check().await.then_some(())).await
 }
 
 /// POSTs `body` to `first`, then to `second` if the first failed in any way

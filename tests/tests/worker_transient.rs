@@ -93,14 +93,10 @@ flows:
             .unwrap();
         assert_eq!(r.status(), 202, "accepted into the worker's memory");
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while collector.seen.lock().unwrap().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "first message never processed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    fabric_tests::until("the first message processed", WAIT, async || {
+        (!collector.seen.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
 
     first.signal(Signal::SIGKILL);
     first.wait_exit(WAIT);
@@ -116,20 +112,11 @@ flows:
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !collector
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|v| v["id"] == "marker")
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "marker never processed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    fabric_tests::until("the marker processed", WAIT, async || {
+        let seen = collector.seen.lock().unwrap();
+        seen.iter().any(|v| v["id"] == "marker").then_some(())
+    })
+    .await;
     let ids: Vec<Value> = collector
         .seen
         .lock()

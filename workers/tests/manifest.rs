@@ -110,6 +110,33 @@ fn references_must_exist() {
 }
 
 #[test]
+fn a_flow_ref_cycle_is_reported_at_the_ref_that_closes_it() {
+    // a -> b -> c -> b: the search from `a` reaches `b` again through the
+    // ref in `c`'s `try`, so that ref (line 13) is where the cycle is.
+    let yaml = "\
+flows:
+  - name: a
+    steps:
+      - flow-ref: b
+  - name: b
+    steps:
+      - log: '\"b\"'
+      - flow-ref: c
+  - name: c
+    steps:
+      - try:
+          steps:
+            - flow-ref: b
+";
+    let e = refused(yaml);
+    assert_eq!((e.line, e.column), (13, 25), "{e}");
+    assert!(e.reason.contains("cycle: b -> c -> b"), "{e}");
+
+    let self_ref = "flows:\n  - name: a\n    steps:\n      - log: '1'\n      - flow-ref: a\n";
+    assert_eq!(refused(self_ref).line, 5);
+}
+
+#[test]
 fn expressions_must_compile() {
     let e = refused("flows:\n  - name: a\n    steps:\n      - set-payload: '.a | nosuchfn(1)'\n");
     assert_eq!((e.line, e.column), (4, 22), "{e}");
