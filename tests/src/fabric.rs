@@ -231,3 +231,25 @@ impl Drop for Fabric {
         self.stop();
     }
 }
+
+/// The demo's smallest app, `examples/hello.yaml`.
+pub const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.yaml");
+
+/// Whether `fabric workers` lists exactly `n` workers, all ready.
+pub fn ready(ws: &[serde_json::Value], n: usize) -> bool {
+    ws.len() == n && ws.iter().all(|w| w["state"] == "ready")
+}
+
+/// A worker's pid, from `fabric workers`.
+pub fn pid(w: &serde_json::Value) -> i32 {
+    w["pid"].as_i64().expect("pid") as i32
+}
+
+/// Asks a hello worker at `address` to greet, directly; it must answer 200.
+pub async fn greet(address: &str) -> serde_json::Value {
+    let r = reqwest::get(format!("http://{address}/hello/test"))
+        .await
+        .expect("worker answers");
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}

@@ -6,10 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fabric_tests::fabric::Fabric;
-use serde_json::Value;
+use fabric_tests::fabric::{Fabric, HELLO, ready};
 
-const HELLO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello.yaml");
 const CLIENTS: usize = 4;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -86,10 +84,6 @@ impl Load {
             (self.ok.load(Ordering::SeqCst) >= target).then_some(())
         });
     }
-}
-
-fn ready(ws: &[Value], n: usize) -> bool {
-    ws.len() == n && ws.iter().all(|w| w["state"] == "ready")
 }
 
 #[test]
