@@ -52,7 +52,8 @@ where
     E: std::fmt::Display,
 {
     let deadline = tokio::time::Instant::now() + give_up;
-    let mut wait = Duration::from_millis(50);
+    let mut backoff =
+        common::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         match call().await {
             Ok(v) => return Ok(v),
@@ -60,8 +61,7 @@ where
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, "{what} not reachable yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(1));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

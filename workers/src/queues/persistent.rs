@@ -6,6 +6,7 @@
 //! A consumer leases only for its free slots; each lease's lock is extended
 //! while its flow runs.
 
+use common::backoff::Backoff;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -178,7 +179,7 @@ impl PersistentQueues {
         F: Future<Output = ()> + Send + 'static,
     {
         let slots = Arc::new(Semaphore::new(concurrency));
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_triggered() {
             let first = tokio::select! {
                 () = shutdown.triggered() => return,
@@ -203,16 +204,15 @@ impl PersistentQueues {
             // its messages locked for the whole lock time.
             let leases = match self.client.lease_held(&queue, opts).await {
                 Ok(l) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     l
                 }
                 Err(e) => {
                     tracing::warn!(queue, error = %e, "leasing failed; retrying");
                     tokio::select! {
                         () = shutdown.triggered() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             };
