@@ -67,6 +67,21 @@ impl Tombstones {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The one check of every request for an app at a service: its token
+    /// opens `app` with `scope` under `key` (else 401 or 403), and the app
+    /// was not deleted (else 403). The request counts as in flight for the
+    /// app while the admission is held, so that deleting the app waits for it.
+    pub fn authorize(
+        &self,
+        key: &crate::token::TokenKey,
+        headers: &axum::http::HeaderMap,
+        app: &str,
+        scope: crate::token::Scope,
+    ) -> Result<Admitted, ApiError> {
+        crate::http::authorize(key, headers, app, scope)?;
+        Ok(self.admit(app)?)
+    }
+
     /// Lets a request for `app` in, unless the app was deleted. The request
     /// counts as in flight until the returned guard is dropped.
     pub fn admit(&self, app: &str) -> Result<Admitted, AppDeleted> {

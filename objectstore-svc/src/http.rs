@@ -10,9 +10,9 @@ use axum::extract::{DefaultBodyLimit, Json, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use common::http::{ApiError, authorize, authorize_internal};
+use common::http::{ApiError, authorize_internal};
 use common::token::{Scope, TokenKey};
-use common::tombstone::{Admitted, Tombstones};
+use common::tombstone::Tombstones;
 use serde::Deserialize;
 
 use crate::api::{CORRELATION_HEADER, EXPIRES_AT_HEADER, LeaseRequest, MAX_PAGE, MAX_VALUE_BYTES};
@@ -33,21 +33,7 @@ pub struct ApiState {
     pub metrics: Metrics,
 }
 
-impl ApiState {
-    /// The one check of every request for an app: its token opens `app`
-    /// with `scope` (else 401 or 403), and the app was not deleted (else
-    /// 403). The request counts as in flight for the app while the
-    /// admission is held, so that deleting the app waits for it.
-    fn authorize(
-        &self,
-        headers: &HeaderMap,
-        app: &str,
-        scope: Scope,
-    ) -> Result<Admitted, ApiError> {
-        authorize(&self.tokens, headers, app, scope)?;
-        Ok(self.tombstones.admit(app)?)
-    }
-}
+impl ApiState {}
 
 /// The API's routes (without the operational endpoints).
 pub fn router(state: ApiState) -> Router {
@@ -173,7 +159,9 @@ async fn empty_key(State(s): State<ApiState>, headers: HeaderMap) -> Response {
 async fn get_key(State(s): State<ApiState>, headers: HeaderMap, path: KeyPath) -> Response {
     op(&s, "get", &headers, async {
         let Path((app, store, key)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Read)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Read)?;
         let object = s.store.get(&app, &store, &key).await?;
         let mut response = (
             [
@@ -205,7 +193,9 @@ async fn put_key(
 ) -> Response {
     op(&s, "put", &headers, async {
         let Path((app, store, key)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Worker)?;
         let Query(query) = query.map_err(from_query)?;
         let pre = precondition(&headers)?;
         let body = body.map_err(from_bytes)?;
@@ -231,7 +221,9 @@ async fn put_key(
 async fn delete_key(State(s): State<ApiState>, headers: HeaderMap, path: KeyPath) -> Response {
     op(&s, "delete", &headers, async {
         let Path((app, store, key)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Worker)?;
         let pre = precondition(&headers)?;
         s.store.delete(&app, &store, &key, pre).await?;
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -247,7 +239,9 @@ async fn list(
 ) -> Response {
     op(&s, "list", &headers, async {
         let Path((app, store)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Read)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Read)?;
         let Query(q) = query.map_err(from_query)?;
         let page = s
             .store
@@ -267,7 +261,9 @@ async fn list(
 async fn stats(State(s): State<ApiState>, headers: HeaderMap, path: StorePath) -> Response {
     op(&s, "stats", &headers, async {
         let Path((app, store)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Read)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Read)?;
         Ok(Json(s.store.stats(&app, &store).await?).into_response())
     })
     .await
@@ -284,7 +280,9 @@ async fn acquire(
 ) -> Response {
     op(&s, "lease_acquire", &headers, async {
         let Path((app, name)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Worker)?;
         let Json(req) = body.map_err(from_json)?;
         let lease = s.store.acquire(&app, &name, &req.holder, req.ttl).await?;
         Ok(Json(lease).into_response())
@@ -300,7 +298,9 @@ async fn renew(
 ) -> Response {
     op(&s, "lease_renew", &headers, async {
         let Path((app, name)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Worker)?;
         let Json(req) = body.map_err(from_json)?;
         let token = req
             .token
@@ -322,7 +322,9 @@ async fn release(
 ) -> Response {
     op(&s, "lease_release", &headers, async {
         let Path((app, name)) = path.map_err(from_path)?;
-        let _admitted = s.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Worker)?;
         let Query(q) = query.map_err(from_query)?;
         s.store.release(&app, &name, &q.holder, q.token).await?;
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use common::http::{ApiError, authorize, authorize_internal};
+use common::http::{ApiError, authorize_internal};
 use common::shutdown::Shutdown;
 use common::token::{Scope, TokenKey};
 use common::tombstone::{Admitted, Tombstones};
@@ -35,20 +35,6 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    /// The one check of every request for an app: its token opens `app`
-    /// with `scope` (else 401 or 403), and the app was not deleted (else
-    /// 403). The request counts as in flight for the app while the
-    /// admission is held, so that deleting the app waits for it.
-    fn authorize(
-        &self,
-        headers: &HeaderMap,
-        app: &str,
-        scope: Scope,
-    ) -> Result<Admitted, ApiError> {
-        authorize(&self.tokens, headers, app, scope)?;
-        Ok(self.tombstones.admit(app)?)
-    }
-
     /// The app's queue a request names, once its token may act on it with `scope`.
     fn queue(
         &self,
@@ -57,7 +43,9 @@ impl Api {
         queue: &str,
         scope: Scope,
     ) -> Result<(QueueId, Admitted), ApiError> {
-        let admitted = self.authorize(headers, app, scope)?;
+        let admitted = self
+            .tombstones
+            .authorize(&self.tokens, headers, app, scope)?;
         Ok((Queues::queue_id(app, queue)?, admitted))
     }
 }
@@ -132,7 +120,9 @@ fn lock_of(text: Option<&str>) -> Result<Duration, QueueError> {
 
 async fn list(State(api): State<Api>, Path(app): Path<String>, headers: HeaderMap) -> Response {
     let result = async {
-        let _admitted = api.authorize(&headers, &app, Scope::Read)?;
+        let _admitted = api
+            .tombstones
+            .authorize(&api.tokens, &headers, &app, Scope::Read)?;
         let queues = api.queues.list(&app).await?;
         Ok(Json(QueueList { queues }))
     };
@@ -269,7 +259,9 @@ async fn ack(
     headers: HeaderMap,
 ) -> Response {
     let result = async {
-        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = api
+            .tombstones
+            .authorize(&api.tokens, &headers, &app, Scope::Worker)?;
         api.queues.ack_one(&app, lease).await?;
         Ok(StatusCode::NO_CONTENT)
     };
@@ -283,7 +275,9 @@ async fn ack_batch(
     request: Result<Json<AckRequest>, JsonRejection>,
 ) -> Response {
     let result = async {
-        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = api
+            .tombstones
+            .authorize(&api.tokens, &headers, &app, Scope::Worker)?;
         let request = body(request)?;
         Ok(Json(api.queues.ack(&app, request.leases).await?))
     };
@@ -297,7 +291,9 @@ async fn rollback(
     request: Option<Json<RollbackRequest>>,
 ) -> Response {
     let result = async {
-        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = api
+            .tombstones
+            .authorize(&api.tokens, &headers, &app, Scope::Worker)?;
         let error = request.and_then(|Json(r)| r.error);
         api.queues.rollback(&app, &lease, error).await?;
         Ok(StatusCode::NO_CONTENT)
@@ -319,7 +315,9 @@ async fn extend(
     params: Result<Query<ExtendQuery>, QueryRejection>,
 ) -> Response {
     let result = async {
-        let _admitted = api.authorize(&headers, &app, Scope::Worker)?;
+        let _admitted = api
+            .tombstones
+            .authorize(&api.tokens, &headers, &app, Scope::Worker)?;
         let lock = lock_of(query(params)?.lock.as_deref())?;
         api.queues.extend(&app, &lease, lock).await?;
         Ok(StatusCode::NO_CONTENT)
