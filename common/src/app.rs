@@ -51,7 +51,7 @@ pub const INSTANCE_LEN: usize = 10;
 pub fn new_instance() -> String {
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut bytes = [0u8; INSTANCE_LEN];
-    crate::envelope::fill_random(&mut bytes);
+    crate::random::fill(&mut bytes);
     bytes
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)

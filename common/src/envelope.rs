@@ -143,7 +143,7 @@ impl MasterKey {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; 32]);
-        fill_random(&mut *bytes);
+        crate::random::fill(&mut *bytes);
         MasterKey(bytes)
     }
 
@@ -164,12 +164,6 @@ impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("MasterKey(<redacted>)")
     }
-}
-
-/// Fills `buf` from the operating system's random source.
-pub(crate) fn fill_random(buf: &mut [u8]) {
-    // The OS random source failing is not something a service can carry on from.
-    getrandom::fill(buf).expect("the operating system's random source failed");
 }
 
 /// Several master key versions: seals with the newest, opens with any.
@@ -340,7 +334,7 @@ impl Keyring {
         let mut header = [0u8; HEADER_LEN];
         header[0] = FORMAT_V1;
         header[1..5].copy_from_slice(&version.to_be_bytes());
-        fill_random(&mut header[5..]);
+        crate::random::fill(&mut header[5..]);
         let nonce = Nonce::from_slice(&header[5..]);
         let ct = cipher
             .encrypt(

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod group_commit;
 pub mod http;
 pub mod memory;
+mod random;
 pub mod routes;
 pub mod secret_file;
 pub mod secrets;

@@ -46,7 +46,7 @@ pub fn create_new(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         )
     })?;
     let mut nonce = [0u8; 8];
-    crate::envelope::fill_random(&mut nonce);
+    crate::random::fill(&mut nonce);
     let tmp = dir.join(format!(
         ".{}.{:016x}.tmp",
         name.to_string_lossy(),

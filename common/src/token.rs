@@ -158,7 +158,7 @@ impl TokenKey {
     /// A fresh random 32-byte secret.
     pub fn generate() -> Self {
         let mut secret = Zeroizing::new(vec![0u8; 32]);
-        crate::envelope::fill_random(&mut secret);
+        crate::random::fill(&mut secret);
         TokenKey(secret)
     }
 

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::routes::WorkerState;
+use common::routes::WorkerState;
 
 /// A worker of an app.
 #[derive(Debug)]
