@@ -1,4 +1,4 @@
-//! Where sealed values live: a public handle over a crate-private trait, one file per backend.
+//! Where sealed values live: a public handle over a crate-private trait, one module per backend.
 //!
 //! Backends see only sealed bytes and metadata; sealing, validation and
 //! ETag generation happen above them, in [`crate::store`]. Every operation

@@ -1,4 +1,4 @@
-//! Where messages are kept: a public handle over a crate-private trait, one file per backend.
+//! Where messages are kept: a public handle over a crate-private trait, one module per backend.
 
 mod embedded;
 mod sqs;

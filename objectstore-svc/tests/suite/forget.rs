@@ -13,7 +13,7 @@ use objectstore_svc::backend::BackendKind;
 use objectstore_svc::client::{self, Client, PutOptions};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
-use crate::{Harness, Stopped, open_when_released, unique};
+use crate::harness::{Harness, Stopped, open_when_released, unique};
 
 /// The stores every app is given: its own, and the runtime's.
 const STORES: [&str; 4] = ["orders", "_idempotent", "_aggregate", "_schedule"];
