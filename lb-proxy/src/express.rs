@@ -288,16 +288,13 @@ enum Line {
 }
 
 impl Line {
-    const NAMED: [(&'static str, Line); 17] = [
+    /// The headers the lane treats in a way of its own; first, so they win
+    /// over the hop-by-hop list (`connection`, `transfer-encoding` and
+    /// `upgrade` are hop-by-hop, but not simply dropped here).
+    const OWN: [(&'static str, Line); 11] = [
         ("host", Line::Host),
         ("connection", Line::Connection),
         ("x-request-id", Line::Id),
-        ("keep-alive", Line::Dropped),
-        ("proxy-connection", Line::Dropped),
-        ("te", Line::Dropped),
-        ("trailer", Line::Dropped),
-        ("proxy-authenticate", Line::Dropped),
-        ("proxy-authorization", Line::Dropped),
         ("x-forwarded-proto", Line::Dropped),
         ("x-forwarded-host", Line::Dropped),
         ("content-length", Line::NotHere),
@@ -307,6 +304,52 @@ impl Line {
         ("x-forwarded-for", Line::NotHere),
         ("forwarded", Line::NotHere),
     ];
+
+    /// Every name the lane looks for: its own, then the rest of
+    /// `headers::HOP_BY_HOP` (the one list, shared with hyper's path), dropped.
+    /// Built at compile time, each name once, so a lookup scans no more
+    /// than a hand-written table would.
+    const NAMED: [(&'static str, Line); Line::OWN.len() + Line::hop_by_hop_only()] = {
+        let mut table = [("", Line::Other); Line::OWN.len() + Line::hop_by_hop_only()];
+        let mut n = 0;
+        while n < Line::OWN.len() {
+            table[n] = Line::OWN[n];
+            n += 1;
+        }
+        let mut i = 0;
+        while i < headers::HOP_BY_HOP.len() {
+            if !Line::own(headers::HOP_BY_HOP[i]) {
+                table[n] = (headers::HOP_BY_HOP[i], Line::Dropped);
+                n += 1;
+            }
+            i += 1;
+        }
+        table
+    };
+
+    /// Whether `name` (in any case) is one of the lane's own.
+    const fn own(name: &str) -> bool {
+        let mut i = 0;
+        while i < Line::OWN.len() {
+            if Line::OWN[i].0.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// How many hop-by-hop names are not the lane's own.
+    const fn hop_by_hop_only() -> usize {
+        let (mut i, mut n) = (0, 0);
+        while i < headers::HOP_BY_HOP.len() {
+            if !Line::own(headers::HOP_BY_HOP[i]) {
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    }
 
     fn of(name: &str) -> Line {
         Line::NAMED
@@ -943,5 +986,21 @@ mod tests {
         assert!(Line::of("trailer") == Line::Dropped);
         assert!(Line::of("proxy-authorization") == Line::Dropped);
         assert!(Line::of("x-app") == Line::Other);
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_stays_off_the_lane_s_requests() {
+        // The one list: each of its names is dropped, or sends the request
+        // to hyper, or (`connection`) is read and left out; never passed on.
+        for name in headers::HOP_BY_HOP {
+            assert_ne!(Line::of(name), Line::Other, "{name}");
+            assert_ne!(Line::of(&name.to_ascii_uppercase()), Line::Other, "{name}");
+        }
+        for (i, (a, _)) in Line::NAMED.iter().enumerate() {
+            assert!(
+                Line::NAMED[i + 1..].iter().all(|(b, _)| a != b),
+                "{a} twice"
+            );
+        }
     }
 }
