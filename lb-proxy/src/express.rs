@@ -288,16 +288,13 @@ enum Line {
 }
 
 impl Line {
-    const NAMED: [(&'static str, Line); 17] = [
+    /// The headers the lane treats in a way of its own; first, so they win
+    /// over the hop-by-hop list (`connection`, `transfer-encoding` and
+    /// `upgrade` are hop-by-hop, but not simply dropped here).
+    const OWN: [(&'static str, Line); 11] = [
         ("host", Line::Host),
         ("connection", Line::Connection),
         ("x-request-id", Line::Id),
-        ("keep-alive", Line::Dropped),
-        ("proxy-connection", Line::Dropped),
-        ("te", Line::Dropped),
-        ("trailer", Line::Dropped),
-        ("proxy-authenticate", Line::Dropped),
-        ("proxy-authorization", Line::Dropped),
         ("x-forwarded-proto", Line::Dropped),
         ("x-forwarded-host", Line::Dropped),
         ("content-length", Line::NotHere),
@@ -307,6 +304,52 @@ impl Line {
         ("x-forwarded-for", Line::NotHere),
         ("forwarded", Line::NotHere),
     ];
+
+    /// Every name the lane looks for: its own, then the rest of
+    /// `headers::HOP_BY_HOP` (the one list, shared with hyper's path), dropped.
+    /// Built at compile time, each name once, so a lookup scans no more
+    /// than a hand-written table would.
+    const NAMED: [(&'static str, Line); Line::OWN.len() + Line::hop_by_hop_only()] = {
+        let mut table = [("", Line::Other); Line::OWN.len() + Line::hop_by_hop_only()];
+        let mut n = 0;
+        while n < Line::OWN.len() {
+            table[n] = Line::OWN[n];
+            n += 1;
+        }
+        let mut i = 0;
+        while i < headers::HOP_BY_HOP.len() {
+            if !Line::own(headers::HOP_BY_HOP[i]) {
+                table[n] = (headers::HOP_BY_HOP[i], Line::Dropped);
+                n += 1;
+            }
+            i += 1;
+        }
+        table
+    };
+
+    /// Whether `name` (in any case) is one of the lane's own.
+    const fn own(name: &str) -> bool {
+        let mut i = 0;
+        while i < Line::OWN.len() {
+            if Line::OWN[i].0.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// How many hop-by-hop names are not the lane's own.
+    const fn hop_by_hop_only() -> usize {
+        let (mut i, mut n) = (0, 0);
+        while i < headers::HOP_BY_HOP.len() {
+            if !Line::own(headers::HOP_BY_HOP[i]) {
+                n += 1;
+            }
+            i += 1;
+        }
+        n
+    }
 
     fn of(name: &str) -> Line {
         Line::NAMED
@@ -606,19 +649,26 @@ fn rewrite_head(buf: &[u8], out: &mut Vec<u8>, req: &Prepared, close: bool) -> i
     };
     out.clear();
     status_line(out, status, resp.reason);
+    // Repeats of one length (checked equal above) go out once, as hyper's
+    // path sends them (tests/lane_vs_hyper.rs).
+    let mut length_sent = false;
     for h in resp.headers.iter() {
         let name = h.name;
+        let length = name.eq_ignore_ascii_case("content-length");
         let dropped = headers::is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("x-request-id")
-            || (chunked && name.eq_ignore_ascii_case("content-length"))
+            || (length && (chunked || length_sent))
             || named
                 .iter()
                 .any(|n| name.as_bytes().eq_ignore_ascii_case(n));
         if !dropped {
             line(out, name.as_bytes(), h.value);
+            length_sent |= length;
         }
     }
-    if chunked {
+    // Not on a bodiless answer, whose framing says nothing: hyper's path
+    // sends none there either (tests/lane_vs_hyper.rs).
+    if framing == Framing::Chunked {
         line(out, b"transfer-encoding", b"chunked");
     }
     line(out, b"x-request-id", req.id.as_bytes());
@@ -673,16 +723,11 @@ where
         }
         Framing::Chunked => {
             let mut chunks = Chunks::default();
-            // A malformed first chunk still follows the head, as on hyper's
-            // path: the client sees the body break off. Bytes past a
-            // malformed piece never reach the client.
+            // A malformed piece still follows the head and the chunks
+            // before it, as on hyper's path: the client sees the body break
+            // off there. Its bytes, and those after it, never reach the client.
             let fed = chunks.feed(buf);
-            let first = match fed {
-                Ok(Some(end)) => end,
-                Ok(None) => buf.len(),
-                Err(_) => 0,
-            };
-            head.extend_from_slice(&buf[..first]);
+            head.extend_from_slice(&buf[..chunks.passed(&fed, buf.len())]);
             io.write_all(head).await?;
             let mut done = fed?;
             answer.reusable &= done.is_none_or(|end| end == buf.len());
@@ -690,10 +735,10 @@ where
                 if refill(&mut answer.stream, buf).await? == 0 {
                     return Err(cut());
                 }
-                done = chunks.feed(buf)?;
-                let take = done.unwrap_or(buf.len());
+                let fed = chunks.feed(buf);
+                io.write_all(&buf[..chunks.passed(&fed, buf.len())]).await?;
+                done = fed?;
                 answer.reusable &= done.is_none_or(|end| end == buf.len());
-                io.write_all(&buf[..take]).await?;
             }
             Ok(())
         }
@@ -727,6 +772,9 @@ struct Chunks {
     line: Vec<u8>,
     /// Trailer lines so far.
     trailers: usize,
+    /// How much of the bytes last fed came before the piece being read
+    /// (a size line, data, a CRLF, a trailer line): all well formed.
+    good: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -749,6 +797,7 @@ impl Chunks {
             |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {why}"));
         let mut at = 0;
         while at < bytes.len() {
+            self.good = at;
             match self.state {
                 Chunk::Data(n) => {
                     let take = ((bytes.len() - at) as u64).min(n);
@@ -815,6 +864,17 @@ impl Chunks {
             }
         }
         Ok(None)
+    }
+
+    /// How many of the `len` bytes just fed (`fed`, what [`Chunks::feed`]
+    /// said of them) may go to the client: up to the body's end, all of them
+    /// while it goes on, or those before a malformed piece.
+    fn passed(&self, fed: &io::Result<Option<usize>>, len: usize) -> usize {
+        match fed {
+            Ok(Some(end)) => *end,
+            Ok(None) => len,
+            Err(_) => self.good,
+        }
     }
 }
 
@@ -933,6 +993,26 @@ mod tests {
     }
 
     #[test]
+    fn the_chunks_before_a_malformed_piece_may_pass() {
+        for (bytes, good) in [
+            (&b"5\r\nhello\r\nzz\r\n"[..], 10),
+            (b"5\r\nhelloXX", 8),
+            (b"zz\r\n", 0),
+            (b"0\r\nx: 1\n", 3),
+        ] {
+            let mut c = Chunks::default();
+            let fed = c.feed(bytes);
+            assert!(fed.is_err(), "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(c.passed(&fed, bytes.len()), good);
+        }
+        let mut c = Chunks::default();
+        let fed = c.feed(b"5\r\nhel");
+        assert_eq!(c.passed(&fed, 8), 8);
+        let fed = c.feed(b"lo\r\n0\r\n\r\nNEXT");
+        assert_eq!(c.passed(&fed, 13), 9);
+    }
+
+    #[test]
     fn request_headers_are_sorted_by_what_the_lane_does_with_them() {
         assert!(Line::of("Host") == Line::Host);
         assert!(Line::of("CONTENT-LENGTH") == Line::NotHere);
@@ -943,5 +1023,21 @@ mod tests {
         assert!(Line::of("trailer") == Line::Dropped);
         assert!(Line::of("proxy-authorization") == Line::Dropped);
         assert!(Line::of("x-app") == Line::Other);
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_stays_off_the_lane_s_requests() {
+        // The one list: each of its names is dropped, or sends the request
+        // to hyper, or (`connection`) is read and left out; never passed on.
+        for name in headers::HOP_BY_HOP {
+            assert_ne!(Line::of(name), Line::Other, "{name}");
+            assert_ne!(Line::of(&name.to_ascii_uppercase()), Line::Other, "{name}");
+        }
+        for (i, (a, _)) in Line::NAMED.iter().enumerate() {
+            assert!(
+                Line::NAMED[i + 1..].iter().all(|(b, _)| a != b),
+                "{a} twice"
+            );
+        }
     }
 }
