@@ -210,6 +210,15 @@ impl Proxy {
         };
         let ((resp, lent), held) = self.attempts(target, app, may_repeat, send).await?;
         let (mut rparts, rbody) = resp.into_parts();
+        // A length beside chunked framing is not the body's: hyper reads
+        // the chunks, so the length goes (RFC 9112 §6.3), and the answer is
+        // framed afresh to the client.
+        if rparts
+            .headers
+            .contains_key(hyper::header::TRANSFER_ENCODING)
+        {
+            rparts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
         headers::strip_hop_by_hop(&mut rparts.headers);
         Ok(Response::from_parts(
             rparts,
