@@ -202,10 +202,16 @@ impl Proxy {
             *req.uri_mut() = Uri::from(path.clone());
             let (address, body) = (ep.address.clone(), body.clone());
             async move {
-                upstream
+                let (mut resp, lent) = upstream
                     .send(&address, req)
                     .await
-                    .map_err(|e| classify(e, &address, body.sent()))
+                    .map_err(|e| classify(e, &address, body.sent()))?;
+                one_length(resp.headers_mut()).map_err(|reason| ProxyError::Upstream {
+                    addr: address.to_string(),
+                    body_sent: body.sent(),
+                    source: reason.into(),
+                })?;
+                Ok((resp, lent))
             }
         };
         let ((resp, lent), held) = self.attempts(target, app, may_repeat, send).await?;
@@ -391,4 +397,26 @@ pub fn error_answer(e: &ProxyError, id: &HeaderValue) -> Response<Bytes> {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+/// A worker's answer repeating its `Content-Length`: one value kept when
+/// they agree (hyper's server would otherwise close a `HEAD`'s connection
+/// unanswered); an error when they differ, which no reader can settle. The
+/// lane does the same (`express.rs`).
+fn one_length(headers: &mut hyper::HeaderMap) -> Result<(), &'static str> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next().cloned() else {
+        return Ok(());
+    };
+    let mut repeated = false;
+    for other in values {
+        if *other != first {
+            return Err("differing content-lengths");
+        }
+        repeated = true;
+    }
+    if repeated {
+        headers.insert(header::CONTENT_LENGTH, first);
+    }
+    Ok(())
 }
