@@ -30,7 +30,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Consecutive failed probes before a ready worker is replaced.
 const PROBE_FAILURES: u32 = 3;
 /// Restart back-off: from this, doubling, up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A worker slot's restart back-off, from its first delay.
