@@ -94,10 +94,12 @@ pub struct Policy {
     allow_nets: Vec<IpNet>,
     /// Single addresses allowed (the load balancer's public data port).
     allow_addrs: Vec<SocketAddr>,
-    /// The fabric's own services: never reached, whatever is allowed; one
-    /// on this host is refused on every address of this host (see
-    /// [`Policy::is_own`]).
+    /// The fabric's own services on other hosts: never reached there,
+    /// whatever is allowed.
     deny_addrs: Vec<SocketAddr>,
+    /// The ports of the fabric's own services on this host: refused on
+    /// every address of this host (see [`Policy::is_own`]).
+    deny_local_ports: Vec<u16>,
 }
 
 /// An egress setting that cannot be read.
@@ -126,7 +128,13 @@ impl Policy {
             }
         }
         for entry in deny.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-            policy.deny_addrs.extend(addresses(entry)?);
+            for own in addresses(entry)? {
+                if on_this_host(own.ip()) {
+                    policy.deny_local_ports.push(own.port());
+                } else {
+                    policy.deny_addrs.push(own);
+                }
+            }
         }
         Ok(policy)
     }
@@ -149,18 +157,18 @@ impl Policy {
     /// refused on all of them, not only on the address it was named by.
     /// Ports of services on other hosts are refused on those addresses only.
     fn is_own(&self, addr: SocketAddr) -> bool {
-        self.deny_addrs.iter().any(|own| {
-            *own == addr
-                || (own.port() == addr.port() && on_this_host(own.ip()) && on_this_host(addr.ip()))
-        })
+        self.deny_addrs.contains(&addr)
+            || (self.deny_local_ports.contains(&addr.port()) && on_this_host(addr.ip()))
     }
 }
 
 /// Whether a connection to `ip` reaches this host: loopback, unspecified
 /// (which Linux and the BSDs connect to this host), or an address of one of
-/// its interfaces, known by being bindable. Asked when connecting, so an
-/// address the host gains later counts; with `ip_nonlocal_bind` every
-/// address binds and so counts, which refuses too much, never too little.
+/// its interfaces, known by being bindable. Asked of a target when
+/// connecting, so an address the host gains later counts (of the fabric's
+/// own addresses, once, when the policy is made); with `ip_nonlocal_bind`
+/// every address binds and so counts, which refuses too much, never too
+/// little.
 fn on_this_host(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
