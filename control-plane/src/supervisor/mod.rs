@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::events::Events;
 use crate::model::{AppRecord, AzStatus, PurgeRecord, WorkerInfo, WorkerState};
 use crate::registry::{Placement, Registry, RegistryError};
-use crate::scheduler::{Running, Scheduler, WorkerSpec};
+use crate::scheduler::{Scheduler, Worker, WorkerSpec};
 
 mod deploy;
 mod health;
@@ -83,13 +83,18 @@ struct Slot {
     index: u32,
     version: u64,
     az: String,
-    running: Option<Running>,
+    /// The worker serving the slot; `None` while down, or while its start
+    /// is under way.
+    running: Option<Worker>,
     state: WorkerState,
     restarts: u32,
     probe_failures: u32,
     started: Instant,
     next_restart: Instant,
     backoff: Backoff,
+    /// Counts the slot's starts: a start that lands after the slot moved on
+    /// is not taken.
+    attempt: u64,
 }
 
 struct AppRun {
@@ -116,6 +121,8 @@ struct Inner {
     /// The route table version each load balancer pushed to has applied.
     landed: watch::Sender<Vec<u64>>,
     worker_env: WorkerEnv,
+    /// Worker starts and stops under way: a shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The longest a stop waits for the load balancers to apply the table that
@@ -167,6 +174,7 @@ impl Supervisor {
                 routes: watch::channel(RouteTable::default()).0,
                 landed: watch::channel(Vec::new()).0,
                 worker_env,
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
@@ -223,6 +231,9 @@ impl Supervisor {
         for (name, slots) in all {
             self.stop_slots(&name, slots).await;
         }
+        // Starts that land now find no slot and stop their worker.
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// The zones and whether each is up.
@@ -262,7 +273,7 @@ impl Supervisor {
                             .as_ref()
                             .map(|r| r.address.to_string())
                             .unwrap_or_default(),
-                        pid: slot.running.as_ref().map(|r| r.pid),
+                        pid: slot.running.as_ref().and_then(|r| r.pid),
                         restarts: slot.restarts,
                         url: format!("http://{name}-{}.{}:{}", slot.index, s.domain, s.proxy_port),
                     })

@@ -5,27 +5,28 @@ use super::*;
 
 impl Supervisor {
     /// Kills every worker in `az` and moves them to the others.
-    pub fn fail_az(&self, az: &str) -> bool {
-        let mut st = lock(&self.inner.state);
-        let Some(zone) = st.azs.iter_mut().find(|a| a.name == az) else {
-            return false;
-        };
-        zone.up = false;
-        self.inner
-            .events
-            .emit(None, "az.down", format!("AZ {az} is down"));
-        let now = Instant::now();
-        for run in st.apps.values_mut() {
-            let name = run.record.name.clone();
-            for slot in run.slots.iter_mut().filter(|s| s.az == az) {
-                if let Some(r) = &mut slot.running {
-                    self.inner.scheduler.kill(r);
+    pub async fn fail_az(&self, az: &str) -> bool {
+        let lost = {
+            let mut st = lock(&self.inner.state);
+            let Some(zone) = st.azs.iter_mut().find(|a| a.name == az) else {
+                return false;
+            };
+            zone.up = false;
+            self.inner
+                .events
+                .emit(None, "az.down", format!("AZ {az} is down"));
+            let now = Instant::now();
+            let mut lost = Vec::new();
+            for run in st.apps.values_mut() {
+                let name = run.record.name.clone();
+                for slot in run.slots.iter_mut().filter(|s| s.az == az) {
+                    lost.extend(self.down_then(&name, slot, now, "lost with its AZ", Restart::Now));
                 }
-                self.down_then(&name, slot, now, "lost with its AZ", Restart::Now);
             }
-        }
-        drop(st);
+            lost
+        };
         self.publish_routes();
+        self.kill(lost).await;
         true
     }
 
@@ -103,13 +104,9 @@ impl Supervisor {
             running
         };
         self.publish_routes();
-        if let Some(r) = old {
+        if let Some(worker) = old {
             self.routes_settled().await;
-            let _ = self
-                .inner
-                .scheduler
-                .stop(r, self.inner.settings.drain_grace)
-                .await;
+            self.stop(vec![worker]).await;
         }
         let mut st = lock(&self.inner.state);
         if let Some(run) = st.apps.get_mut(app) {
