@@ -81,6 +81,22 @@ pub struct Settings {
     /// Requests per second each API key may make (the admin key is not
     /// bounded); bursts of up to ten seconds' worth pass.
     pub api_rate_per_key: u32,
+    /// Where workers run: `local` (child processes of this one, each AZ a
+    /// loopback range) or `kubernetes` (Pods, each AZ a zone of the cluster).
+    pub scheduler: SchedulerKind,
+    /// The Kubernetes scheduler's settings (with `scheduler = "kubernetes"`).
+    pub kubernetes: scheduler::kubernetes::KubernetesSettings,
+}
+
+/// Which scheduler runs the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Child processes on this machine.
+    #[default]
+    Local,
+    /// Pods on a Kubernetes cluster (in-cluster credentials or `KUBECONFIG`).
+    Kubernetes,
 }
 
 impl Default for Settings {
@@ -101,6 +117,8 @@ impl Default for Settings {
             egress_allow: Vec::new(),
             tenant_quota: model::Quota::default(),
             api_rate_per_key: 20,
+            scheduler: SchedulerKind::Local,
+            kubernetes: Default::default(),
         }
     }
 }
@@ -259,8 +277,8 @@ async fn send_events(
 
 /// The fabric's own addresses (`host:port`) no flow may reach: this API,
 /// the services workers are given, and the load balancers routes are pushed to.
-fn own_addresses(s: &Settings, api: std::net::SocketAddr) -> Vec<String> {
-    let mut own = vec![api.to_string()];
+fn own_addresses(s: &Settings, api: Option<std::net::SocketAddr>) -> Vec<String> {
+    let mut own: Vec<String> = api.iter().map(|a| a.to_string()).collect();
     let urls = s
         .queue_url
         .iter()
@@ -281,9 +299,7 @@ fn own_addresses(s: &Settings, api: std::net::SocketAddr) -> Vec<String> {
 /// its egress policy.
 fn worker_env(config: &Config, key: TokenKey, api: std::net::SocketAddr) -> supervisor::WorkerEnv {
     let s = config.settings.clone();
-    let list = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
-    let allow = list(&s.egress_allow);
-    let deny = list(&own_addresses(&s, api));
+    let deny = own_addresses(&s, Some(api));
     Arc::new(move |record: &model::AppRecord| {
         // Bound to the instance: it opens nothing of a later app of the same name.
         let token = key.issue(
@@ -291,27 +307,61 @@ fn worker_env(config: &Config, key: TokenKey, api: std::net::SocketAddr) -> supe
             common::token::Scope::Worker,
             s.worker_token_ttl,
         );
-        let mut env = vec![
-            ("FABRIC_APP_TOKEN".to_string(), token),
-            (
-                "FABRIC_PERSISTENT_QUEUES".into(),
-                record.persistent_queues.to_string(),
-            ),
-            (
-                "FABRIC_ENCRYPT_QUEUES".into(),
-                record.encrypt_queues.to_string(),
-            ),
-        ];
-        if let Some(url) = &s.objectstore_url {
-            env.push(("FABRIC_OBJECTSTORE_URL".into(), url.clone()));
-        }
-        if let Some(url) = &s.queue_url {
-            env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
-        }
-        env.push(("FABRIC_EGRESS_ALLOW".into(), allow.clone()));
-        env.push(("FABRIC_EGRESS_DENY".into(), deny.clone()));
-        env
+        worker_vars(&s, record, token, &deny)
     })
+}
+
+/// A worker's environment for `record` with `token`, never reaching `deny`.
+fn worker_vars(
+    s: &Settings,
+    record: &model::AppRecord,
+    token: String,
+    deny: &[String],
+) -> Vec<(String, String)> {
+    let list = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
+    let mut env = vec![
+        ("FABRIC_APP_TOKEN".to_string(), token),
+        (
+            "FABRIC_PERSISTENT_QUEUES".into(),
+            record.persistent_queues.to_string(),
+        ),
+        (
+            "FABRIC_ENCRYPT_QUEUES".into(),
+            record.encrypt_queues.to_string(),
+        ),
+    ];
+    if let Some(url) = &s.objectstore_url {
+        env.push(("FABRIC_OBJECTSTORE_URL".into(), url.clone()));
+    }
+    if let Some(url) = &s.queue_url {
+        env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
+    }
+    env.push(("FABRIC_EGRESS_ALLOW".into(), list(&s.egress_allow)));
+    env.push(("FABRIC_EGRESS_DENY".into(), list(deny)));
+    env
+}
+
+/// The Kubernetes objects `record`'s workers would run as, placed over the
+/// configured AZs, as YAML for review: what the Kubernetes scheduler
+/// creates, the app token shown as where it goes, not as one.
+pub fn render_kubernetes(s: &Settings, record: &model::AppRecord) -> String {
+    let env = worker_vars(s, record, String::new(), &own_addresses(s, None));
+    let specs: Vec<scheduler::WorkerSpec> = supervisor::placements(&s.azs, record.workers)
+        .into_iter()
+        .zip(1..)
+        .map(|(az, index)| scheduler::WorkerSpec {
+            app: record.name.clone(),
+            app_id: record.app_id(),
+            tenant: record.tenant.clone(),
+            version: record.version,
+            index,
+            az,
+            manifest: record.manifest.as_str().into(),
+            size: record.size,
+            env: env.clone(),
+        })
+        .collect();
+    scheduler::kubernetes::objects::render(&specs, &s.kubernetes)
 }
 
 /// Serves the control plane on `listener` until `shutdown`, then drains and
@@ -343,11 +393,24 @@ pub async fn run(
     registry
         .add_api_key(&admin_key(&config.data_dir)?, ADMIN)
         .await?;
-    let scheduler = Arc::new(scheduler::local::LocalScheduler::new(
-        binary,
-        s.azs.clone(),
-        &config.data_dir,
-    ));
+    let scheduler: Arc<dyn scheduler::Scheduler> = match s.scheduler {
+        SchedulerKind::Local => Arc::new(scheduler::local::LocalScheduler::new(
+            binary,
+            s.azs.clone(),
+            &config.data_dir,
+        )),
+        SchedulerKind::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                StartError::Setting(format!(
+                    "scheduler = \"kubernetes\": no cluster to talk to ({e}); run in a Pod with a service account, or set KUBECONFIG"
+                ))
+            })?;
+            Arc::new(scheduler::kubernetes::KubernetesScheduler::new(
+                client,
+                s.kubernetes.clone(),
+            ))
+        }
+    };
     let events = events::Events::new();
     {
         let registry = registry.clone();

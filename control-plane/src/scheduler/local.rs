@@ -333,6 +333,7 @@ mod tests {
         let spec = WorkerSpec {
             app: "shop".into(),
             app_id: "shop--abc".into(),
+            tenant: "acme".into(),
             version: 1,
             index: 1,
             az: "a".into(),
@@ -415,6 +416,7 @@ mod tests {
         let spec = WorkerSpec {
             app: "shop".into(),
             app_id: "shop--abc".into(),
+            tenant: "acme".into(),
             version: 1,
             index: 1,
             az: "a".into(),

@@ -5,6 +5,7 @@
 //! handles and addresses, never of processes, so a scheduler whose workers
 //! are a cluster's Pods fits it as well.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ pub struct WorkerSpec {
     pub app: String,
     /// The app instance's id at the services (see `common::app::app_id`).
     pub app_id: String,
+    /// The tenant that owns the app.
+    pub tenant: String,
     /// The app version.
     pub version: u64,
     /// The worker's index n within the app.
@@ -70,6 +73,14 @@ pub enum SchedulerError {
     /// The AZ is unknown to this scheduler.
     #[error("unknown availability zone {0:?}")]
     UnknownAz(String),
+    /// The cluster refused or failed a call a start needed.
+    #[error("cannot start worker {id}: {reason}")]
+    Cluster {
+        /// `{app}-{n}`.
+        id: String,
+        /// What was asked, and the answer.
+        reason: String,
+    },
     /// The worker could not be started.
     #[error("cannot start worker {id}: {source}")]
     Spawn {

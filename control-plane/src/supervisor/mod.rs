@@ -24,6 +24,7 @@ mod routes;
 mod zones;
 
 use zones::place;
+pub use zones::placements;
 
 /// How often workers are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -194,6 +195,7 @@ impl Supervisor {
         WorkerSpec {
             app: record.name.clone(),
             app_id: record.app_id(),
+            tenant: record.tenant.clone(),
             version,
             index,
             az: az.to_string(),

@@ -123,6 +123,22 @@ impl Supervisor {
     }
 }
 
+/// Where a new app's `workers` go over `azs`, all up: worker n in the n-th.
+pub fn placements(azs: &[String], workers: u32) -> Vec<String> {
+    let up: Vec<AzStatus> = azs
+        .iter()
+        .map(|a| AzStatus {
+            name: a.clone(),
+            up: true,
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for index in 1..=workers {
+        taken.push(place(&up, &taken, index));
+    }
+    taken
+}
+
 /// The AZ for a new worker: the up AZ holding the fewest of `taken`, ties to
 /// the one after the worker's round-robin position.
 pub(super) fn place(azs: &[AzStatus], taken: &[String], index: u32) -> String {
