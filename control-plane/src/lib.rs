@@ -27,6 +27,7 @@ use common::shutdown::Shutdown;
 use common::token::TokenKey;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub use api::ADMIN;
 
@@ -177,6 +178,10 @@ fn outbound_http() -> reqwest::Client {
 /// the clocks of two machines disagreeing; a token that leaks is soon useless.
 const ROUTES_TOKEN_TTL: Duration = Duration::from_secs(300);
 
+/// How often the current route table is sent again, unchanged: a load
+/// balancer that restarted (and starts empty) serves again within this.
+const ROUTES_RESEND: Duration = Duration::from_secs(5);
+
 /// Pushes every new route table to `target` until shutdown, with an internal
 /// token from `key` (the load balancer takes tables from nobody else); a
 /// failed push is retried (with the newest table) until it lands.
@@ -186,15 +191,30 @@ async fn push_routes(
     key: TokenKey,
     shutdown: Shutdown,
 ) {
-    let http = outbound_http();
-    let mut rx = sup.routes();
+    let tables = sup.routes();
     let id = sup.route_target();
+    let landed = move |version| sup.route_landed(id, version);
+    send_routes(tables, target, key, ROUTES_RESEND, landed, shutdown).await;
+}
+
+/// Sends every table `tables` holds to `target`, each retried until it
+/// lands (then `landed` is told its version), and the current one again
+/// every `resend`.
+async fn send_routes(
+    mut tables: watch::Receiver<common::routes::RouteTable>,
+    target: String,
+    key: TokenKey,
+    resend: Duration,
+    landed: impl Fn(u64),
+    shutdown: Shutdown,
+) {
+    let http = outbound_http();
     loop {
-        let table = rx.borrow_and_update().clone();
+        let table = tables.borrow_and_update().clone();
         loop {
             match put_routes(&http, &target, &key, &table).await {
                 Ok(r) if r.status().is_success() => {
-                    sup.route_landed(id, table.version);
+                    landed(table.version);
                     break;
                 }
                 Ok(r) => {
@@ -208,13 +228,14 @@ async fn push_routes(
                 () = shutdown.triggered() => return,
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-            if rx.has_changed().unwrap_or(false) {
+            if tables.has_changed().unwrap_or(false) {
                 break;
             }
         }
         tokio::select! {
             () = shutdown.triggered() => return,
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = tables.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(resend) => {}
         }
     }
 }
@@ -593,5 +614,46 @@ mod tests {
         let theirs = receiver(TokenKey::generate()).await;
         let r = put_routes(&http, &theirs, &key, &table).await.unwrap();
         assert_eq!(r.status(), 401);
+    }
+
+    #[tokio::test]
+    async fn the_current_route_table_is_sent_again_for_a_balancer_that_restarted() {
+        let key = TokenKey::generate();
+        let (received, mut puts) = tokio::sync::mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/routes",
+            axum::routing::put(
+                move |axum::Json(t): axum::Json<common::routes::RouteTable>| {
+                    let received = received.clone();
+                    async move {
+                        let _ = received.send(t.version);
+                        "ok"
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}/routes", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (tables, rx) = watch::channel(common::routes::RouteTable {
+            version: 7,
+            ..Default::default()
+        });
+        let shutdown = Shutdown::new(Duration::from_secs(1));
+        let sending = tokio::spawn(send_routes(
+            rx,
+            target,
+            key,
+            Duration::from_millis(50),
+            |_| {},
+            shutdown.clone(),
+        ));
+        // Sent once, then again unchanged (a restarted balancer starts empty).
+        assert_eq!(puts.recv().await, Some(7));
+        assert_eq!(puts.recv().await, Some(7));
+        tables.send_modify(|t| t.version = 8);
+        while puts.recv().await != Some(8) {}
+        shutdown.trigger();
+        sending.await.unwrap();
     }
 }
