@@ -17,6 +17,8 @@
 
 pub mod objects;
 #[cfg(test)]
+mod supervised;
+#[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
@@ -64,7 +66,7 @@ impl Default for KubernetesSettings {
     fn default() -> Self {
         KubernetesSettings {
             namespace: "fabric-apps".into(),
-            image: "worker-fabric:latest".into(),
+            image: concat!("worker-fabric:", env!("CARGO_PKG_VERSION")).into(),
             image_pull_policy: "IfNotPresent".into(),
             zone_label: "topology.kubernetes.io/zone".into(),
             app_port: 8080,
@@ -163,12 +165,19 @@ impl KubernetesScheduler {
 
     /// Makes sure `spec`'s version has its Secret and disruption budget;
     /// returns the owner reference its Pods carry.
-    async fn version_objects(&self, spec: &WorkerSpec) -> Result<serde_json::Value, SchedulerError> {
+    async fn version_objects(
+        &self,
+        spec: &WorkerSpec,
+    ) -> Result<serde_json::Value, SchedulerError> {
         let name = objects::version_name(spec);
         let apply = PatchParams::apply(MANAGER).force();
         let secret = self
             .secrets
-            .patch(&name, &apply, &Patch::Apply(objects::secret(spec, &self.settings)))
+            .patch(
+                &name,
+                &apply,
+                &Patch::Apply(objects::secret(spec, &self.settings)),
+            )
             .await
             .map_err(|e| cluster_error(spec, "applying the version's Secret", e))?;
         let uid = secret.metadata.uid.unwrap_or_default();
@@ -182,7 +191,11 @@ impl KubernetesScheduler {
     }
 
     /// Creates `spec`'s Pod under a fresh name; returns that name.
-    async fn create_pod(&self, spec: &WorkerSpec, owner: &serde_json::Value) -> Result<String, SchedulerError> {
+    async fn create_pod(
+        &self,
+        spec: &WorkerSpec,
+        owner: &serde_json::Value,
+    ) -> Result<String, SchedulerError> {
         let mut last = None;
         for _ in 0..NAME_TRIES {
             let suffix = common::app::new_instance()[..5].to_string();
@@ -212,10 +225,17 @@ impl KubernetesScheduler {
                     return Ok(worker);
                 }
                 if ended(&pod) {
-                    return Err(cluster_error(spec, "its Pod", "ended before it had an address"));
+                    return Err(cluster_error(
+                        spec,
+                        "its Pod",
+                        "ended before it had an address",
+                    ));
                 }
             }
-            if tokio::time::timeout_at(deadline, seen.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, seen.changed())
+                .await
+                .is_err()
+            {
                 return Err(cluster_error(
                     spec,
                     "its Pod",
@@ -246,7 +266,10 @@ impl KubernetesScheduler {
             if self.pod(name).is_none() {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, seen.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, seen.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -256,9 +279,10 @@ impl KubernetesScheduler {
     /// version Pod `stopped` ran, once no other Pod of it is left.
     async fn retire_version(&self, stopped: &Pod) {
         let labels = stopped.metadata.labels.clone().unwrap_or_default();
-        let (Some(app_id), Some(version)) =
-            (labels.get("fabric.dev/app-id"), labels.get("fabric.dev/version"))
-        else {
+        let (Some(app_id), Some(version)) = (
+            labels.get("fabric.dev/app-id"),
+            labels.get("fabric.dev/version"),
+        ) else {
             return;
         };
         let others = self.store.state().iter().any(|p| {
@@ -271,10 +295,16 @@ impl KubernetesScheduler {
             return;
         }
         let name = format!("wf-{app_id}-v{version}");
-        match self.secrets.delete(&name, &DeleteParams::background()).await {
+        match self
+            .secrets
+            .delete(&name, &DeleteParams::background())
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_status(&e, 404) => {}
-            Err(e) => tracing::warn!(secret = name, error = %e, "could not delete a retired version's Secret"),
+            Err(e) => {
+                tracing::warn!(secret = name, error = %e, "could not delete a retired version's Secret")
+            }
         }
     }
 }
@@ -350,7 +380,8 @@ impl Scheduler for KubernetesScheduler {
             self.delete_pod(&worker.handle, seconds).await;
             // The kubelet kills it after the grace; a node that stopped
             // answering never says so, and the wait ends.
-            self.gone(&worker.handle, grace + Duration::from_secs(5)).await;
+            self.gone(&worker.handle, grace + Duration::from_secs(5))
+                .await;
             if let Some(pod) = pod {
                 self.retire_version(&pod).await;
             }

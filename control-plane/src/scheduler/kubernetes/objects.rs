@@ -108,7 +108,7 @@ pub fn secret(spec: &WorkerSpec, s: &KubernetesSettings) -> Secret {
 pub fn disruption_budget(
     spec: &WorkerSpec,
     s: &KubernetesSettings,
-        owner: &Value,
+    owner: &Value,
 ) -> PodDisruptionBudget {
     typed(json!({
         "apiVersion": "policy/v1",
@@ -138,12 +138,7 @@ pub fn owned_by(spec: &WorkerSpec, uid: &str) -> Value {
 }
 
 /// One worker's Pod, named with `suffix`, owned through `owner`.
-pub fn pod(
-    spec: &WorkerSpec,
-    s: &KubernetesSettings,
-        suffix: &str,
-    owner: &Value,
-) -> Pod {
+pub fn pod(spec: &WorkerSpec, s: &KubernetesSettings, suffix: &str, owner: &Value) -> Pod {
     let mut labels = version_labels(spec);
     labels["fabric.dev/worker"] = json!(format!("{}-{}", spec.app, spec.index));
     let mut env = vec![
