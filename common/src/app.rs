@@ -125,9 +125,51 @@ pub fn validate_resource_name(what: &'static str, name: &str) -> Result<(), Name
     Ok(())
 }
 
+/// An app's properties as a worker is handed them (`FABRIC_PROPERTIES`):
+/// their JSON, base64url, so that no value's characters are read as
+/// anything but text on the way.
+pub fn encode_properties(properties: &std::collections::BTreeMap<String, String>) -> String {
+    use base64::Engine as _;
+    let json = serde_json::to_vec(properties).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+}
+
+/// The properties [`encode_properties`] made.
+pub fn decode_properties(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    use base64::Engine as _;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .map_err(|e| format!("properties: not base64url: {e}"))?;
+    serde_json::from_slice(&json)
+        .map_err(|e| format!("properties: not a JSON object of strings: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_survive_their_encoding_whatever_they_hold() {
+        let mut p = std::collections::BTreeMap::new();
+        p.insert(
+            "db.url".to_string(),
+            "postgres://u:p@h/db?x=1&y=\"2\"".to_string(),
+        );
+        p.insert("greeting".to_string(), "héllo = {1}\n[2]".to_string());
+        p.insert("n".to_string(), "123".to_string());
+        let text = encode_properties(&p);
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(decode_properties(&text).unwrap(), p);
+        assert!(decode_properties("not base64!").is_err());
+        assert!(
+            decode_properties(&encode_properties(&Default::default()))
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn app_names() {

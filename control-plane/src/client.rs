@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{
-    AppQueues, AppStatus, AzStatus, DeployRequest, Event, ScaleRequest, WorkerInfo,
+    AppQueues, AppStatus, AzStatus, Configuration, DeployRequest, Event, PropertiesRequest,
+    RollbackRequest, ScaleRequest, WorkerInfo,
 };
 
 /// An API call failed.
@@ -151,6 +152,38 @@ impl Client {
     pub async fn restart(&self, name: &str) -> Result<AppStatus, ClientError> {
         self.call::<(), _>(Method::POST, &format!("/v1/apps/{name}/restart"), None)
             .await
+    }
+
+    /// Sets and unsets an app's properties: a new configuration, deployed side by side.
+    pub async fn set_properties(
+        &self,
+        name: &str,
+        req: &PropertiesRequest,
+    ) -> Result<AppStatus, ClientError> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/apps/{name}/properties"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// An app's kept configurations, newest first.
+    pub async fn history(&self, name: &str) -> Result<Vec<Configuration>, ClientError> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{name}/history"), None)
+            .await
+    }
+
+    /// Deploys a kept configuration again (the last that served before the
+    /// serving one, when `to` is `None`).
+    pub async fn rollback(&self, name: &str, to: Option<u64>) -> Result<AppStatus, ClientError> {
+        let req = RollbackRequest { to };
+        self.call(
+            Method::POST,
+            &format!("/v1/apps/{name}/rollback"),
+            Some(&req),
+        )
+        .await
     }
 
     /// Removes an app.

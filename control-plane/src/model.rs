@@ -21,7 +21,135 @@ pub struct DeployRequest {
     /// unless the tenant opts out (`false`).
     #[serde(default = "on")]
     pub encrypt_queues: bool,
+    /// Properties to set (over those the app has, which it keeps).
+    #[serde(default, skip_serializing_if = "Properties::is_empty")]
+    pub properties: Properties,
+    /// Secure properties to set (over those the app has).
+    #[serde(default, skip_serializing_if = "Properties::is_empty")]
+    pub secure_properties: Properties,
 }
+
+/// A change of an app's properties: a new configuration, deployed side by side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PropertiesRequest {
+    /// Properties to set.
+    #[serde(default)]
+    pub set: Properties,
+    /// Secure properties to set.
+    #[serde(default)]
+    pub set_secure: Properties,
+    /// Properties (plain or secure) to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
+/// A rollback: to configuration `to`, or to the last one that served
+/// before the serving one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The configuration's number.
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// One configuration an app ran (or tried to): every deploy, property
+/// change, resize, restart and rollback makes one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Configuration {
+    /// Its number, from 1, per app.
+    pub number: u64,
+    /// What made it: `deploy`, `set`, `unset`, `scale`, `restart`, `rollback to N`.
+    pub change: String,
+    /// The tenant that made it.
+    pub by: String,
+    /// When, in Unix milliseconds.
+    pub at_ms: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The app version it ran as, when it served.
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// The manifest's text.
+    pub manifest: String,
+    /// Workers.
+    pub workers: u32,
+    /// Worker size.
+    pub size: f64,
+    /// Persistent queues on.
+    pub persistent_queues: bool,
+    /// Queue encryption on.
+    pub encrypt_queues: bool,
+    /// Properties.
+    #[serde(default)]
+    pub properties: Properties,
+    /// Secure properties (sealed with the registry's record; masked in answers).
+    #[serde(default)]
+    pub secure_properties: Properties,
+}
+
+/// How a configuration's deploy ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum Outcome {
+    /// It served (and may still).
+    Deployed,
+    /// It never served and was rolled back (the one before kept serving).
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Configuration {
+    /// The configuration `record` is, made by `by` through `change`.
+    pub fn of(record: &AppRecord, number: u64, change: &str, by: &str, outcome: Outcome) -> Self {
+        Configuration {
+            number,
+            change: change.to_string(),
+            by: by.to_string(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            version: matches!(outcome, Outcome::Deployed).then_some(record.version),
+            outcome,
+            manifest: record.manifest.clone(),
+            workers: record.workers,
+            size: record.size,
+            persistent_queues: record.persistent_queues,
+            encrypt_queues: record.encrypt_queues,
+            properties: record.properties.clone(),
+            secure_properties: record.secure_properties.clone(),
+        }
+    }
+
+    /// As anyone sees it: secure values masked.
+    pub fn masked(mut self) -> Self {
+        self.secure_properties
+            .values_mut()
+            .for_each(|v| *v = MASK.to_string());
+        self
+    }
+
+    /// `record` running this configuration again.
+    pub fn applied_to(&self, record: AppRecord) -> AppRecord {
+        AppRecord {
+            manifest: self.manifest.clone(),
+            workers: self.workers,
+            size: self.size,
+            persistent_queues: self.persistent_queues,
+            encrypt_queues: self.encrypt_queues,
+            properties: self.properties.clone(),
+            secure_properties: self.secure_properties.clone(),
+            ..record
+        }
+    }
+}
+
+/// How many configurations of an app are kept (older ones are pruned).
+pub const KEPT_CONFIGURATIONS: usize = 10;
 
 fn on() -> bool {
     true
@@ -64,9 +192,100 @@ pub struct AppRecord {
     pub persistent_queues: bool,
     /// Queue encryption on.
     pub encrypt_queues: bool,
+    /// Properties set for the app: over the manifest's own, read by flows
+    /// as `$props`.
+    #[serde(default, skip_serializing_if = "Properties::is_empty")]
+    pub properties: Properties,
+    /// Secure properties: as `properties`, but write-only: kept only sealed
+    /// (the registry seals every record), handed to the app's workers only,
+    /// and shown everywhere else as [`MASK`].
+    #[serde(default, skip_serializing_if = "Properties::is_empty")]
+    pub secure_properties: Properties,
+}
+
+/// App properties: names to values.
+pub type Properties = std::collections::BTreeMap<String, String>;
+
+/// What a secure property's value is shown as.
+pub const MASK: &str = "********";
+
+/// The most properties (plain and secure together) an app may have.
+pub const MAX_PROPERTIES: usize = 300;
+/// The longest property name or value, in characters.
+pub const MAX_PROPERTY_LEN: usize = 1024;
+
+/// Checks a property's name and value: a name of letters, digits, `.`,
+/// `_` and `-`, each at most [`MAX_PROPERTY_LEN`] characters, the value
+/// without control characters other than tab and newline.
+pub fn check_property(name: &str, value: &str) -> Result<(), String> {
+    let shown: String = name.chars().take(40).collect();
+    if name.is_empty() || name.chars().count() > MAX_PROPERTY_LEN {
+        return Err(format!(
+            "property name {shown:?} must be 1 to {MAX_PROPERTY_LEN} characters"
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "property name {shown:?}: only letters, digits, '.', '_' and '-' are allowed"
+        ));
+    }
+    if value.chars().count() > MAX_PROPERTY_LEN {
+        return Err(format!(
+            "property {shown:?}: its value is over {MAX_PROPERTY_LEN} characters"
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && c != '\n')
+    {
+        return Err(format!(
+            "property {shown:?}: its value holds a control character"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an app's properties together: each one, their number, and that
+/// no name is both plain and secure.
+pub fn check_properties(plain: &Properties, secure: &Properties) -> Result<(), String> {
+    for (k, v) in plain.iter().chain(secure) {
+        check_property(k, v)?;
+    }
+    if plain.len() + secure.len() > MAX_PROPERTIES {
+        return Err(format!(
+            "an app has at most {MAX_PROPERTIES} properties, not {}",
+            plain.len() + secure.len()
+        ));
+    }
+    if let Some(both) = plain.keys().find(|k| secure.contains_key(*k)) {
+        return Err(format!("property {both:?} is set both plain and secure"));
+    }
+    Ok(())
 }
 
 impl AppRecord {
+    /// The record as anyone but its workers sees it: secure values masked.
+    pub fn masked(mut self) -> Self {
+        self.secure_properties
+            .values_mut()
+            .for_each(|v| *v = MASK.to_string());
+        self
+    }
+
+    /// The properties its workers get, secure ones among them.
+    pub fn worker_properties(&self) -> Properties {
+        let mut all = self.properties.clone();
+        all.extend(
+            self.secure_properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        all
+    }
+
     /// The record a first deploy of `manifest` would make, checked as the
     /// API checks it, for showing what its workers would run as (the
     /// instance is a placeholder: each deploy mints its own).
@@ -102,6 +321,8 @@ impl AppRecord {
             size,
             persistent_queues,
             encrypt_queues,
+            properties: Properties::new(),
+            secure_properties: Properties::new(),
         })
     }
 

@@ -142,6 +142,8 @@ mod tests {
             size,
             persistent_queues: false,
             encrypt_queues: true,
+            properties: Default::default(),
+            secure_properties: Default::default(),
         }
     }
 

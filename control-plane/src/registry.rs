@@ -33,7 +33,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::model::{AppRecord, PurgeRecord};
+use crate::model::{AppRecord, Configuration, KEPT_CONFIGURATIONS, PurgeRecord};
 use crate::scheduler::Worker;
 
 /// Where the registry is kept.
@@ -57,15 +57,18 @@ pub enum RecordKind {
     Tenant,
     /// An app being deleted, by name: its data is still being purged.
     Purge,
+    /// An app's last configurations, by app name.
+    History,
 }
 
 impl RecordKind {
     /// Every kind, in the order they are loaded.
-    pub const ALL: [RecordKind; 4] = [
+    pub const ALL: [RecordKind; 5] = [
         RecordKind::App,
         RecordKind::Placement,
         RecordKind::Tenant,
         RecordKind::Purge,
+        RecordKind::History,
     ];
 
     /// The kind's name in the store (and in the AAD).
@@ -75,6 +78,7 @@ impl RecordKind {
             RecordKind::Placement => "placement",
             RecordKind::Tenant => "tenant",
             RecordKind::Purge => "purge",
+            RecordKind::History => "history",
         }
     }
 
@@ -292,6 +296,8 @@ struct Records {
     tenants: BTreeMap<String, String>,
     /// Apps being deleted, by name.
     purges: BTreeMap<String, PurgeRecord>,
+    /// Each app's last configurations, oldest first, by app name.
+    histories: BTreeMap<String, Vec<Configuration>>,
 }
 
 impl Records {
@@ -315,6 +321,10 @@ impl Records {
                 self.purges
                     .insert(id, serde_json::from_slice(plaintext).map_err(json)?);
             }
+            RecordKind::History => {
+                self.histories
+                    .insert(id, serde_json::from_slice(plaintext).map_err(json)?);
+            }
         }
         Ok(())
     }
@@ -330,6 +340,10 @@ impl Records {
                 .and_then(|p| serde_json::to_vec(p).ok()),
             RecordKind::Tenant => self.tenants.get(id).map(|t| t.as_bytes().to_vec()),
             RecordKind::Purge => self.purges.get(id).and_then(|p| serde_json::to_vec(p).ok()),
+            RecordKind::History => self
+                .histories
+                .get(id)
+                .and_then(|h| serde_json::to_vec(h).ok()),
         }
     }
 
@@ -345,9 +359,14 @@ impl Records {
             .keys()
             .map(|id| (RecordKind::Tenant, id.clone()));
         let purges = self.purges.keys().map(|id| (RecordKind::Purge, id.clone()));
+        let histories = self
+            .histories
+            .keys()
+            .map(|id| (RecordKind::History, id.clone()));
         apps.chain(placements)
             .chain(tenants)
             .chain(purges)
+            .chain(histories)
             .collect()
     }
 }
@@ -449,9 +468,13 @@ impl Registry {
                 .filter(|k| k.starts_with(&prefix))
                 .cloned()
                 .collect();
+            // Its configurations go with it: a later app of the name starts
+            // with no history and none of its secure properties.
+            r.histories.remove(name);
             let mut changed = vec![
                 (RecordKind::Purge, name.to_string()),
                 (RecordKind::App, name.to_string()),
+                (RecordKind::History, name.to_string()),
             ];
             for k in gone {
                 r.placements.remove(&k);
@@ -484,6 +507,29 @@ impl Registry {
     /// Every app being deleted.
     pub fn purges(&self) -> Vec<PurgeRecord> {
         self.shared.read(|r| r.purges.values().cloned().collect())
+    }
+
+    /// Records `config` as app `name`'s newest configuration, keeping the
+    /// last [`KEPT_CONFIGURATIONS`]; returns once persisted.
+    pub async fn add_configuration(
+        &self,
+        name: &str,
+        config: Configuration,
+    ) -> Result<(), RegistryError> {
+        let change = self.shared.change(|r| {
+            let kept = r.histories.entry(name.to_string()).or_default();
+            kept.push(config.clone());
+            let over = kept.len().saturating_sub(KEPT_CONFIGURATIONS);
+            kept.drain(..over);
+            vec![(RecordKind::History, name.to_string())]
+        });
+        self.shared.persisted(change).await
+    }
+
+    /// App `name`'s last configurations, oldest first.
+    pub fn history(&self, name: &str) -> Vec<Configuration> {
+        self.shared
+            .read(|r| r.histories.get(name).cloned().unwrap_or_default())
     }
 
     /// One app.

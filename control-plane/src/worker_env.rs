@@ -72,6 +72,13 @@ fn worker_vars(
     if let Some(url) = &s.queue_url {
         env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
     }
+    let properties = record.worker_properties();
+    if !properties.is_empty() {
+        env.push((
+            "FABRIC_PROPERTIES".into(),
+            common::app::encode_properties(&properties),
+        ));
+    }
     env.push(("FABRIC_EGRESS_ALLOW".into(), list(&s.egress_allow)));
     env.push(("FABRIC_EGRESS_DENY".into(), list(deny)));
     env

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use control_plane::client::{Client, ClientError, Deleted};
-use control_plane::model::{AppStatus, DeployRequest, ScaleRequest, WorkerInfo};
+use control_plane::model::{AppStatus, DeployRequest, PropertiesRequest, ScaleRequest, WorkerInfo};
 use serde::Serialize;
 
 /// Where `fabric up` leaves the control plane's URL for other commands.
@@ -73,6 +73,50 @@ pub enum AppsCommand {
         /// With `--render`: the tenant the app is rendered for.
         #[arg(long, requires = "render", default_value = "default")]
         tenant: String,
+        /// A property, `name=value`, over the manifest's (repeatable); the
+        /// app keeps those set before.
+        #[arg(long = "property", value_name = "NAME=VALUE")]
+        properties: Vec<String>,
+        /// Properties from a file: a YAML map, or `name=value` lines (`.properties`).
+        #[arg(long, value_name = "FILE")]
+        properties_file: Option<PathBuf>,
+        /// A secure property, `name=value`: write-only, shown as `********`.
+        #[arg(long = "secure-property", value_name = "NAME=VALUE")]
+        secure_properties: Vec<String>,
+    },
+    /// Set properties (`name=value`): a new configuration, deployed side by side.
+    Set {
+        /// The app.
+        name: String,
+        /// Properties to set.
+        #[arg(value_name = "NAME=VALUE")]
+        properties: Vec<String>,
+        /// A secure property to set (repeatable).
+        #[arg(long = "secure", value_name = "NAME=VALUE")]
+        secure: Vec<String>,
+    },
+    /// Remove properties (plain or secure): a new configuration, deployed side by side.
+    Unset {
+        /// The app.
+        name: String,
+        /// The properties' names.
+        #[arg(required = true)]
+        properties: Vec<String>,
+    },
+    /// The app's last configurations (deploys, property changes, resizes,
+    /// restarts, rollbacks), newest first.
+    History {
+        /// The app.
+        name: String,
+    },
+    /// Deploy a kept configuration again, side by side (by default the last
+    /// one that served before the serving one).
+    Rollback {
+        /// The app.
+        name: String,
+        /// The configuration's number (see `history`).
+        #[arg(long)]
+        to: Option<u64>,
     },
     /// List apps.
     List,
@@ -338,9 +382,18 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             persistent_queues,
             encrypt_queues: _,
             no_encrypt_queues,
+            properties,
+            properties_file,
+            secure_properties,
             ..
         } => {
             let manifest = checked_manifest(&file)?;
+            let usage = |e: String| (exit::USAGE, e);
+            let mut set = match &properties_file {
+                Some(f) => crate::properties::read_file(f).map_err(usage)?,
+                None => Default::default(),
+            };
+            set.extend(crate::properties::parse_pairs(&properties).map_err(usage)?);
             let req = DeployRequest {
                 name,
                 manifest,
@@ -348,6 +401,9 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
                 size,
                 persistent_queues,
                 encrypt_queues: !no_encrypt_queues,
+                properties: set,
+                secure_properties: crate::properties::parse_pairs(&secure_properties)
+                    .map_err(usage)?,
             };
             let progress = progress(&client, target.output);
             let result = client.deploy(&req).await;
@@ -393,6 +449,33 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             let app = result.map_err(fail)?;
             print(target.output, &vec![app], app_rows);
         }
+        AppsCommand::Set {
+            name,
+            properties,
+            secure,
+        } => {
+            let usage = |e: String| (exit::USAGE, e);
+            let req = PropertiesRequest {
+                set: crate::properties::parse_pairs(&properties).map_err(usage)?,
+                set_secure: crate::properties::parse_pairs(&secure).map_err(usage)?,
+                unset: Vec::new(),
+            };
+            redeployed(&client, target.output, client.set_properties(&name, &req)).await?;
+        }
+        AppsCommand::Unset { name, properties } => {
+            let req = PropertiesRequest {
+                unset: properties,
+                ..Default::default()
+            };
+            redeployed(&client, target.output, client.set_properties(&name, &req)).await?;
+        }
+        AppsCommand::History { name } => {
+            let kept = client.history(&name).await.map_err(fail)?;
+            print(target.output, &kept, crate::properties::history_rows);
+        }
+        AppsCommand::Rollback { name, to } => {
+            redeployed(&client, target.output, client.rollback(&name, to)).await?;
+        }
         AppsCommand::Delete { name } => {
             let deleted = client.delete(&name).await.map_err(fail)?;
             if target.output == Output::Table {
@@ -405,6 +488,20 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             }
         }
     }
+    Ok(())
+}
+
+/// Waits for a side-by-side redeploy with its progress shown, and prints the app.
+async fn redeployed(
+    client: &Client,
+    output: Output,
+    change: impl std::future::Future<Output = Result<AppStatus, ClientError>>,
+) -> Result<(), (u8, String)> {
+    let progress = progress(client, output);
+    let result = change.await;
+    progress.abort();
+    let app = result.map_err(fail)?;
+    print(output, &vec![app], app_rows);
     Ok(())
 }
 

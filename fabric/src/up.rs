@@ -65,6 +65,8 @@ async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<
         size,
         persistent_queues,
         encrypt_queues: true,
+        properties: Default::default(),
+        secure_properties: Default::default(),
     };
     let hello = client.deploy(&deploy(HELLO, 0.1, false)).await?;
     let orders = client.deploy(&deploy(ORDERS, 0.2, true)).await?;

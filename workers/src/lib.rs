@@ -105,6 +105,10 @@ pub struct Settings {
     pub objectstore_url: Option<String>,
     /// The app's token for both services (`FABRIC_APP_TOKEN`).
     pub app_token: Option<Secret>,
+    /// The app's properties as set for it, secure ones among them
+    /// (`FABRIC_PROPERTIES`, see `common::app::encode_properties`): over the
+    /// manifest's own, in `$props`.
+    pub properties: Option<Secret>,
     /// TTL of the primary lease: a dead primary's schedules move to another
     /// worker within it (`FABRIC_PRIMARY_TTL`, 1s to 5m).
     #[serde(with = "humantime_serde")]
@@ -139,6 +143,7 @@ impl Default for Settings {
             queue_url: None,
             objectstore_url: None,
             app_token: None,
+            properties: None,
             primary_ttl: Duration::from_secs(10),
             lease_lock: queues::DEFAULT_LOCK,
             egress_allow: Vec::new(),
@@ -197,7 +202,17 @@ impl Settings {
             path: path.clone(),
             source,
         })?;
-        let app = manifest::load(&text).map_err(|source| StartError::Manifest { path, source })?;
+        let mut app =
+            manifest::load(&text).map_err(|source| StartError::Manifest { path, source })?;
+        if let Some(set) = &self.properties {
+            let set = common::app::decode_properties(set.expose()).map_err(StartError::Setting)?;
+            if let serde_json::Value::Object(props) = &mut app.properties {
+                props.extend(
+                    set.into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v))),
+                );
+            }
+        }
         if let Some(name) = &self.app {
             common::app::validate_app_name(name).map_err(|e| StartError::Setting(e.to_string()))?;
         }

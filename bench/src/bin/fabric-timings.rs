@@ -63,6 +63,8 @@ async fn main() {
             size: 0.1,
             persistent_queues: false,
             encrypt_queues: false,
+            properties: Default::default(),
+            secure_properties: Default::default(),
         };
         let started = Instant::now();
         let app = client.deploy(&req).await.expect("deploy");

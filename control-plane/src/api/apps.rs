@@ -59,8 +59,8 @@ impl Api {
             .map_or(tenant, |a| a.tenant.as_str())
             .to_string();
         let claim = self.claim_quota(&owner, name, (req.workers, req.size))?;
-        let (instance, version) = match &existing {
-            Some(a) => (a.instance.clone(), a.version),
+        let (instance, version, kept) = match &existing {
+            Some(a) => (a.instance.clone(), a.version, Some(a.clone())),
             None => {
                 let taken = self.registry.apps().into_iter().map(|a| a.name);
                 let deleting = self.registry.purges().into_iter().map(|p| p.name);
@@ -73,7 +73,7 @@ impl Api {
                          (worker n of an app answers at {{app}}-{{n}}.{{domain}}); choose another name"
                     )));
                 }
-                (common::app::new_instance(), 0)
+                (common::app::new_instance(), 0, None)
             }
         };
         let record = AppRecord {
@@ -86,7 +86,19 @@ impl Api {
             size: req.size,
             persistent_queues: req.persistent_queues,
             encrypt_queues: req.encrypt_queues,
+            // A redeploy keeps the app's properties; those given are set over them.
+            properties: kept
+                .as_ref()
+                .map(|a| a.properties.clone())
+                .unwrap_or_default(),
+            secure_properties: kept.map(|a| a.secure_properties).unwrap_or_default(),
         };
+        let record = super::configurations::with_properties(
+            record,
+            req.properties,
+            req.secure_properties,
+            &[],
+        )?;
         let first = existing.is_none();
         if first {
             self.registry.put_app(&record).await.map_err(internal)?;
@@ -171,7 +183,10 @@ pub(super) async fn deploy(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let (record, first, _claim) = api.reserve(&tenant, &name, req).await?;
-    match api.supervisor.deploy(record.clone()).await {
+    match api
+        .deploy_configuration(&tenant, record.clone(), "deploy")
+        .await
+    {
         Ok(record) => Ok(Json(api.status(record))),
         Err(e) => {
             // A first deploy that failed leaves nothing behind: what its
@@ -179,7 +194,7 @@ pub(super) async fn deploy(
             if first && let Err(undo) = api.delete_and_purge(&record).await {
                 tracing::error!(app = %name, error = %undo, "could not undo a failed first deploy");
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -251,13 +266,12 @@ pub(super) async fn scale_app(
         // A new size is a new version, deployed side by side.
         Some(size) if size != app.size => {
             check_size(size)?;
-            api.supervisor
-                .deploy(AppRecord {
-                    size,
-                    workers: req.workers,
-                    ..app
-                })
-                .await?
+            let resized = AppRecord {
+                size,
+                workers: req.workers,
+                ..app
+            };
+            api.deploy_configuration(&tenant, resized, "scale").await?
         }
         _ => api.supervisor.scale(&name, req.workers).await?,
     };
@@ -276,7 +290,7 @@ pub(super) async fn restart_app(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let app = api.owned(&tenant, &name)?;
-    let record = api.supervisor.deploy(app).await?;
+    let record = api.deploy_configuration(&tenant, app, "restart").await?;
     Ok(Json(api.status(record)))
 }
 

@@ -28,10 +28,12 @@ use crate::registry::Registry;
 use crate::supervisor::{DeployError, Supervisor};
 
 mod apps;
+mod configurations;
 mod fabric;
 mod keys;
 
 use apps::{delete_app, deploy, list_apps, queues, restart_app, scale_app, show_app, workers};
+use configurations::{history, rollback, set_properties};
 use fabric::{az_action, azs, events, routes};
 pub(crate) use keys::RateLimiter;
 use keys::create_tenant;
@@ -92,6 +94,12 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/apps/{name}/restart", post(restart_app))
         .route("/v1/apps/{name}/workers", get(workers))
         .route("/v1/apps/{name}/queues", get(queues))
+        .route(
+            "/v1/apps/{name}/properties",
+            axum::routing::patch(set_properties),
+        )
+        .route("/v1/apps/{name}/history", get(history))
+        .route("/v1/apps/{name}/rollback", post(rollback))
         .route("/v1/events", get(events))
         .route("/v1/azs", get(azs))
         .route("/v1/azs/{az}/{action}", post(az_action))
@@ -133,7 +141,7 @@ impl Api {
         AppStatus {
             url: self.supervisor.url(&app.name),
             ready,
-            app,
+            app: app.masked(),
         }
     }
 

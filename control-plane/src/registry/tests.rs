@@ -31,6 +31,8 @@ fn record(name: &str) -> AppRecord {
         persistent_queues: false,
         encrypt_queues: false,
         instance: "k2m9p4q1x7".into(),
+        properties: Default::default(),
+        secure_properties: Default::default(),
     }
 }
 

@@ -148,6 +148,8 @@ async fn deploy_orders(fabric: &mut Fabric) {
             size: 0.2,
             persistent_queues: true,
             encrypt_queues: true,
+            properties: Default::default(),
+            secure_properties: Default::default(),
         })
         .await
         .expect("orders deploys");

@@ -19,15 +19,16 @@ use super::KubernetesSettings;
 /// The label every object the scheduler manages carries, and its value:
 /// what its watch selects.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "fabric-control-plane");
-/// Where the app token sits in the version's Secret.
-pub const TOKEN_KEY: &str = "token";
 /// Where the manifest sits in the version's Secret.
 pub const MANIFEST_KEY: &str = "manifest";
+/// The environment a worker reads from its version's Secret, never from a
+/// literal in the Pod spec: each variable, and its key in the Secret.
+const SECRET_ENV: [(&str, &str); 2] = [
+    ("FABRIC_APP_TOKEN", "token"),
+    ("FABRIC_PROPERTIES", "properties"),
+];
 /// Where a worker's container reads its manifest.
 const MANIFEST_DIR: &str = "/etc/fabric";
-/// The environment variable that carries the app token: read from the
-/// Secret, never written into the Pod spec.
-const TOKEN_ENV: &str = "FABRIC_APP_TOKEN";
 /// How long a Pod stays bound to a node that stopped answering before it is
 /// evicted (Kubernetes' default is 300 s); the supervisor's own probes
 /// replace the worker sooner.
@@ -83,14 +84,19 @@ fn resources(size: f64) -> Value {
     })
 }
 
-/// An app version's Secret: its manifest and app token. `token` is `None`
-/// when rendering for review, which shows where the token goes, not one.
+/// An app version's Secret: its manifest, app token and properties. A
+/// value missing from `spec` (rendering for review) shows where it goes.
 pub fn secret(spec: &WorkerSpec, s: &KubernetesSettings) -> Secret {
-    let token = spec
-        .env
-        .iter()
-        .find(|(k, _)| k == TOKEN_ENV)
-        .map_or("<minted at deploy>", |(_, v)| v.as_str());
+    let mut data = serde_json::Map::new();
+    data.insert(MANIFEST_KEY.into(), json!(&*spec.manifest));
+    for (var, key) in SECRET_ENV {
+        let value = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v.as_str());
+        data.insert(key.into(), json!(value.unwrap_or("<set at deploy>")));
+    }
     typed(json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -100,7 +106,7 @@ pub fn secret(spec: &WorkerSpec, s: &KubernetesSettings) -> Secret {
             "labels": version_labels(spec),
         },
         "type": "Opaque",
-        "stringData": { MANIFEST_KEY: &*spec.manifest, TOKEN_KEY: token },
+        "stringData": data,
     }))
 }
 
@@ -152,12 +158,11 @@ pub fn pod(spec: &WorkerSpec, s: &KubernetesSettings, suffix: &str, owner: &Valu
         json!({"name": "FABRIC_LOG_FORMAT", "value": "json"}),
     ];
     for (name, value) in &spec.env {
-        env.push(if name == TOKEN_ENV {
-            json!({"name": name, "valueFrom": {"secretKeyRef": {
-                "name": version_name(spec), "key": TOKEN_KEY,
-            }}})
-        } else {
-            json!({"name": name, "value": value})
+        env.push(match SECRET_ENV.iter().find(|(var, _)| var == name) {
+            Some((_, key)) => json!({"name": name, "valueFrom": {"secretKeyRef": {
+                "name": version_name(spec), "key": key,
+            }}}),
+            None => json!({"name": name, "value": value}),
         });
     }
     let untolerated = |key: &str| {
@@ -246,7 +251,9 @@ pub fn render(specs: &[WorkerSpec], s: &KubernetesSettings) -> String {
     let mut docs: Vec<Value> = Vec::new();
     if let Some(first) = specs.first() {
         let mut shown = first.clone();
-        shown.env.retain(|(k, _)| k != TOKEN_ENV);
+        shown
+            .env
+            .retain(|(k, _)| SECRET_ENV.iter().all(|(var, _)| var != k));
         docs.push(as_value(&secret(&shown, s)));
         let owner = owned_by(first, "<uid of the Secret, once created>");
         docs.push(as_value(&disruption_budget(first, s, &owner)));

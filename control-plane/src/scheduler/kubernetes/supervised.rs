@@ -105,6 +105,8 @@ fn record(version_manifest: &str, workers: u32) -> AppRecord {
         size: 0.1,
         persistent_queues: false,
         encrypt_queues: true,
+        properties: Default::default(),
+        secure_properties: Default::default(),
     }
 }
 

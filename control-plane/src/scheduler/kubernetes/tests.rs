@@ -301,6 +301,7 @@ fn spec(index: u32, az: &str) -> WorkerSpec {
         env: vec![
             ("FABRIC_APP_TOKEN".into(), "secret-token-5e1f".into()),
             ("FABRIC_QUEUE_URL".into(), "http://queue-svc:8080".into()),
+            ("FABRIC_PROPERTIES".into(), "secret-props-81c2".into()),
         ],
     }
 }
@@ -368,6 +369,14 @@ async fn a_start_applies_its_versions_objects_creates_a_pod_and_waits_for_its_ad
         &json!({"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["b"]})
     );
     assert!(!pod.to_string().contains("secret-token-5e1f"));
+    assert!(!pod.to_string().contains("secret-props-81c2"));
+    assert_eq!(secret.body["stringData"]["properties"], "secret-props-81c2");
+    let env = pod["spec"]["containers"][0]["env"].as_array().unwrap();
+    let props = env
+        .iter()
+        .find(|v| v["name"] == "FABRIC_PROPERTIES")
+        .unwrap();
+    assert_eq!(props["valueFrom"]["secretKeyRef"]["key"], "properties");
     assert_eq!(
         pod["spec"]["containers"][0]["resources"]["limits"],
         json!({"cpu": "200m", "memory": "1024Mi"})
