@@ -1,8 +1,8 @@
 //! Bodies streamed through the proxy, never buffered whole: the request body
 //! (with its size limit, idle timeout, and a record of whether any byte has
-//! left for a worker, so a retry knows whether it may resend), and the
-//! response body (which holds the worker's in-flight count, the request's
-//! place in its app's share, and its connection, until it ends).
+//! left for a worker, so a retry knows whether it may resend), and the type
+//! every response body has. A worker's response body, which gives its
+//! connection back when it ends, is the upstream pool's (`upstream.rs`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +17,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
 use crate::error::BoxError;
-use crate::share::Held;
-use crate::upstream::Lent;
 
 /// The body every response of the proxy has.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -196,63 +194,5 @@ impl Body for RequestBody {
                 .unwrap_or_else(|p| p.into_inner())
                 .size_hint(),
         }
-    }
-}
-
-/// A worker's response body, counted in flight (for its worker and its app)
-/// until it ends or is dropped;
-/// its connection goes back to the pool when it ends, not before.
-pub struct Tracked {
-    inner: Incoming,
-    lent: Lent,
-    _held: Held,
-}
-
-impl Tracked {
-    /// Streams `inner`, which came on `lent`, holding `held` (the request's
-    /// place in its app's share, the worker's in-flight count) meanwhile.
-    pub fn boxed(inner: Incoming, lent: Lent, held: Held) -> ResponseBody {
-        let mut tracked = Tracked {
-            inner,
-            lent,
-            _held: held,
-        };
-        // No body (HEAD, 204, 304, a length of 0): nothing more to read.
-        tracked.give_back_at_end();
-        tracked.map_err(BoxError::from).boxed_unsync()
-    }
-
-    fn give_back_at_end(&mut self) {
-        if self.inner.is_end_stream() {
-            self.lent.give_back();
-        }
-    }
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.lent.give_back(),
-            Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
-            // The connection goes with its broken response.
-            Poll::Ready(Some(Err(_))) => self.lent.close(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -30,6 +30,7 @@ use hyper::http::uri::PathAndQuery;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::chunked;
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::headers;
@@ -44,10 +45,25 @@ const MAX_HEADERS: usize = 64;
 const MAX_RESPONSE_HEADERS: usize = 100;
 /// Largest response head a worker may send: hyper's default read buffer limit.
 const MAX_RESPONSE_HEAD: usize = 8192 + 4096 * 100;
-/// Most trailer lines after a chunked body.
-const MAX_TRAILERS: usize = 64;
-/// Longest chunk-size or trailer line a worker may send.
-const MAX_CHUNK_LINE: usize = 4096;
+/// How a worker's chunked answer may be written for the lane to relay it.
+/// Stricter than the smuggling checks' rules (`smuggle::CHUNK_RULES`): the
+/// lane passes each byte on as it reads it, so it refuses what hyper's path
+/// or a client could read another way, at the first byte that breaks the
+/// framing.
+pub(crate) const CHUNK_RULES: chunked::Rules = chunked::Rules {
+    // A bare LF is where readers disagree.
+    bare_lf: false,
+    // Longest chunk-size or trailer line a worker may send, with its CRLF.
+    max_line: 4096,
+    max_trailers: 64,
+    // The size as httparse, the parser hyper uses for heads, reads it: up
+    // to 16 digits (a u64), and none at all read as 0.
+    min_digits: 0,
+    max_digits: 16,
+    size_space: chunked::SizeSpace::AfterOnly,
+    // What went to the client stops at the first byte past a chunk's size.
+    data_end: chunked::DataEnd::Bytes,
+};
 /// Room made for each read of a response body.
 const BODY_READ: usize = 16 * 1024;
 
@@ -722,23 +738,23 @@ where
             Ok(())
         }
         Framing::Chunked => {
-            let mut chunks = Chunks::default();
+            let mut chunks = chunked::Parser::new(CHUNK_RULES);
             // A malformed piece still follows the head and the chunks
             // before it, as on hyper's path: the client sees the body break
             // off there. Its bytes, and those after it, never reach the client.
             let fed = chunks.feed(buf);
-            head.extend_from_slice(&buf[..chunks.passed(&fed, buf.len())]);
+            head.extend_from_slice(&buf[..fed.body]);
             io.write_all(head).await?;
-            let mut done = fed?;
-            answer.reusable &= done.is_none_or(|end| end == buf.len());
-            while done.is_none() {
+            let mut ended = body_ended(fed)?;
+            answer.reusable &= !ended || fed.body == buf.len();
+            while !ended {
                 if refill(&mut answer.stream, buf).await? == 0 {
                     return Err(cut());
                 }
                 let fed = chunks.feed(buf);
-                io.write_all(&buf[..chunks.passed(&fed, buf.len())]).await?;
-                done = fed?;
-                answer.reusable &= done.is_none_or(|end| end == buf.len());
+                io.write_all(&buf[..fed.body]).await?;
+                ended = body_ended(fed)?;
+                answer.reusable &= !ended || fed.body == buf.len();
             }
             Ok(())
         }
@@ -763,118 +779,16 @@ async fn refill(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize>
     stream.read_buf(buf).await
 }
 
-/// Follows a chunked body's framing, to know where it ends; the bytes pass
-/// through unchanged.
-#[derive(Debug, Default)]
-struct Chunks {
-    state: Chunk,
-    /// The part of a size or trailer line read so far.
-    line: Vec<u8>,
-    /// Trailer lines so far.
-    trailers: usize,
-    /// How much of the bytes last fed came before the piece being read
-    /// (a size line, data, a CRLF, a trailer line): all well formed.
-    good: usize,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// A chunk-size line.
-    #[default]
-    Size,
-    /// This many data bytes to go.
-    Data(u64),
-    /// The CRLF after chunk data: how much of it has been seen.
-    DataEnd(u8),
-    /// Trailer lines, up to the empty one.
-    Trailer,
-}
-
-impl Chunks {
-    /// Follows `bytes`; `Some(n)` when the body ends after the first `n`.
-    fn feed(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
-        let bad =
-            |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {why}"));
-        let mut at = 0;
-        while at < bytes.len() {
-            self.good = at;
-            match self.state {
-                Chunk::Data(n) => {
-                    let take = ((bytes.len() - at) as u64).min(n);
-                    at += take as usize;
-                    self.state = if take == n {
-                        Chunk::DataEnd(0)
-                    } else {
-                        Chunk::Data(n - take)
-                    };
-                }
-                Chunk::DataEnd(seen) => {
-                    let want = if seen == 0 { b'\r' } else { b'\n' };
-                    if bytes[at] != want {
-                        return Err(bad("no CRLF after chunk data"));
-                    }
-                    at += 1;
-                    self.state = if seen == 0 {
-                        Chunk::DataEnd(1)
-                    } else {
-                        Chunk::Size
-                    };
-                }
-                Chunk::Size | Chunk::Trailer => {
-                    let rest = &bytes[at..];
-                    let Some(i) = rest.iter().position(|&b| b == b'\n') else {
-                        self.line.extend_from_slice(rest);
-                        if self.line.len() > MAX_CHUNK_LINE {
-                            return Err(bad("a line too long"));
-                        }
-                        return Ok(None);
-                    };
-                    self.line.extend_from_slice(&rest[..=i]);
-                    at += i + 1;
-                    if self.line.len() > MAX_CHUNK_LINE {
-                        return Err(bad("a line too long"));
-                    }
-                    // CRLF only: a bare LF is where readers disagree.
-                    if !self.line.ends_with(b"\r\n") {
-                        return Err(bad("a line not ended by CRLF"));
-                    }
-                    if self.state == Chunk::Trailer {
-                        let end = self.line.len() == 2;
-                        self.line.clear();
-                        if end {
-                            return Ok(Some(at));
-                        }
-                        self.trailers += 1;
-                        if self.trailers > MAX_TRAILERS {
-                            return Err(bad("too many trailer lines"));
-                        }
-                        continue;
-                    }
-                    let size = match httparse::parse_chunk_size(&self.line) {
-                        Ok(httparse::Status::Complete((_, size))) => size,
-                        _ => return Err(bad("a malformed chunk size")),
-                    };
-                    self.line.clear();
-                    self.state = if size == 0 {
-                        Chunk::Trailer
-                    } else {
-                        Chunk::Data(size)
-                    };
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    /// How many of the `len` bytes just fed (`fed`, what [`Chunks::feed`]
-    /// said of them) may go to the client: up to the body's end, all of them
-    /// while it goes on, or those before a malformed piece.
-    fn passed(&self, fed: &io::Result<Option<usize>>, len: usize) -> usize {
-        match fed {
-            Ok(Some(end)) => *end,
-            Ok(None) => len,
-            Err(_) => self.good,
-        }
+/// Whether a chunked answer ended with the bytes just fed; an error when
+/// its framing broke.
+fn body_ended(fed: chunked::Fed) -> io::Result<bool> {
+    match fed.progress {
+        chunked::Progress::Going => Ok(false),
+        chunked::Progress::Ended => Ok(true),
+        chunked::Progress::Malformed(why) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("chunked body: {why}"),
+        )),
     }
 }
 
@@ -941,76 +855,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prepended<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ends(chunks: &[&[u8]]) -> io::Result<Option<usize>> {
-        let mut c = Chunks::default();
-        let mut total = 0;
-        for part in chunks {
-            if let Some(n) = c.feed(part)? {
-                return Ok(Some(total + n));
-            }
-            total += part.len();
-        }
-        Ok(None)
-    }
-
-    #[test]
-    fn a_chunked_body_ends_where_its_last_chunk_and_trailers_do() {
-        let body = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nx-sum: 1\r\n\r\nNEXT";
-        let end = body.len() - 4;
-        assert_eq!(ends(&[body]).unwrap(), Some(end));
-        // Split anywhere, the same end.
-        for i in 1..body.len() {
-            assert_eq!(ends(&[&body[..i], &body[i..]]).unwrap(), Some(end), "{i}");
-        }
-        assert_eq!(ends(&[b"0\r\n\r\n"]).unwrap(), Some(5));
-        assert_eq!(ends(&[b"5\r\nhel"]).unwrap(), None);
-    }
-
-    #[test]
-    fn malformed_chunked_bodies_are_errors() {
-        for bad in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"ffffffffffffffffff\r\n",
-            b"-1\r\n",
-        ] {
-            assert!(ends(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
-        }
-        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
-        assert!(ends(&[&long]).is_err());
-        // A bare LF ends no line: the next response's head must never be
-        // read as this body's trailers, nor the other way round.
-        for bare in [&b"0\n\r\n"[..], b"0\r\n\n", b"5\nhello\r\n0\r\n\r\n"] {
-            assert!(
-                ends(&[bare]).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bare)
-            );
-        }
-        let trailers = "x: 1\r\n".repeat(MAX_TRAILERS + 1);
-        assert!(ends(&[format!("0\r\n{trailers}\r\n").as_bytes()]).is_err());
-    }
-
-    #[test]
-    fn the_chunks_before_a_malformed_piece_may_pass() {
-        for (bytes, good) in [
-            (&b"5\r\nhello\r\nzz\r\n"[..], 10),
-            (b"5\r\nhelloXX", 8),
-            (b"zz\r\n", 0),
-            (b"0\r\nx: 1\n", 3),
-        ] {
-            let mut c = Chunks::default();
-            let fed = c.feed(bytes);
-            assert!(fed.is_err(), "{:?}", String::from_utf8_lossy(bytes));
-            assert_eq!(c.passed(&fed, bytes.len()), good);
-        }
-        let mut c = Chunks::default();
-        let fed = c.feed(b"5\r\nhel");
-        assert_eq!(c.passed(&fed, 8), 8);
-        let fed = c.feed(b"lo\r\n0\r\n\r\nNEXT");
-        assert_eq!(c.passed(&fed, 13), 9);
-    }
 
     #[test]
     fn request_headers_are_sorted_by_what_the_lane_does_with_them() {

@@ -10,6 +10,7 @@
 mod admin;
 pub mod balance;
 pub mod body;
+mod chunked;
 pub mod endpoint;
 pub mod error;
 mod express;

@@ -12,7 +12,7 @@ use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::balance::{self, Tried};
-use crate::body::{BodyError, Replayable, ResponseBody, Tracked, full};
+use crate::body::{BodyError, Replayable, ResponseBody, full};
 use crate::endpoint::Endpoint;
 use crate::error::{ProxyError, RetrySafety, find_cause};
 use crate::headers::{self, ForwardedFor, X_REQUEST_ID};
@@ -21,7 +21,7 @@ use crate::routes::{AppRoute, Routes, Target};
 use crate::settings::Settings;
 use crate::share::{self, Held};
 use crate::smuggle::Verdict;
-use crate::upstream::{Pool, SendError, Upstream};
+use crate::upstream::{Pool, SendError, Tracked, Upstream};
 use tokio::net::TcpStream;
 
 /// What the proxy knows of one client connection.

@@ -11,6 +11,10 @@
 //! like any other: only the answer says whether the bytes after it are still
 //! HTTP. The proxy records a switch ([`Verdict::switched`]) when it answers
 //! `101` (or a `2xx` to `CONNECT`), and only then do the checks stop.
+//!
+//! A chunked request body is followed by the parser the lane uses for
+//! workers' chunked answers (`chunked.rs`), by the checks' own rules
+//! (`CHUNK_RULES`).
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::chunked;
 
 /// The first ambiguous request of a connection (its number, from 1, and
 /// why), and the request after which it stopped speaking HTTP, if it did.
@@ -65,6 +71,27 @@ impl Verdict {
 /// Largest head line followed; beyond it hyper's own limit answers 431.
 const MAX_LINE: usize = 64 * 1024;
 
+/// How a client's chunked body is followed. Looser than the lane's rules
+/// (`express::CHUNK_RULES`): the checks watch the bytes ahead of hyper's own
+/// decoder, which refuses malformed framing itself, so they need only find
+/// where the body ends and flag a size or a chunk that a worker could read
+/// another way; what they do not follow they leave to hyper.
+pub(crate) const CHUNK_RULES: chunked::Rules = chunked::Rules {
+    // Not flagged: hyper's decoder refuses a bare LF in a chunked body itself.
+    bare_lf: true,
+    // As long as a head line may be: `MAX_LINE` bytes before the LF.
+    max_line: MAX_LINE + 1,
+    // Not counted: hyper's decoder bounds the trailers it reads.
+    max_trailers: usize::MAX,
+    // 1 to 15 digits (60 bits); a longer size, even of leading zeros, is
+    // flagged.
+    min_digits: 1,
+    max_digits: 15,
+    size_space: chunked::SizeSpace::Around,
+    // Flagged once the line after a chunk's data is whole.
+    data_end: chunked::DataEnd::Line,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Before a request line.
@@ -73,14 +100,8 @@ enum State {
     Head,
     /// A body of known length.
     Fixed(u64),
-    /// A chunk-size line.
-    Size,
-    /// Chunk data.
-    Data(u64),
-    /// The CRLF after chunk data.
-    DataEnd,
-    /// Trailer lines after the last chunk.
-    Trailer,
+    /// A chunked body, followed by the tracker's `chunks`.
+    Chunked,
     /// No longer following (HTTP/2, a switch of protocols, or bytes hyper
     /// will refuse anyway).
     Off,
@@ -95,6 +116,8 @@ pub struct Tracker {
     lengths: Vec<Vec<u8>>,
     chunked: bool,
     obs_fold: bool,
+    /// The framing of the current chunked body.
+    chunks: chunked::Parser,
 }
 
 impl Default for Tracker {
@@ -106,6 +129,7 @@ impl Default for Tracker {
             lengths: Vec::new(),
             chunked: false,
             obs_fold: false,
+            chunks: chunked::Parser::new(CHUNK_RULES),
         }
     }
 }
@@ -116,16 +140,30 @@ impl Tracker {
         while !bytes.is_empty() {
             match self.state {
                 State::Off => return,
-                State::Fixed(n) | State::Data(n) => {
+                State::Fixed(n) => {
                     let take = (bytes.len() as u64).min(n);
                     bytes = &bytes[take as usize..];
-                    let left = n - take;
-                    self.state = match (self.state, left) {
-                        (State::Fixed(_), 0) => State::Start,
-                        (State::Fixed(_), _) => State::Fixed(left),
-                        (_, 0) => State::DataEnd,
-                        _ => State::Data(left),
+                    self.state = match n - take {
+                        0 => State::Start,
+                        left => State::Fixed(left),
                     };
+                }
+                State::Chunked => {
+                    let fed = self.chunks.feed(bytes);
+                    match fed.progress {
+                        chunked::Progress::Going => return,
+                        chunked::Progress::Ended => {
+                            bytes = &bytes[fed.body..];
+                            self.state = State::Start;
+                        }
+                        chunked::Progress::Malformed(why) => {
+                            if let Some(reason) = refusal(why) {
+                                verdict.flag(self.requests, reason);
+                            }
+                            self.state = State::Off;
+                            return;
+                        }
+                    }
                 }
                 _ => {
                     let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
@@ -179,33 +217,15 @@ impl Tracker {
                 let Some(colon) = line.iter().position(|&b| b == b':') else {
                     return;
                 };
-                let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+                let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
                 if name.eq_ignore_ascii_case(b"content-length") {
                     self.lengths
-                        .extend(value.split(|&b| b == b',').map(|v| trim(v).to_vec()));
+                        .extend(value.split(|&b| b == b',').map(|v| v.trim_ascii().to_vec()));
                 } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     self.chunked = true;
                 }
             }
-            State::Size => {
-                let size = line.split(|&b| b == b';').next().map(trim).unwrap_or(&[]);
-                match parse_hex(size) {
-                    Some(0) => self.state = State::Trailer,
-                    Some(n) => self.state = State::Data(n),
-                    None => {
-                        verdict.flag(self.requests, "malformed chunk size");
-                        self.state = State::Off;
-                    }
-                }
-            }
-            State::DataEnd if line.is_empty() => self.state = State::Size,
-            State::DataEnd => {
-                verdict.flag(self.requests, "chunk data longer than its size");
-                self.state = State::Off;
-            }
-            State::Trailer if line.is_empty() => self.state = State::Start,
-            State::Trailer => {}
-            State::Fixed(_) | State::Data(_) | State::Off => {}
+            State::Fixed(_) | State::Chunked | State::Off => {}
         }
     }
 
@@ -223,7 +243,8 @@ impl Tracker {
         // An upgrade request is followed on: until its answer says
         // otherwise, what comes next is the connection's next request.
         self.state = if self.chunked {
-            State::Size
+            self.chunks.restart();
+            State::Chunked
         } else {
             match self.lengths.first() {
                 None => State::Start,
@@ -240,23 +261,18 @@ impl Tracker {
     }
 }
 
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end.max(start)]
-}
-
-fn parse_hex(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 15 || !b.iter().all(u8::is_ascii_hexdigit) {
-        return None;
+/// Why a request whose chunked body broke its framing is refused; `None`
+/// for a line longer than the checks follow, which they stop at and leave
+/// to hyper's own limits.
+fn refusal(why: chunked::Malformed) -> Option<&'static str> {
+    match why {
+        chunked::Malformed::Size => Some("malformed chunk size"),
+        chunked::Malformed::DataOverrun => Some("chunk data longer than its size"),
+        // Neither happens under `CHUNK_RULES`; refused should they tighten.
+        chunked::Malformed::BareLf => Some("a chunked body line ended by a bare LF"),
+        chunked::Malformed::TooManyTrailers => Some("too many trailer lines"),
+        chunked::Malformed::LineTooLong => None,
     }
-    u64::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok()
 }
 
 /// A client connection whose incoming bytes pass through a [`Tracker`].

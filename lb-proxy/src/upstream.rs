@@ -11,17 +11,23 @@
 //! it goes out on another connection: that is no failure of the worker.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, ResponseBody};
+use crate::error::BoxError;
+use crate::share::Held;
 
 /// One data thread's hyper connections to workers, by worker address.
 pub struct Upstream {
@@ -109,6 +115,64 @@ impl Lent {
     /// The response broke off: the connection closes now, never to be reused.
     pub fn close(&mut self) {
         self.sender = None;
+    }
+}
+
+/// A worker's response body, counted in flight (for its worker and its app)
+/// until it ends or is dropped;
+/// its connection goes back to the pool when it ends, not before.
+pub struct Tracked {
+    inner: Incoming,
+    lent: Lent,
+    _held: Held,
+}
+
+impl Tracked {
+    /// Streams `inner`, which came on `lent`, holding `held` (the request's
+    /// place in its app's share, the worker's in-flight count) meanwhile.
+    pub fn boxed(inner: Incoming, lent: Lent, held: Held) -> ResponseBody {
+        let mut tracked = Tracked {
+            inner,
+            lent,
+            _held: held,
+        };
+        // No body (HEAD, 204, 304, a length of 0): nothing more to read.
+        tracked.give_back_at_end();
+        tracked.map_err(BoxError::from).boxed_unsync()
+    }
+
+    fn give_back_at_end(&mut self) {
+        if self.inner.is_end_stream() {
+            self.lent.give_back();
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.lent.give_back(),
+            Poll::Ready(Some(Ok(_))) => self.give_back_at_end(),
+            // The connection goes with its broken response.
+            Poll::Ready(Some(Err(_))) => self.lent.close(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
