@@ -6,6 +6,7 @@
 //! [`scheduler::Scheduler`] (child processes on this machine for now).
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod api;
 pub mod client;
 pub mod events;
@@ -285,6 +286,7 @@ pub async fn run(
         claims: Default::default(),
         checking: Arc::new(tokio::sync::Semaphore::new(api::MANIFEST_CHECKS)),
         limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
+        last_used: Arc::default(),
     };
     if !stale.is_empty() {
         let api = api.clone();
