@@ -335,6 +335,7 @@ mod tests {
             at_ms: 1,
             app: Some("orders".into()),
             app_id: None,
+            tenant: None,
             kind: "worker.up".into(),
             message: message.into(),
         }
