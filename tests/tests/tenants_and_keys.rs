@@ -324,8 +324,15 @@ async fn a_key_is_rotated_the_old_one_refused_and_the_tenant_deleted_with_its_ap
     let listed = ok(&f.cli(&["tenants", "list", "-o", "json"])).json();
     assert!(!listed.to_string().contains("\"acme\""), "{listed}");
     assert_eq!(f.cli(&["tenants", "delete", "acme"]).code, Some(4));
-    // Its name can be taken again, starting empty.
-    ok(&f.cli(&["tenants", "create", "acme"]));
+    // Its name can be taken again, starting empty; asked again, the admin
+    // is given another key for it, and both work.
+    let first = ok(&f.cli(&["tenants", "create", "acme", "-o", "json"])).json();
+    assert_eq!(first["created"], true, "{first}");
+    let again = ok(&f.cli(&["tenants", "create", "acme", "-o", "json"])).json();
+    assert_eq!(again["created"], false, "{again}");
+    for key in [&first["apiKey"], &again["apiKey"]] {
+        ok(&as_key(&f, key.as_str().unwrap(), &["apps", "list"]));
+    }
 }
 
 /// Each webhook request as received: its headers and exact body.
@@ -423,6 +430,10 @@ async fn the_webhook_gets_only_its_tenants_events_each_signed() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
+    assert!(
+        events[0].2["seq"].as_u64() > Some(1),
+        "globex's deploy came first, and its events were left out"
+    );
     for (headers, body, event) in &events {
         if !event["app"].is_null() {
             assert_eq!(event["app"], "hello", "only acme's app: {event}");
@@ -452,4 +463,50 @@ async fn the_webhook_gets_only_its_tenants_events_each_signed() {
         f.log_lines(SECRET).is_empty(),
         "the webhook secret was logged"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_the_aws_backend_new_keys_and_revocations_outlive_a_restart() {
+    fabric_tests::Emulators::from_env();
+    // A prefix of its own (at most 16 characters), so this run's tables are its own.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let prefix = format!("k{}x{}-", std::process::id() % 100_000, nanos % 10_000);
+    let env = [("FABRIC_UP_BACKEND", "aws"), ("FABRIC_AWS_PREFIX", &prefix)];
+    let mut f = Fabric::start_env(&env);
+    let old = ok(&f.cli(&["tenants", "create", "acme"]))
+        .stdout
+        .trim()
+        .to_string();
+    let created = ok(&as_key(
+        &f,
+        &old,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "next",
+            "--expires",
+            "1y",
+            "-o",
+            "json",
+        ],
+    ))
+    .json();
+    let new = created["apiKey"].as_str().unwrap().to_string();
+    let old_id = key_ids(ok(&as_key(&f, &old, &["keys", "list", "-o", "json"])))
+        .into_iter()
+        .find(|id| *id != created["id"])
+        .unwrap();
+    ok(&as_key(&f, &new, &["keys", "revoke", &old_id]));
+    f.stop();
+
+    let f = Fabric::start_in_env(&f.data.clone(), &env);
+    assert_eq!(as_key(&f, &old, &["apps", "list"]).code, Some(1));
+    let keys = ok(&as_key(&f, &new, &["keys", "list", "-o", "json"])).json();
+    assert_eq!(keys.as_array().map(Vec::len), Some(1), "{keys}");
+    assert_eq!(keys[0]["name"], "next");
+    assert_eq!(keys[0]["expiresMs"], created["expiresMs"]);
+    assert_eq!(keys[0]["prefix"], new[..8]);
 }

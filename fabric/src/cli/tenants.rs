@@ -122,16 +122,17 @@ pub async fn tenants(target: Target, command: TenantsCommand) -> ExitCode {
                     match target.output {
                         Output::Json => print(Output::Json, &made, |_| Vec::new()),
                         Output::Table => {
-                            eprintln!(
-                                "{} {}; its API key (key id {}) is shown this once:",
-                                if made.created {
-                                    "Created tenant"
-                                } else {
-                                    "Tenant exists already, given another key:"
-                                },
-                                made.tenant,
-                                made.key_id
-                            );
+                            if made.created {
+                                eprintln!(
+                                    "Created tenant {}; its API key (id {}) is shown this once:",
+                                    made.tenant, made.key_id
+                                );
+                            } else {
+                                eprintln!(
+                                    "Tenant {} exists already; a new API key for it (id {}) is shown this once:",
+                                    made.tenant, made.key_id
+                                );
+                            }
                             println!("{}", made.api_key);
                         }
                     }
