@@ -245,6 +245,47 @@ mod tests {
     }
 
     #[test]
+    fn the_secret_comes_from_one_place_and_the_filter_names_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("webhook.secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let settings = crate::Settings {
+            events_webhook: Some("http://127.0.0.1:9/hook".into()),
+            events_webhook_secret_file: Some(file.clone()),
+            events_webhook_tenants: vec!["acme".into()],
+            ..Default::default()
+        };
+        let hook = Webhook::from_settings(&settings).unwrap().unwrap();
+        assert_eq!(
+            hook.secret.as_ref().map(Secret::expose),
+            Some("from-a-file")
+        );
+        let both = crate::Settings {
+            events_webhook_secret: Some(Secret::new("inline")),
+            ..settings.clone()
+        };
+        assert!(
+            Webhook::from_settings(&both)
+                .unwrap_err()
+                .contains("not both")
+        );
+        let missing = crate::Settings {
+            events_webhook_secret_file: Some(dir.path().join("absent")),
+            ..settings.clone()
+        };
+        assert!(Webhook::from_settings(&missing).is_err());
+        let bad = crate::Settings {
+            events_webhook_tenants: vec!["Not A Tenant".into()],
+            ..settings
+        };
+        assert!(
+            Webhook::from_settings(&bad)
+                .unwrap_err()
+                .contains("events_webhook_tenants")
+        );
+    }
+
+    #[test]
     fn the_secret_never_shows_in_debug() {
         let w = Webhook {
             url: "http://x".into(),
