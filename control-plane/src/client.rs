@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::access::{CreatedKey, KeyInfo, NewKey, TenantDeleted, TenantInfo, TenantKey};
 use crate::model::{
     AppQueues, AppStatus, AzStatus, Configuration, DeployRequest, Event, PropertiesRequest,
     RollbackRequest, ScaleRequest, WorkerInfo,
@@ -270,6 +271,61 @@ impl Client {
             .await?;
         Ok(v["apiKey"].as_str().unwrap_or_default().to_string())
     }
+
+    /// Creates a tenant, or gives an existing one another key (admin only).
+    pub async fn new_tenant(&self, name: &str) -> Result<TenantKey, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/tenants",
+            Some(&serde_json::json!({ "name": name })),
+        )
+        .await
+    }
+
+    /// Every tenant (admin only).
+    pub async fn tenants(&self) -> Result<Vec<TenantInfo>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/tenants", None).await
+    }
+
+    /// Deletes a tenant with its keys; with `force`, its apps first (admin only).
+    pub async fn delete_tenant(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<TenantDeleted, ClientError> {
+        let path = format!("/v1/tenants/{}?force={force}", segment(name));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// Makes a key for this key's own tenant; the answer holds it, once.
+    pub async fn create_key(&self, req: &NewKey) -> Result<CreatedKey, ClientError> {
+        self.call(Method::POST, "/v1/keys", Some(req)).await
+    }
+
+    /// This key's tenant's keys (never the keys themselves).
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/keys", None).await
+    }
+
+    /// Revokes one of this key's tenant's keys.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/keys/{}", segment(id));
+        self.call::<(), Option<serde_json::Value>>(Method::DELETE, &path, None)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// `text` as one path segment: anything but letters, digits, `-` and `_`
+/// percent-encoded (`.` too, so `..` cannot climb), so no input reaches
+/// another path or a query.
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 /// Reads server-sent events from `chunks` (as they come off the wire, split
@@ -312,6 +368,7 @@ mod tests {
             at_ms: 1,
             app: Some("orders".into()),
             app_id: None,
+            tenant: None,
             kind: "worker.up".into(),
             message: message.into(),
         }

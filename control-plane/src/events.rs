@@ -11,8 +11,8 @@ use crate::model::Event;
 
 const KEEP: usize = 1000;
 
-/// Names the instance of an app at the time of an event.
-pub type Identify = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// Names the instance of an app and its tenant at the time of an event.
+pub type Identify = Box<dyn Fn(&str) -> Option<(String, String)> + Send + Sync>;
 
 /// The event log. Cheap to clone.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ impl Events {
         }
     }
 
-    /// Stamps every later event with its app's instance, as `identify` names it.
+    /// Stamps every later event with its app's instance and tenant, as `identify` names them.
     pub fn identify_with(&self, identify: Identify) {
         let _ = self.identify.set(identify);
     }
@@ -46,7 +46,9 @@ impl Events {
     /// Records and broadcasts an event.
     pub fn emit(&self, app: Option<&str>, kind: &str, message: impl Into<String>) {
         let message = message.into();
-        let app_id = app.and_then(|a| self.identify.get().and_then(|f| f(a)));
+        let (app_id, tenant) = app
+            .and_then(|a| self.identify.get().and_then(|f| f(a)))
+            .unzip();
         let event = {
             let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             guard.0 += 1;
@@ -57,6 +59,7 @@ impl Events {
                     .map_or(0, |d| d.as_millis() as u64),
                 app: app.map(str::to_string),
                 app_id,
+                tenant,
                 kind: kind.to_string(),
                 message,
             };

@@ -6,6 +6,7 @@
 //! [`scheduler::Scheduler`] (child processes on this machine for now).
 #![forbid(unsafe_code)]
 
+pub mod access;
 mod api;
 pub mod client;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod quota;
 pub mod registry;
 pub mod scheduler;
 pub mod supervisor;
+pub mod webhook;
 mod worker_env;
 
 pub use worker_env::render_kubernetes;
@@ -67,6 +69,16 @@ pub struct Settings {
     pub objectstore_url: Option<String>,
     /// Every event is also `POST`ed here as JSON (retried with back-off).
     pub events_webhook: Option<String>,
+    /// Only these tenants' apps' events (and fabric-wide ones, such as an
+    /// AZ down) go to the webhook; every event when empty. A list, or one
+    /// comma-separated string (`FABRIC_EVENTS_WEBHOOK_TENANTS=acme,globex`).
+    #[serde(deserialize_with = "webhook::comma_list")]
+    pub events_webhook_tenants: Vec<String>,
+    /// The key each webhook request is signed with (HMAC-SHA256 over its
+    /// timestamp and body, in `X-Fabric-Signature`); never logged. Or:
+    pub events_webhook_secret: Option<common::secrets::Secret>,
+    /// A file holding that key (trimmed).
+    pub events_webhook_secret_file: Option<PathBuf>,
     /// How long a worker's app token is valid; a worker started later gets a fresh one.
     #[serde(with = "humantime_serde")]
     pub worker_token_ttl: Duration,
@@ -115,6 +127,9 @@ impl Default for Settings {
             queue_url: None,
             objectstore_url: None,
             events_webhook: None,
+            events_webhook_tenants: Vec::new(),
+            events_webhook_secret: None,
+            events_webhook_secret_file: None,
             worker_token_ttl: Duration::from_secs(30 * 24 * 3600),
             registry_table: None,
             egress_allow: Vec::new(),
@@ -217,7 +232,9 @@ pub async fn run(
     let events = events::Events::new();
     {
         let registry = registry.clone();
-        events.identify_with(Box::new(move |app| registry.app(app).map(|r| r.app_id())));
+        events.identify_with(Box::new(move |app| {
+            registry.app(app).map(|r| (r.app_id(), r.tenant))
+        }));
     }
     let supervisor = supervisor::Supervisor::new(
         scheduler,
@@ -233,14 +250,10 @@ pub async fn run(
         },
         worker_env::worker_env(&config, token_key.clone(), listener.local_addr()?),
     );
-    if let Some(url) = &s.events_webhook {
-        let (rx, url, sd) = (
-            supervisor.events().subscribe(),
-            url.clone(),
-            shutdown.clone(),
-        );
+    if let Some(hook) = webhook::Webhook::from_settings(s).map_err(StartError::Setting)? {
+        let (rx, sd) = (supervisor.events().subscribe(), shutdown.clone());
         shutdown.spawn("events-webhook", async move {
-            outbound::send_events(rx, url, sd).await;
+            outbound::send_events(rx, hook, sd).await;
             Ok::<_, std::convert::Infallible>(())
         });
     }
@@ -285,6 +298,7 @@ pub async fn run(
         claims: Default::default(),
         checking: Arc::new(tokio::sync::Semaphore::new(api::MANIFEST_CHECKS)),
         limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
+        last_used: Arc::default(),
     };
     if !stale.is_empty() {
         let api = api.clone();

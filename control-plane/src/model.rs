@@ -433,6 +433,10 @@ pub struct Event {
     /// are not the current one's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_id: Option<String>,
+    /// The tenant whose app it concerns (what the events webhook's tenant
+    /// filter reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// What kind: `worker.down`, `worker.up`, `worker.moved`, `az.down`,
     /// `az.up`, `deploy.started`, `deploy.ready`, `deploy.done`, `deploy.failed`, ...
     pub kind: String,

@@ -100,13 +100,14 @@ async fn put_routes(
         .await
 }
 
-/// Sends every event to `url`, in order, each retried with back-off until it
-/// lands. Events are read from the broadcast feed; if the webhook is down so
-/// long that the feed overflows, the skipped events are counted in a warning
-/// (they stay readable with `fabric events`).
+/// Sends every event `hook` wants to its URL, in order, each retried with
+/// back-off until it lands, and signed afresh for each attempt (see
+/// [`crate::webhook`]). Events are read from the broadcast feed; if the
+/// webhook is down so long that the feed overflows, the skipped events are
+/// counted in a warning (they stay readable with `fabric events`).
 pub(crate) async fn send_events(
     mut rx: tokio::sync::broadcast::Receiver<model::Event>,
-    url: String,
+    hook: crate::webhook::Webhook,
     shutdown: Shutdown,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -123,10 +124,24 @@ pub(crate) async fn send_events(
                 Err(RecvError::Closed) => return,
             },
         };
+        if !hook.wants(&event) {
+            continue;
+        }
+        // The exact bytes signed are the bytes sent.
+        let body = serde_json::to_vec(&event).unwrap_or_default();
         let mut backoff =
             common::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         loop {
-            match http.post(&url).json(&event).send().await {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut req = http
+                .post(&hook.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            for (name, value) in hook.headers(now, &body) {
+                req = req.header(name, value);
+            }
+            match req.body(body.clone()).send().await {
                 Ok(r) if r.status().is_success() => break,
                 Ok(r) => {
                     tracing::warn!(status = %r.status(), seq = event.seq, "events webhook refused an event")

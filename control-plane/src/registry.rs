@@ -18,6 +18,7 @@
 
 mod dynamodb;
 mod embedded;
+mod keys;
 mod placement;
 #[cfg(test)]
 mod tests;
@@ -36,6 +37,8 @@ use sha2::{Digest, Sha256};
 use crate::model::{AppRecord, Configuration, KEPT_CONFIGURATIONS, PurgeRecord};
 pub use placement::Placement;
 use placement::placement_key;
+
+pub use keys::{KeyRecord, PREFIX_LEN, Revoked, key_id};
 
 /// Where the registry is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,8 +200,8 @@ impl Sealer {
 struct Records {
     apps: BTreeMap<String, AppRecord>,
     placements: BTreeMap<String, Placement>,
-    /// Tenant by API-key hash.
-    tenants: BTreeMap<String, String>,
+    /// API keys (their tenant, name, dates) by hash.
+    tenants: BTreeMap<String, KeyRecord>,
     /// Apps being deleted, by name.
     purges: BTreeMap<String, PurgeRecord>,
     /// Each app's last configurations, oldest first, by app name.
@@ -219,8 +222,7 @@ impl Records {
                     .insert(id, serde_json::from_slice(plaintext).map_err(json)?);
             }
             RecordKind::Tenant => {
-                let tenant = std::str::from_utf8(plaintext).map_err(|e| e.to_string())?;
-                self.tenants.insert(id, tenant.to_string());
+                self.tenants.insert(id, KeyRecord::parse(plaintext)?);
             }
             RecordKind::Purge => {
                 self.purges
@@ -243,7 +245,10 @@ impl Records {
                 .placements
                 .get(id)
                 .and_then(|p| serde_json::to_vec(p).ok()),
-            RecordKind::Tenant => self.tenants.get(id).map(|t| t.as_bytes().to_vec()),
+            RecordKind::Tenant => self
+                .tenants
+                .get(id)
+                .and_then(|k| serde_json::to_vec(k).ok()),
             RecordKind::Purge => self.purges.get(id).and_then(|p| serde_json::to_vec(p).ok()),
             RecordKind::History => self
                 .histories
@@ -470,15 +475,25 @@ impl Registry {
             .read(|r| r.placements.values().cloned().collect())
     }
 
-    /// Registers an API key for `tenant`; only its hash is stored. Returns
-    /// once persisted (at once when the key is registered already).
+    /// Registers an API key for `tenant` that is registered again at every
+    /// start (the local admin key: it cannot be revoked); only its hash is
+    /// stored. Returns once persisted (at once when the key is registered
+    /// already).
     pub async fn add_api_key(&self, api_key: &str, tenant: &str) -> Result<(), RegistryError> {
         let hash = key_hash(api_key);
         let change = self.shared.change(|r| {
-            if r.tenants.get(&hash).map(String::as_str) == Some(tenant) {
+            if r.tenants
+                .get(&hash)
+                .is_some_and(|k| k.tenant == tenant && k.pinned)
+            {
                 return Vec::new();
             }
-            r.tenants.insert(hash.clone(), tenant.to_string());
+            let record = KeyRecord {
+                name: Some(format!("{tenant} (data directory)")),
+                pinned: true,
+                ..KeyRecord::new(api_key, tenant)
+            };
+            r.tenants.insert(hash.clone(), record);
             vec![(RecordKind::Tenant, hash.clone())]
         });
         self.shared.persisted(change).await
@@ -486,8 +501,7 @@ impl Registry {
 
     /// The tenant an API key belongs to.
     pub fn tenant_of(&self, api_key: &str) -> Option<String> {
-        let hash = key_hash(api_key);
-        self.shared.read(|r| r.tenants.get(&hash).cloned())
+        self.key(api_key).map(|(_, k)| k.tenant)
     }
 
     /// Copies every record of `older` into this registry when this one holds

@@ -1,4 +1,4 @@
-//! The tenant commands: `apps`, `workers`, `events`, `az`, against the control plane's API.
+//! The tenant commands: `apps`, `workers`, `events`, `az`, `tenants`, `keys`, against the control plane's API.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +7,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use control_plane::client::{Client, ClientError, Deleted};
 use control_plane::model::{AppStatus, DeployRequest, PropertiesRequest, ScaleRequest, WorkerInfo};
 use serde::Serialize;
+
+mod tenants;
+
+pub use tenants::{KeysCommand, TenantsCommand, keys, tenants};
 
 /// Where `fabric up` leaves the control plane's URL for other commands.
 pub const URL_FILE: &str = "control-plane.url";

@@ -55,6 +55,12 @@ enum Command {
     /// Take a whole AZ down, or bring it back (local scheduler).
     #[command(subcommand)]
     Az(cli::AzCommand),
+    /// Create, list and delete tenants (the admin key only).
+    #[command(subcommand)]
+    Tenants(cli::TenantsCommand),
+    /// Your tenant's API keys: create, list, revoke (to rotate them).
+    #[command(subcommand)]
+    Keys(cli::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +95,8 @@ fn main() -> ExitCode {
             Command::Queues { app } => Ok(Err(cli::queues(target, app).await)),
             Command::Events { follow } => Ok(Err(cli::events(target, follow).await)),
             Command::Az(c) => Ok(Err(cli::az(target, c).await)),
+            Command::Tenants(c) => Ok(Err(cli::tenants(target, c).await)),
+            Command::Keys(c) => Ok(Err(cli::keys(target, c).await)),
         }
     });
     match result {

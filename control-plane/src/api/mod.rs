@@ -1,4 +1,4 @@
-//! The control plane's HTTP API (axum): apps, workers, events, AZs, tenants, routes.
+//! The control plane's HTTP API (axum): apps, workers, events, AZs, tenants, keys, routes.
 //!
 //! Every call carries a tenant's API key as `Authorization: Bearer`; a tenant
 //! sees and changes only its own apps (another tenant's app is "not found"),
@@ -31,12 +31,14 @@ mod apps;
 mod configurations;
 mod fabric;
 mod keys;
+mod tenants;
 
 use apps::{delete_app, deploy, list_apps, queues, restart_app, scale_app, show_app, workers};
 use configurations::{history, rollback, set_properties};
 use fabric::{az_action, azs, events, routes};
 pub(crate) use keys::RateLimiter;
-use keys::create_tenant;
+use keys::{create_key, list_keys, revoke_key};
+use tenants::{create_tenant, delete_tenant, list_tenants};
 
 /// The tenant that sees every app and manages AZs and tenants.
 pub const ADMIN: &str = "admin";
@@ -62,6 +64,8 @@ pub(crate) struct Api {
     pub checking: Arc<tokio::sync::Semaphore>,
     /// Requests per API key.
     pub limiter: Arc<RateLimiter>,
+    /// When each key (by id) was last used, since this control plane started.
+    pub last_used: Arc<Mutex<HashMap<String, u64>>>,
     /// queue-svc's URL and the key to mint read tokens for it, when configured
     /// (persistent queues can be asked for).
     pub queues: Option<(String, common::token::TokenKey)>,
@@ -103,7 +107,10 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/azs", get(azs))
         .route("/v1/azs/{az}/{action}", post(az_action))
-        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{tenant}", axum::routing::delete(delete_tenant))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/routes", get(routes))
         .with_state(api)
 }

@@ -227,6 +227,25 @@ async fn survives_reopening(b: &Backing) {
     r.put_app(&record("orders")).await.unwrap();
     r.put_app(&record("billing")).await.unwrap();
     r.add_api_key("secret-key", "t1").await.unwrap();
+    let named = KeyRecord {
+        name: Some("ci".into()),
+        expires_ms: Some(4_000_000_000_000),
+        ..KeyRecord::new("wfk_named-key", "t1")
+    };
+    let named_id = r.add_key("wfk_named-key", named.clone()).await.unwrap();
+    let doomed_id = r
+        .add_key("wfk_doomed-key", KeyRecord::new("wfk_doomed-key", "t1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.revoke_key("t2", &doomed_id, "").await.unwrap(),
+        Revoked::NotFound,
+        "another tenant's key is not found"
+    );
+    assert!(matches!(
+        r.revoke_key("t1", &doomed_id, "").await.unwrap(),
+        Revoked::Revoked(_)
+    ));
     r.put_placement(&placement("orders"));
     assert_eq!(r.close(WAIT).await, 0, "everything persisted");
 
@@ -248,6 +267,12 @@ async fn survives_reopening(b: &Backing) {
     assert_eq!(r.placements(), [placement("orders")]);
     assert_eq!(r.tenant_of("secret-key").as_deref(), Some("t1"));
     assert_eq!(r.tenant_of("other"), None);
+    assert_eq!(r.key("wfk_named-key"), Some((named_id.clone(), named)));
+    assert_eq!(r.key("wfk_doomed-key"), None, "a revoked key stays revoked");
+    assert!(!contains(&b.raw().await, b"wfk_named-key"));
+    assert_eq!(r.remove_tenant_keys("t1").await.unwrap(), 2);
+    assert_eq!(r.tenant_of("secret-key"), None);
+    r.add_api_key("secret-key", "t1").await.unwrap();
     let purge = PurgeRecord {
         name: "orders".into(),
         app_id: record("orders").app_id(),
