@@ -11,10 +11,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use super::*;
+use crate::model::{Configuration, Outcome};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// A secret an app's manifest carries, which must never be stored in the clear.
 const SECRET: &str = "db-password-3f9c1e";
+
+mod older_file;
 
 fn keyring() -> Keyring {
     Keyring::single(MasterKey::generate())
@@ -247,6 +250,12 @@ async fn survives_reopening(b: &Backing) {
         Revoked::Revoked(_)
     ));
     r.put_placement(&placement("orders"));
+    let mut secret = record("orders");
+    secret
+        .secure_properties
+        .insert("password".into(), "pw-5c1d8e".into());
+    let config = Configuration::of(&secret, 1, "deploy", "t1", Outcome::Deployed);
+    r.add_configuration("orders", config.clone()).await.unwrap();
     assert_eq!(r.close(WAIT).await, 0, "everything persisted");
 
     let raw = b.raw().await;
@@ -260,11 +269,16 @@ async fn survives_reopening(b: &Backing) {
         !contains(&raw, b"127.0.1.1"),
         "a placement is stored in the clear"
     );
+    assert!(
+        !contains(&raw, b"pw-5c1d8e"),
+        "a secure property is stored in the clear"
+    );
 
     let r = b.open(&ring).await.unwrap();
     assert_eq!(names(&r), ["billing", "orders"]);
     assert_eq!(r.app("orders"), Some(record("orders")));
     assert_eq!(r.placements(), [placement("orders")]);
+    assert_eq!(r.history("orders"), [config]);
     assert_eq!(r.tenant_of("secret-key").as_deref(), Some("t1"));
     assert_eq!(r.tenant_of("other"), None);
     assert_eq!(r.key("wfk_named-key"), Some((named_id.clone(), named)));
@@ -281,6 +295,7 @@ async fn survives_reopening(b: &Backing) {
     r.start_purge(&purge).await.unwrap();
     assert!(r.app("orders").is_none());
     assert!(r.placements().is_empty());
+    assert!(r.history("orders").is_empty(), "its history goes with it");
     assert_eq!(r.purge("orders"), Some(purge.clone()));
     assert_eq!(r.close(WAIT).await, 0);
 
@@ -355,58 +370,6 @@ async fn a_moved_value_does_not_open_dynamodb() {
     let b = Backing::dynamodb(unique("wf-registry-test")).await;
     a_moved_value_does_not_open(&b).await;
     b.remove().await;
-}
-
-#[tokio::test]
-async fn an_older_plaintext_file_is_sealed_when_opened() {
-    const OLD_APPS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("apps");
-    const OLD_PLACEMENTS: redb::TableDefinition<&str, &[u8]> =
-        redb::TableDefinition::new("placements");
-    const OLD_TENANTS: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("tenants");
-    let b = Backing::embedded();
-    let Backing::Embedded(dir) = &b else {
-        unreachable!()
-    };
-    let path = Backing::file(dir);
-    {
-        let db = Database::create(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        let app = serde_json::to_vec(&record("orders")).unwrap();
-        let p = serde_json::to_vec(&placement("orders")).unwrap();
-        txn.open_table(OLD_APPS)
-            .unwrap()
-            .insert("orders", app.as_slice())
-            .unwrap();
-        txn.open_table(OLD_PLACEMENTS)
-            .unwrap()
-            .insert(placement("orders").key().as_str(), p.as_slice())
-            .unwrap();
-        txn.open_table(OLD_TENANTS)
-            .unwrap()
-            .insert(key_hash("secret-key").as_str(), "t1")
-            .unwrap();
-        txn.commit().unwrap();
-    }
-    assert!(contains(&std::fs::read(&path).unwrap(), SECRET.as_bytes()));
-
-    let ring = keyring();
-    let r = b.open(&ring).await.unwrap();
-    assert_eq!(r.app("orders"), Some(record("orders")));
-    assert_eq!(r.placements(), [placement("orders")]);
-    assert_eq!(r.tenant_of("secret-key").as_deref(), Some("t1"));
-    assert_eq!(r.close(WAIT).await, 0);
-    assert!(
-        !contains(&b.raw().await, SECRET.as_bytes()),
-        "the plaintext is gone from the file"
-    );
-    let r = b.open(&ring).await.unwrap();
-    assert_eq!(names(&r), ["orders"]);
-    assert_eq!(r.close(WAIT).await, 0);
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, ["registry.redb"]);
 }
 
 /// A TCP relay in front of the emulator that can be taken away and brought
@@ -586,33 +549,4 @@ async fn a_record_changed_while_unwritten_is_written_once_with_its_newest_value(
     let r = b.open(&ring).await.unwrap();
     assert_eq!(r.placements(), [p]);
     assert_eq!(r.close(WAIT).await, 0);
-}
-
-#[test]
-fn a_placement_names_its_worker_by_handle_or_by_an_older_records_pid() {
-    let p = placement("orders");
-    let w = p.worker().expect("a recorded worker");
-    assert_eq!(w.handle, "42");
-    assert_eq!(w.ops_address.to_string(), "127.0.1.1:5001");
-    assert_eq!(
-        Placement::of("orders", 1, 1, "a", &w, 0),
-        p,
-        "a worker's placement records what adopting it needs"
-    );
-    // A record written before handles: its pid is the handle.
-    let older: Placement = serde_json::from_value(serde_json::json!({
-        "app": "orders", "version": 1, "index": 1, "az": "a",
-        "address": "127.0.1.1:5000", "pid": 7, "restarts": 0
-    }))
-    .unwrap();
-    let w = older.worker().expect("a worker by its pid");
-    assert_eq!((w.handle.as_str(), w.identity), ("7", None));
-    assert_eq!(w.ops_address, w.address, "ops on the app's port then");
-    // A record naming no worker (no handle, no pid) is nobody to adopt.
-    let nobody = Placement {
-        handle: None,
-        pid: None,
-        ..placement("orders")
-    };
-    assert_eq!(nobody.worker(), None);
 }
