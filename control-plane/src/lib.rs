@@ -114,6 +114,9 @@ pub enum StartError {
     /// A setting is invalid.
     #[error("{0}")]
     Setting(String),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] common::secrets::KeyringError),
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
@@ -336,8 +339,7 @@ pub async fn run(
     let token_key =
         common::secrets::token_key(&config).map_err(|e| StartError::Setting(e.to_string()))?;
     // The master keyring: the registry's records are sealed with it.
-    let keyring =
-        common::secrets::keyring(&config).map_err(|e| StartError::Setting(e.to_string()))?;
+    let keyring = common::secrets::load_keyring(&config).await?;
     let registry = open_registry(&config, keyring).await?;
     forget_plaintext_manifests(&config.data_dir);
     registry

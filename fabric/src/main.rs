@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod keys;
 mod serve;
 mod up;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Take a whole AZ down, or bring it back (local scheduler).
     #[command(subcommand)]
     Az(cli::AzCommand),
+    /// The master keyring: add a KMS-wrapped version (rotation).
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
             Command::Queues { app } => Ok(Err(cli::queues(target, app).await)),
             Command::Events { follow } => Ok(Err(cli::events(target, follow).await)),
             Command::Az(c) => Ok(Err(cli::az(target, c).await)),
+            Command::Keys(c) => keys::run(c, target.data_dir()).await.map(Ok),
         }
     });
     match result {

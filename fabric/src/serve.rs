@@ -95,7 +95,9 @@ where
         if let Err(e) = common::secret_file::make_private(&config.data_dir) {
             config::ConfigError(format!("data_dir {}: {e}", config.data_dir.display())).exit();
         }
-        common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
+        common::secrets::load_keyring(&config)
+            .await
+            .unwrap_or_else(|e| e.exit());
         common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
     }
     let listener = TcpListener::bind(config.listen)

@@ -59,6 +59,9 @@ pub enum RunError {
     /// Keys or secrets could not be loaded.
     #[error("{0}")]
     Config(#[from] common::config::ConfigError),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] common::secrets::KeyringError),
     /// The backend could not be opened.
     #[error("backend {kind}: {source}")]
     Backend {
@@ -93,7 +96,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let keyring = common::secrets::keyring(&config)?;
+    let keyring = common::secrets::load_keyring(&config).await?;
     let tokens = common::secrets::token_key(&config)?;
     let backend = open_backend(&config).await?;
     tracing::info!(component = NAME, backend = %backend.kind(), "backend open");
