@@ -37,7 +37,8 @@ pub struct Settings {
     /// Where values live: `embedded` (a redb file in `data_dir`) or
     /// `dynamodb` (aws-config's default chain; `FABRIC_BACKEND`).
     pub backend: BackendKind,
-    /// The DynamoDB table, created at start when missing (`FABRIC_TABLE`).
+    /// The DynamoDB table (`FABRIC_TABLE`; the stack's `ObjectstoreTable`),
+    /// created at start when missing if `create_resources` is on.
     pub table: String,
 }
 
@@ -85,7 +86,9 @@ pub async fn open_backend(config: &Config) -> Result<Backend, RunError> {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?
         }
-        BackendKind::DynamoDb => Backend::dynamodb(&config.settings.table).await,
+        BackendKind::DynamoDb => {
+            Backend::dynamodb(&config.settings.table, config.create_resources).await
+        }
     };
     opened.map_err(|source| RunError::Backend { kind, source })
 }

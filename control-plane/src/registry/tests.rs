@@ -116,7 +116,7 @@ impl Backing {
                     .expect("open file"),
             ),
             Backing::DynamoDb { sdk, table } => Arc::new(
-                dynamodb::DynamoDb::open(sdk, table)
+                dynamodb::DynamoDb::open(sdk, table, true)
                     .await
                     .expect("open table"),
             ),

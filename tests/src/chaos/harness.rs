@@ -250,6 +250,8 @@ impl Fabric {
                 ("FABRIC_LISTEN".into(), format!("127.0.0.1:{port}")),
                 ("FABRIC_LOG_FORMAT".into(), "json".into()),
                 ("RUST_LOG".into(), "info".into()),
+                // The run's own tables, made when missing.
+                ("FABRIC_CREATE_RESOURCES".into(), "true".into()),
             ];
             env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
             let mut args = vec!["serve".to_string(), name.to_string()];
