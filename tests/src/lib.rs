@@ -51,6 +51,7 @@ pub mod backing;
 pub mod chaos;
 pub mod fabric;
 pub mod process;
+pub mod stack;
 
 /// A command for `bin` that inherits no `FABRIC_*` variable from the test's
 /// environment, so only what the test sets reaches the component.
