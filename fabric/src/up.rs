@@ -36,9 +36,9 @@ pub struct Args {
     #[arg(long, env = "FABRIC_AWS_PREFIX", default_value = "fabric-")]
     aws_prefix: String,
     /// With `--backend aws`: the KMS key that wraps the master key versions
-    /// (id, ARN or alias); by default the stack's alias `alias/{prefix}master`,
-    /// created with its key when missing. A data directory that already holds
-    /// a plain master key file keeps it.
+    /// and encrypts the queues (id, ARN or alias); by default the stack's
+    /// alias `alias/{prefix}master`, created with its key when missing. A
+    /// data directory that already holds a plain master key file keeps it.
     #[arg(long, env = "FABRIC_KMS_KEY_ID")]
     kms_key_id: Option<String>,
     /// Availability zones (labels; each gets its own loopback range).
@@ -115,7 +115,10 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     };
     common::secret_file::make_private(&data_dir)
         .map_err(|e| anyhow::anyhow!("data directory {}: {e}", data_dir.display()))?;
-    if aws && !plain_master_key(&data_dir) {
+    // With AWS, the fabric's KMS key encrypts the queues (SSE-KMS) and
+    // wraps the master key versions.
+    let mut kms_key = None;
+    if aws {
         let alias = format!("alias/{}master", args.aws_prefix);
         let key = args.kms_key_id.clone().unwrap_or(alias);
         let kms = common::kms::Kms::new(&key, &args.aws_prefix).await;
@@ -123,7 +126,10 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
             .ensure_key()
             .await
             .unwrap_or_else(|e| common::secrets::KeyringError::from(e).exit());
-        config.kms_key_id = Some(arn);
+        if !plain_master_key(&data_dir) {
+            config.kms_key_id = Some(arn.clone());
+        }
+        kms_key = Some(arn);
     }
     let keyring = common::secrets::load_keyring(&config)
         .await
@@ -150,6 +156,7 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
                 queue_svc::settings::BackendKind::Embedded
             },
             sqs_prefix: args.aws_prefix.clone(),
+            sqs_kms_key: kms_key.clone(),
             ..Default::default()
         };
         let (config, sd) = (config.with_settings(settings), shutdown.clone());

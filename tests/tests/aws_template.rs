@@ -352,13 +352,61 @@ fn calls(service: &str, files: &[&str]) -> BTreeSet<String> {
 }
 
 /// The actions a RolePolicy resource grants.
-fn granted(t: &Value, policy: &str) -> BTreeSet<String> {
+/// The actions a RolePolicy resource grants the component's own calls
+/// (`via_service: false`) or an AWS service calling on its behalf
+/// (`kms:ViaService`, `via_service: true`).
+fn granted(t: &Value, policy: &str, via_service: bool) -> BTreeSet<String> {
     let doc = &t["Resources"][policy]["Properties"]["PolicyDocument"];
     list(&doc["Statement"])
         .iter()
+        .filter(|st| {
+            st["Condition"]["StringEquals"]
+                .get("kms:ViaService")
+                .is_some()
+                == via_service
+        })
         .flat_map(|st| list(&st["Action"]))
         .filter_map(|a| a.as_str().map(str::to_string))
         .collect()
+}
+
+/// Whether any of the files holds `needle`.
+fn mentions(files: &[&str], needle: &str) -> bool {
+    files.iter().any(|f| {
+        let path = root().join(f);
+        let paths: Vec<PathBuf> = if path.is_dir() {
+            std::fs::read_dir(&path)
+                .expect("source dir")
+                .map(|e| e.expect("entry").path())
+                .collect()
+        } else {
+            vec![path]
+        };
+        paths
+            .iter()
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(needle)))
+    })
+}
+
+#[test]
+fn only_queue_svc_lets_a_service_use_the_key_for_it_and_only_sqs_for_sse() {
+    let t = template();
+    // queue-svc creates its queues with SSE-KMS under the key: SQS then
+    // makes data keys when it sends and decrypts them when it receives.
+    assert!(mentions(&["queue-svc/src/backend/sqs"], "KmsMasterKeyId"));
+    let sse: BTreeSet<String> = ["kms:Decrypt", "kms:GenerateDataKey"]
+        .map(String::from)
+        .into();
+    assert_eq!(granted(&t, "QueueSvcPolicy", true), sse);
+    let doc = &t["Resources"]["QueueSvcPolicy"]["Properties"]["PolicyDocument"];
+    for st in list(&doc["Statement"]) {
+        if let Some(via) = st["Condition"]["StringEquals"].get("kms:ViaService") {
+            assert_eq!(via["Fn::Sub"], "sqs.${AWS::Region}.amazonaws.com");
+        }
+    }
+    for policy in ["ControlPlanePolicy", "ObjectstoreSvcPolicy"] {
+        assert!(granted(&t, policy, true).is_empty(), "{policy}");
+    }
 }
 
 #[test]
@@ -398,7 +446,7 @@ fn each_role_grants_exactly_the_calls_its_component_makes() {
     .collect();
     for (policy, used) in components {
         let used: BTreeSet<String> = used.difference(&creation_only).cloned().collect();
-        let granted = granted(&t, policy);
+        let granted = granted(&t, policy, false);
         let missing: Vec<_> = used.difference(&granted).collect();
         let unused: Vec<_> = granted.difference(&used).collect();
         assert!(

@@ -501,6 +501,7 @@ fn backend_env(aws: Option<&AwsNames>) -> (Env, Env) {
             [
                 ("FABRIC_BACKEND", "sqs".to_string()),
                 ("FABRIC_SQS_PREFIX", names.stack.prefix.clone()),
+                ("FABRIC_SQS_KMS_KEY", names.stack.key_arn.clone()),
             ]
             .into_iter()
             .chain(kms_env(names))
