@@ -249,6 +249,8 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         keyring.newest_version(),
         match &config.kms_key_id {
             Some(key) => format!(" wrapped by KMS key {key}"),
+            // Kept so that what it sealed stays readable.
+            None if aws => " from the plain key file this fabric already had".to_string(),
             None => String::new(),
         },
         if aws { "SQS and DynamoDB" } else { "embedded" }
