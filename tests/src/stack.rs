@@ -28,8 +28,9 @@ pub fn template() -> String {
 
 impl Stack {
     /// Creates the stack `name` with `prefix` and waits until it is complete
-    /// (panics, with CloudFormation's reason, if it fails).
-    pub async fn deploy(name: &str, prefix: &str) -> Stack {
+    /// (panics, with CloudFormation's reason, if it fails). The roles trust
+    /// EKS Pod Identity, and IRSA for `oidc_provider` when given.
+    pub async fn deploy(name: &str, prefix: &str, oidc_provider: Option<&str>) -> Stack {
         crate::Emulators::from_env();
         let sdk = common::aws::sdk_config().await;
         let cf = aws_sdk_cloudformation::Client::new(&sdk);
@@ -40,6 +41,12 @@ impl Stack {
                 Parameter::builder()
                     .parameter_key("Prefix")
                     .parameter_value(prefix)
+                    .build(),
+            )
+            .parameters(
+                Parameter::builder()
+                    .parameter_key("OidcProvider")
+                    .parameter_value(oidc_provider.unwrap_or_default())
                     .build(),
             )
             .capabilities(Capability::CapabilityNamedIam)

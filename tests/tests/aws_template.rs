@@ -50,27 +50,28 @@ fn list(v: &Value) -> Vec<&Value> {
 }
 
 /// Every policy document in the template: (where, document, is a key policy).
-fn documents(t: &Value) -> Vec<(String, &Value, bool)> {
+fn documents(t: &Value) -> Vec<(String, Value, bool)> {
     let mut out = Vec::new();
     let resources = t["Resources"].as_object().expect("Resources");
     for (name, r) in resources {
         let props = &r["Properties"];
         match r["Type"].as_str().unwrap_or_default() {
             "AWS::IAM::Role" => {
-                out.push((
-                    format!("{name} trust"),
-                    &props["AssumeRolePolicyDocument"],
-                    false,
-                ));
+                for (n, doc) in variants(&props["AssumeRolePolicyDocument"])
+                    .into_iter()
+                    .enumerate()
+                {
+                    out.push((format!("{name} trust {}", n + 1), doc, false));
+                }
                 assert!(
                     props.get("Policies").is_none() && props.get("ManagedPolicyArns").is_none(),
                     "{name}: a role's permissions are its RolePolicy resource, checked here"
                 );
             }
             "AWS::IAM::RolePolicy" | "AWS::IAM::Policy" | "AWS::IAM::ManagedPolicy" => {
-                out.push((name.clone(), &props["PolicyDocument"], false));
+                out.push((name.clone(), props["PolicyDocument"].clone(), false));
             }
-            "AWS::KMS::Key" => out.push((name.clone(), &props["KeyPolicy"], true)),
+            "AWS::KMS::Key" => out.push((name.clone(), props["KeyPolicy"].clone(), true)),
             other => assert!(
                 !other.starts_with("AWS::IAM::"),
                 "{name}: {other} is not checked; teach this test about it"
@@ -78,6 +79,21 @@ fn documents(t: &Value) -> Vec<(String, &Value, bool)> {
         }
     }
     out
+}
+
+/// Every form a policy document may take: both branches of an `Fn::If`, and
+/// a document given as JSON text (`Fn::Sub` of a string; its `${...}` stay
+/// as they are, which is valid JSON).
+fn variants(doc: &Value) -> Vec<Value> {
+    if let Some(Value::Array(branches)) = doc.get("Fn::If") {
+        return branches.iter().skip(1).flat_map(variants).collect();
+    }
+    if let Some(Value::String(text)) = doc.get("Fn::Sub") {
+        let parsed: Value = serde_json::from_str(text)
+            .unwrap_or_else(|e| panic!("a policy document as JSON text: {e}: {text}"));
+        return vec![parsed];
+    }
+    vec![doc.clone()]
 }
 
 /// Why a resource entry is not scoped to this stack, if it is not.
@@ -179,7 +195,12 @@ fn no_statement_grants_a_wildcard_action_or_an_unscoped_resource() {
                     problems.push(format!("{at}: wildcard action {a}"));
                 }
             }
-            let trust = place.ends_with(" trust");
+            let trust = place.contains(" trust ");
+            // Whoever may assume a role is narrowed by a condition: this
+            // account's clusters, or one service account of one cluster.
+            if trust && st.get("Condition").is_none() {
+                problems.push(format!("{at}: a trust without a condition"));
+            }
             match st.get("Resource") {
                 None if trust => {}
                 None => problems.push(format!("{at}: no resource")),
@@ -452,6 +473,38 @@ fn each_role_grants_exactly_the_calls_its_component_makes() {
         assert!(
             missing.is_empty() && unused.is_empty(),
             "{policy}: the code calls {missing:?} without a grant; grants {unused:?} that no call uses"
+        );
+    }
+}
+
+#[test]
+fn with_irsa_each_role_trusts_its_components_service_account_alone() {
+    let t = template();
+    for (role, account) in [
+        ("ControlPlaneRole", "fabric-control-plane"),
+        ("QueueSvcRole", "fabric-queue-svc"),
+        ("ObjectstoreSvcRole", "fabric-objectstore-svc"),
+    ] {
+        let trust = &t["Resources"][role]["Properties"]["AssumeRolePolicyDocument"];
+        let forms = variants(trust);
+        assert_eq!(forms.len(), 2, "{role}: with and without IRSA");
+        let irsa = list(&forms[0]["Statement"])
+            .into_iter()
+            .find(|st| st["Sid"] == "Irsa")
+            .unwrap_or_else(|| panic!("{role}: no IRSA statement"))
+            .clone();
+        let equals = &irsa["Condition"]["StringEquals"];
+        assert_eq!(
+            equals["${OidcProvider}:sub"],
+            format!("system:serviceaccount:${{Namespace}}:{account}"),
+            "{role}"
+        );
+        assert_eq!(equals["${OidcProvider}:aud"], "sts.amazonaws.com", "{role}");
+        assert!(
+            list(&forms[1]["Statement"])
+                .iter()
+                .all(|st| st["Principal"]["Service"] == "pods.eks.amazonaws.com"),
+            "{role}: without IRSA, EKS Pod Identity alone"
         );
     }
 }

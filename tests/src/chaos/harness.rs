@@ -110,8 +110,11 @@ impl AwsNames {
     /// Deploys the stack for run `run` (checking the emulators are configured).
     pub(super) async fn deploy(run: &str) -> Self {
         crate::Emulators::from_env();
+        // With IRSA, as infra/k8s's service accounts expect.
+        let oidc = "oidc.eks.us-east-1.amazonaws.com/id/CHAOS";
         let stack =
-            crate::stack::Stack::deploy(&format!("chaos-{run}"), &format!("ch{run}-")).await;
+            crate::stack::Stack::deploy(&format!("chaos-{run}"), &format!("ch{run}-"), Some(oidc))
+                .await;
         println!("chaos: on stack {} ({:?})", stack.name, stack);
         AwsNames { stack }
     }
