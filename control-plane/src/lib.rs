@@ -10,11 +10,15 @@ mod api;
 pub mod client;
 pub mod events;
 pub mod model;
+mod outbound;
 pub mod purge;
 pub mod quota;
 pub mod registry;
 pub mod scheduler;
 pub mod supervisor;
+mod worker_env;
+
+pub use worker_env::render_kubernetes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +28,6 @@ use base64::Engine as _;
 use common::config::ServiceConfig;
 use common::http::{Readiness, ops_router, registry as metrics_registry, serve};
 use common::shutdown::Shutdown;
-use common::token::TokenKey;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -82,6 +85,22 @@ pub struct Settings {
     /// Requests per second each API key may make (the admin key is not
     /// bounded); bursts of up to ten seconds' worth pass.
     pub api_rate_per_key: u32,
+    /// Where workers run: `local` (child processes of this one, each AZ a
+    /// loopback range) or `kubernetes` (Pods, each AZ a zone of the cluster).
+    pub scheduler: SchedulerKind,
+    /// The Kubernetes scheduler's settings (with `scheduler = "kubernetes"`).
+    pub kubernetes: scheduler::kubernetes::KubernetesSettings,
+}
+
+/// Which scheduler runs the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Child processes on this machine.
+    #[default]
+    Local,
+    /// Pods on a Kubernetes cluster (in-cluster credentials or `KUBECONFIG`).
+    Kubernetes,
 }
 
 impl Default for Settings {
@@ -102,6 +121,8 @@ impl Default for Settings {
             egress_allow: Vec::new(),
             tenant_quota: model::Quota::default(),
             api_rate_per_key: 20,
+            scheduler: SchedulerKind::Local,
+            kubernetes: Default::default(),
         }
     }
 }
@@ -150,174 +171,6 @@ pub fn admin_key(data_dir: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
-/// The client for the control plane's own outbound calls (routes, webhooks).
-fn outbound_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default()
-}
-
-/// How long the internal token sent with each route push is valid: issued
-/// afresh for every push, so this only has to cover the request itself and
-/// the clocks of two machines disagreeing; a token that leaks is soon useless.
-const ROUTES_TOKEN_TTL: Duration = Duration::from_secs(300);
-
-/// Pushes every new route table to `target` until shutdown, with an internal
-/// token from `key` (the load balancer takes tables from nobody else); a
-/// failed push is retried (with the newest table) until it lands.
-async fn push_routes(
-    sup: supervisor::Supervisor,
-    target: String,
-    key: TokenKey,
-    shutdown: Shutdown,
-) {
-    let http = outbound_http();
-    let mut rx = sup.routes();
-    let id = sup.route_target();
-    loop {
-        let table = rx.borrow_and_update().clone();
-        loop {
-            match put_routes(&http, &target, &key, &table).await {
-                Ok(r) if r.status().is_success() => {
-                    sup.route_landed(id, table.version);
-                    break;
-                }
-                Ok(r) => {
-                    tracing::warn!(%target, status = %r.status(), version = table.version, "route push refused")
-                }
-                Err(e) => {
-                    tracing::warn!(%target, error = %e, version = table.version, "route push failed")
-                }
-            }
-            tokio::select! {
-                () = shutdown.triggered() => return,
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
-            if rx.has_changed().unwrap_or(false) {
-                break;
-            }
-        }
-        tokio::select! {
-            () = shutdown.triggered() => return,
-            changed = rx.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// One push of `table` to the load balancer at `target`, with a fresh
-/// internal token from `key`.
-async fn put_routes(
-    http: &reqwest::Client,
-    target: &str,
-    key: &TokenKey,
-    table: &common::routes::RouteTable,
-) -> reqwest::Result<reqwest::Response> {
-    http.put(target)
-        .bearer_auth(key.issue_internal(ROUTES_TOKEN_TTL))
-        .json(table)
-        .send()
-        .await
-}
-
-/// Sends every event to `url`, in order, each retried with back-off until it
-/// lands. Events are read from the broadcast feed; if the webhook is down so
-/// long that the feed overflows, the skipped events are counted in a warning
-/// (they stay readable with `fabric events`).
-async fn send_events(
-    mut rx: tokio::sync::broadcast::Receiver<model::Event>,
-    url: String,
-    shutdown: Shutdown,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    let http = outbound_http();
-    loop {
-        let event = tokio::select! {
-            () = shutdown.triggered() => return,
-            e = rx.recv() => match e {
-                Ok(e) => e,
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(skipped = n, "events webhook fell behind; events skipped");
-                    continue;
-                }
-                Err(RecvError::Closed) => return,
-            },
-        };
-        let mut backoff =
-            common::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        loop {
-            match http.post(&url).json(&event).send().await {
-                Ok(r) if r.status().is_success() => break,
-                Ok(r) => {
-                    tracing::warn!(status = %r.status(), seq = event.seq, "events webhook refused an event")
-                }
-                Err(e) => tracing::warn!(error = %e, seq = event.seq, "events webhook unreachable"),
-            }
-            tokio::select! {
-                () = shutdown.triggered() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-            }
-        }
-    }
-}
-
-/// The fabric's own addresses (`host:port`) no flow may reach: this API,
-/// the services workers are given, and the load balancers routes are pushed to.
-fn own_addresses(s: &Settings, api: std::net::SocketAddr) -> Vec<String> {
-    let mut own = vec![api.to_string()];
-    let urls = s
-        .queue_url
-        .iter()
-        .chain(&s.objectstore_url)
-        .chain(&s.routes_push);
-    for url in urls {
-        if let Ok(u) = reqwest::Url::parse(url)
-            && let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default())
-        {
-            own.push(format!("{host}:{port}"));
-        }
-    }
-    own
-}
-
-/// What every worker is started with beside its manifest: the services'
-/// URLs, an app token that opens its own app's queues and stores only, and
-/// its egress policy.
-fn worker_env(config: &Config, key: TokenKey, api: std::net::SocketAddr) -> supervisor::WorkerEnv {
-    let s = config.settings.clone();
-    let list = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
-    let allow = list(&s.egress_allow);
-    let deny = list(&own_addresses(&s, api));
-    Arc::new(move |record: &model::AppRecord| {
-        // Bound to the instance: it opens nothing of a later app of the same name.
-        let token = key.issue(
-            &record.app_id(),
-            common::token::Scope::Worker,
-            s.worker_token_ttl,
-        );
-        let mut env = vec![
-            ("FABRIC_APP_TOKEN".to_string(), token),
-            (
-                "FABRIC_PERSISTENT_QUEUES".into(),
-                record.persistent_queues.to_string(),
-            ),
-            (
-                "FABRIC_ENCRYPT_QUEUES".into(),
-                record.encrypt_queues.to_string(),
-            ),
-        ];
-        if let Some(url) = &s.objectstore_url {
-            env.push(("FABRIC_OBJECTSTORE_URL".into(), url.clone()));
-        }
-        if let Some(url) = &s.queue_url {
-            env.push(("FABRIC_QUEUE_URL".into(), url.clone()));
-        }
-        env.push(("FABRIC_EGRESS_ALLOW".into(), allow.clone()));
-        env.push(("FABRIC_EGRESS_DENY".into(), deny.clone()));
-        env
-    })
-}
-
 /// Serves the control plane on `listener` until `shutdown`, then drains and
 /// stops every worker it runs.
 pub async fn run(
@@ -346,11 +199,24 @@ pub async fn run(
     registry
         .add_api_key(&admin_key(&config.data_dir)?, ADMIN)
         .await?;
-    let scheduler = Arc::new(scheduler::local::LocalScheduler::new(
-        binary,
-        s.azs.clone(),
-        &config.data_dir,
-    ));
+    let scheduler: Arc<dyn scheduler::Scheduler> = match s.scheduler {
+        SchedulerKind::Local => Arc::new(scheduler::local::LocalScheduler::new(
+            binary,
+            s.azs.clone(),
+            &config.data_dir,
+        )),
+        SchedulerKind::Kubernetes => {
+            let client = kube::Client::try_default().await.map_err(|e| {
+                StartError::Setting(format!(
+                    "scheduler = \"kubernetes\": no cluster to talk to ({e}); run in a Pod with a service account, or set KUBECONFIG"
+                ))
+            })?;
+            Arc::new(scheduler::kubernetes::KubernetesScheduler::new(
+                client,
+                s.kubernetes.clone(),
+            ))
+        }
+    };
     let events = events::Events::new();
     {
         let registry = registry.clone();
@@ -368,7 +234,7 @@ pub async fn run(
             ready_timeout: s.ready_timeout,
             drain_grace: s.drain_grace,
         },
-        worker_env(&config, token_key.clone(), listener.local_addr()?),
+        worker_env::worker_env(&config, token_key.clone(), listener.local_addr()?),
     );
     if let Some(url) = &s.events_webhook {
         let (rx, url, sd) = (
@@ -377,7 +243,7 @@ pub async fn run(
             shutdown.clone(),
         );
         shutdown.spawn("events-webhook", async move {
-            send_events(rx, url, sd).await;
+            outbound::send_events(rx, url, sd).await;
             Ok::<_, std::convert::Infallible>(())
         });
     }
@@ -394,7 +260,7 @@ pub async fn run(
         let (sup, target, sd) = (supervisor.clone(), target.clone(), shutdown.clone());
         let key = token_key.clone();
         shutdown.spawn("routes-push", async move {
-            push_routes(sup, target, key, sd).await;
+            outbound::push_routes(sup, target, key, sd).await;
             Ok::<_, std::convert::Infallible>(())
         });
     }
@@ -500,42 +366,4 @@ async fn open_registry(
         }
     }
     Ok(registry)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A load balancer's admin `/routes` stand-in: 200 for this fabric's
-    /// internal token, 401 otherwise.
-    async fn receiver(key: TokenKey) -> String {
-        use axum::http::{HeaderMap, StatusCode};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().route(
-            "/routes",
-            axum::routing::put(move |headers: HeaderMap| async move {
-                match common::http::bearer_token(&headers).map(|t| key.verify_internal(t)) {
-                    Some(Ok(_)) => StatusCode::OK,
-                    _ => StatusCode::UNAUTHORIZED,
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        format!("http://{addr}/routes")
-    }
-
-    #[tokio::test]
-    async fn route_pushes_carry_an_internal_token_of_this_fabric() {
-        let key = TokenKey::generate();
-        let table = common::routes::RouteTable::default();
-        let http = outbound_http();
-        let ours = receiver(key.clone()).await;
-        let r = put_routes(&http, &ours, &key, &table).await.unwrap();
-        assert_eq!(r.status(), 200);
-        // Another fabric's load balancer refuses it.
-        let theirs = receiver(TokenKey::generate()).await;
-        let r = put_routes(&http, &theirs, &key, &table).await.unwrap();
-        assert_eq!(r.status(), 401);
-    }
 }

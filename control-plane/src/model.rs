@@ -67,6 +67,44 @@ pub struct AppRecord {
 }
 
 impl AppRecord {
+    /// The record a first deploy of `manifest` would make, checked as the
+    /// API checks it, for showing what its workers would run as (the
+    /// instance is a placeholder: each deploy mints its own).
+    pub fn rendered(
+        name: Option<String>,
+        tenant: String,
+        manifest: String,
+        workers: u32,
+        size: f64,
+        persistent_queues: bool,
+        encrypt_queues: bool,
+    ) -> Result<Self, String> {
+        if !(1..=8).contains(&workers) {
+            return Err(format!("workers must be 1 to 8, not {workers}"));
+        }
+        size.to_string()
+            .parse::<workers::size::WorkerSize>()
+            .map_err(|e| e.to_string())?;
+        let app = workers::manifest::load(&manifest).map_err(|e| e.to_string())?;
+        let name = name
+            .or(app.name.clone())
+            .ok_or("the app needs a name: give --name or put name: in the manifest")?;
+        common::app::validate_app_name(&name).map_err(|e| e.to_string())?;
+        common::app::validate_app_name(&tenant)
+            .map_err(|e| e.to_string().replace("app name", "tenant name"))?;
+        Ok(AppRecord {
+            name,
+            tenant,
+            instance: "x".repeat(common::app::INSTANCE_LEN),
+            version: 1,
+            manifest,
+            workers,
+            size,
+            persistent_queues,
+            encrypt_queues,
+        })
+    }
+
     /// The id the app's workers, tokens and data have at the services.
     pub fn app_id(&self) -> String {
         common::app::app_id(&self.name, &self.instance)

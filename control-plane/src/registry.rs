@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::model::{AppRecord, PurgeRecord};
+use crate::scheduler::Worker;
 
 /// Where the registry is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,9 +149,13 @@ pub struct Placement {
     /// they had a port of their own: they are then on `address`).
     #[serde(default)]
     pub ops_address: Option<String>,
-    /// Its process id.
+    /// Its scheduler's name for it (see [`Worker::handle`]); absent in a
+    /// record from before handles, whose `pid` is then its handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// Its process id, when it is a process on this machine.
     pub pid: Option<u32>,
-    /// Who that process is beyond its pid (see `scheduler::Running::identity`).
+    /// Who it is beyond its handle (see [`Worker::identity`]).
     #[serde(default)]
     pub identity: Option<String>,
     /// Times it was restarted.
@@ -158,6 +163,21 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// The worker as its scheduler recorded it, when the record names one.
+    pub fn worker(&self) -> Option<Worker> {
+        let handle = self
+            .handle
+            .clone()
+            .or_else(|| self.pid.map(|p| p.to_string()))?;
+        Some(Worker {
+            handle,
+            address: self.address.parse().ok()?,
+            ops_address: self.ops_address(),
+            identity: self.identity.clone(),
+            pid: self.pid,
+        })
+    }
+
     /// Where the worker's `/readyz` answers.
     pub fn ops_address(&self) -> std::net::SocketAddr {
         self.ops_address
@@ -174,9 +194,37 @@ impl Placement {
         self.identity.is_none() || self.ops_address.is_none()
     }
 
-    fn key(&self) -> String {
-        format!("{}/{}/{}", self.app, self.version, self.index)
+    /// Where `worker`, worker `index` of `app` at `version` in `az`, runs.
+    pub fn of(
+        app: &str,
+        version: u64,
+        index: u32,
+        az: &str,
+        worker: &Worker,
+        restarts: u32,
+    ) -> Self {
+        Placement {
+            app: app.to_string(),
+            version,
+            index,
+            az: az.to_string(),
+            address: worker.address.to_string(),
+            ops_address: Some(worker.ops_address.to_string()),
+            handle: Some(worker.handle.clone()),
+            pid: worker.pid,
+            identity: worker.identity.clone(),
+            restarts,
+        }
     }
+
+    fn key(&self) -> String {
+        placement_key(&self.app, self.version, self.index)
+    }
+}
+
+/// The registry's id of worker `index` of `app` at `version`.
+fn placement_key(app: &str, version: u64, index: u32) -> String {
+    format!("{app}/{version}/{index}")
 }
 
 /// A record's kind and id.
@@ -462,10 +510,11 @@ impl Registry {
     }
 
     /// Forgets a worker (written behind: this never waits).
-    pub fn remove_placement(&self, p: &Placement) {
+    pub fn remove_placement(&self, app: &str, version: u64, index: u32) {
+        let key = placement_key(app, version, index);
         self.shared.change(|r| {
-            r.placements.remove(&p.key());
-            vec![(RecordKind::Placement, p.key())]
+            r.placements.remove(&key);
+            vec![(RecordKind::Placement, key)]
         });
     }
 

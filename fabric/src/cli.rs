@@ -62,6 +62,17 @@ pub enum AppsCommand {
         /// Keep persistent queue messages in plaintext at rest (an opt-out).
         #[arg(long)]
         no_encrypt_queues: bool,
+        /// Deploy nothing: print, as YAML, the objects this scheduler would
+        /// create for the app (with the control plane's settings from its
+        /// environment or `--config`). No fabric is needed.
+        #[arg(long, value_name = "SCHEDULER")]
+        render: Option<Render>,
+        /// With `--render`: the control plane's config file.
+        #[arg(long, requires = "render")]
+        config: Option<PathBuf>,
+        /// With `--render`: the tenant the app is rendered for.
+        #[arg(long, requires = "render", default_value = "default")]
+        tenant: String,
     },
     /// List apps.
     List,
@@ -117,6 +128,8 @@ mod exit {
     pub const MANIFEST: u8 = 65;
     pub const ROLLED_BACK: u8 = 69;
     pub const NO_INPUT: u8 = 66;
+    pub const USAGE: u8 = 64;
+    pub const CONFIG: u8 = 78;
 }
 
 impl Target {
@@ -259,12 +272,62 @@ fn read_manifest(file: &Path) -> Result<String, (u8, String)> {
     std::fs::read_to_string(file).map_err(|e| (exit::NO_INPUT, format!("{}: {e}", file.display())))
 }
 
+/// The manifest in `file`, refused here already, with line and column,
+/// before anything is sent.
+fn checked_manifest(file: &Path) -> Result<String, (u8, String)> {
+    let manifest = read_manifest(file)?;
+    match workers::manifest::load(&manifest) {
+        Ok(_) => Ok(manifest),
+        Err(e) => Err((
+            exit::MANIFEST,
+            format!("{}: {e}; nothing was deployed", file.display()),
+        )),
+    }
+}
+
+/// What `apps deploy --render` prints the objects of.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Render {
+    /// The Kubernetes scheduler's Secret, disruption budget and Pods.
+    Kubernetes,
+}
+
 /// Runs an `apps` command.
 pub async fn apps(target: Target, command: AppsCommand) -> ExitCode {
     done(apps_inner(&target, command).await)
 }
 
 async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, String)> {
+    if let AppsCommand::Deploy {
+        file,
+        name,
+        workers,
+        size,
+        persistent_queues,
+        no_encrypt_queues,
+        render: Some(Render::Kubernetes),
+        config,
+        tenant,
+        ..
+    } = command
+    {
+        let manifest = checked_manifest(&file)?;
+        let settings = common::config::load::<control_plane::Config>(config.as_deref())
+            .map_err(|e| (exit::CONFIG, e.to_string()))?
+            .settings;
+        let record = control_plane::model::AppRecord::rendered(
+            name,
+            tenant,
+            manifest,
+            workers,
+            size,
+            persistent_queues,
+            !no_encrypt_queues,
+        )
+        .map_err(|e| (exit::USAGE, e))?;
+        print!("{}", control_plane::render_kubernetes(&settings, &record));
+        return Ok(());
+    }
     let client = target.client()?;
     match command {
         AppsCommand::Deploy {
@@ -275,15 +338,9 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             persistent_queues,
             encrypt_queues: _,
             no_encrypt_queues,
+            ..
         } => {
-            let manifest = read_manifest(&file)?;
-            // Refused here already, with line and column, before anything is sent.
-            if let Err(e) = workers::manifest::load(&manifest) {
-                return Err((
-                    exit::MANIFEST,
-                    format!("{}: {e}; nothing was deployed", file.display()),
-                ));
-            }
+            let manifest = checked_manifest(&file)?;
             let req = DeployRequest {
                 name,
                 manifest,

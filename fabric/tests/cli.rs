@@ -401,3 +401,78 @@ async fn a_worker_stops_an_expression_at_its_memory_and_never_outgrows_it() {
     let stderr = worker.lines_of(Stream::Stderr).join("\n");
     assert!(stderr.contains("memory allocation"), "{stderr}");
 }
+
+#[test]
+fn render_kubernetes_prints_one_pod_per_zone_and_needs_no_fabric() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = fabric()
+        .env("FABRIC_DATA_DIR", dir.path())
+        .env(
+            "FABRIC_KUBERNETES__IMAGE",
+            "registry.example/worker-fabric:1.2.3",
+        )
+        .args([
+            "apps",
+            "deploy",
+            "../examples/orders.yaml",
+            "--workers",
+            "3",
+        ])
+        .args([
+            "--size",
+            "0.1",
+            "--render",
+            "kubernetes",
+            "--tenant",
+            "acme",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<serde_json::Value> = text
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str(d).expect("a YAML document"))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["Secret", "PodDisruptionBudget", "Pod", "Pod", "Pod"]
+    );
+    let zones: Vec<&str> = docs[2..]
+        .iter()
+        .map(|p| {
+            p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(zones, ["a", "b", "c"], "one worker per zone");
+    for pod in &docs[2..] {
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], "registry.example/worker-fabric:1.2.3");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["resources"]["limits"]["cpu"], "100m");
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        assert_eq!(pod["metadata"]["labels"]["fabric.dev/tenant"], "acme");
+    }
+    assert_eq!(docs[1]["spec"]["maxUnavailable"], 1);
+    // A manifest that does not load renders nothing.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "flows: [").unwrap();
+    let out = fabric()
+        .env("FABRIC_DATA_DIR", dir.path())
+        .args(["apps", "deploy"])
+        .arg(&bad)
+        .args(["--workers", "1", "--size", "0.1", "--render", "kubernetes"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(out.stdout.is_empty());
+}

@@ -107,6 +107,11 @@ impl Routes {
     /// back to the old one, which nothing reads any more.
     pub fn replace(&self, spec: RouteTable) -> Result<(), RouteError> {
         spec.validate()?;
+        if self.live.load().spec == spec {
+            // The same table again (the control plane re-sends it, so that
+            // a balancer that restarted catches up): nothing changes.
+            return Ok(());
+        }
         let mut old = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         let mut kept = Kept::default();
         let mut apps = HashMap::new();

@@ -62,7 +62,7 @@ pub(super) async fn az_action(
 ) -> ApiResult<Response> {
     api.admin(&headers)?;
     let known = match action.as_str() {
-        "fail" => api.supervisor.fail_az(&az),
+        "fail" => api.supervisor.fail_az(&az).await,
         "restore" => api.supervisor.restore_az(&az).await,
         other => {
             return Err(ApiError::new(

@@ -42,6 +42,7 @@ fn placement(app: &str) -> Placement {
         az: "a".into(),
         address: "127.0.1.1:5000".into(),
         ops_address: Some("127.0.1.1:5001".into()),
+        handle: Some("42".into()),
         pid: Some(42),
         identity: Some("boot:42".into()),
         restarts: 0,
@@ -551,11 +552,40 @@ async fn a_record_changed_while_unwritten_is_written_once_with_its_newest_value(
         p.restarts = restarts;
         r.put_placement(&p);
     }
-    r.remove_placement(&placement("gone"));
+    r.remove_placement("gone", 1, 1);
     r.flush().await.unwrap();
     assert_eq!(r.unpersisted(), 0);
     assert_eq!(r.close(WAIT).await, 0);
     let r = b.open(&ring).await.unwrap();
     assert_eq!(r.placements(), [p]);
     assert_eq!(r.close(WAIT).await, 0);
+}
+
+#[test]
+fn a_placement_names_its_worker_by_handle_or_by_an_older_records_pid() {
+    let p = placement("orders");
+    let w = p.worker().expect("a recorded worker");
+    assert_eq!(w.handle, "42");
+    assert_eq!(w.ops_address.to_string(), "127.0.1.1:5001");
+    assert_eq!(
+        Placement::of("orders", 1, 1, "a", &w, 0),
+        p,
+        "a worker's placement records what adopting it needs"
+    );
+    // A record written before handles: its pid is the handle.
+    let older: Placement = serde_json::from_value(serde_json::json!({
+        "app": "orders", "version": 1, "index": 1, "az": "a",
+        "address": "127.0.1.1:5000", "pid": 7, "restarts": 0
+    }))
+    .unwrap();
+    let w = older.worker().expect("a worker by its pid");
+    assert_eq!((w.handle.as_str(), w.identity), ("7", None));
+    assert_eq!(w.ops_address, w.address, "ops on the app's port then");
+    // A record naming no worker (no handle, no pid) is nobody to adopt.
+    let nobody = Placement {
+        handle: None,
+        pid: None,
+        ..placement("orders")
+    };
+    assert_eq!(nobody.worker(), None);
 }

@@ -12,17 +12,21 @@
 //! standard input: nothing of the fabric's own (keys, admin token, cloud
 //! credentials) is in reach, and no manifest is written to disk.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::telemetry::EventKind;
+use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tokio::process::Child;
 
-use super::{Running, Scheduler, SchedulerError, WorkerSpec};
+use super::{Scheduler, SchedulerError, Worker, WorkerSpec};
 
 /// What a worker inherits from the control plane's environment: logging,
 /// and the worker tunables an operator sets for every worker.
@@ -40,6 +44,8 @@ pub struct LocalScheduler {
     binary: PathBuf,
     azs: Vec<String>,
     logs: PathBuf,
+    /// The workers this process started, by pid, until they are reaped.
+    children: Mutex<HashMap<u32, Child>>,
 }
 
 impl LocalScheduler {
@@ -49,6 +55,7 @@ impl LocalScheduler {
             binary,
             azs,
             logs: data_dir.join("workers"),
+            children: Mutex::default(),
         }
     }
 
@@ -86,10 +93,10 @@ fn process_identity(pid: u32) -> Option<String> {
     Some(format!("{}:{start}", boot.trim()))
 }
 
-/// Whether process `pid` was started as worker `worker_id`.
-/// The most of a worker's log [`LocalScheduler::log_tail`] reads.
+/// The most of a worker's log [`log_tail`] reads.
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 
+/// Whether process `pid` was started as worker `worker_id`.
 fn started_as(pid: u32, worker_id: &str) -> bool {
     let wanted = format!("FABRIC_WORKER_ID={worker_id}");
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -101,11 +108,10 @@ fn pid_of(p: u32) -> Pid {
     Pid::from_raw(p as i32)
 }
 
-impl Scheduler for LocalScheduler {
-    fn start(&self, spec: &WorkerSpec) -> Result<Running, SchedulerError> {
-        let id = format!("{}-{}", spec.app, spec.index);
+impl LocalScheduler {
+    fn spawn(&self, spec: &WorkerSpec) -> Result<Worker, SchedulerError> {
         let err = |source| SchedulerError::Spawn {
-            id: id.clone(),
+            id: format!("{}-{}", spec.app, spec.index),
             source,
         };
         let ip = self.ip(&spec.az, spec.index)?;
@@ -138,10 +144,7 @@ impl Scheduler for LocalScheduler {
             .env("FABRIC_APP", &spec.app)
             .env("FABRIC_APP_ID", &spec.app_id)
             .env("FABRIC_SIZE", spec.size.to_string())
-            .env(
-                "FABRIC_WORKER_ID",
-                format!("{}-{}-v{}", spec.app, spec.index, spec.version),
-            )
+            .env("FABRIC_WORKER_ID", spec.name())
             .env("FABRIC_LOG_FORMAT", "json")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.logs)
@@ -163,103 +166,159 @@ impl Scheduler for LocalScheduler {
                 }
             });
         }
-        Ok(Running {
+        let identity = process_identity(pid);
+        self.children().insert(pid, child);
+        Ok(Worker {
+            handle: pid.to_string(),
             address,
             ops_address,
-            pid,
-            identity: process_identity(pid),
-            child: Some(child),
+            identity,
+            pid: Some(pid),
         })
     }
 
-    fn reclaim(
-        &self,
-        pid: u32,
-        identity: Option<&str>,
-        worker_id: &str,
-        address: std::net::SocketAddr,
-        ops_address: std::net::SocketAddr,
-    ) -> Option<Running> {
-        if pid == 0 || kill(pid_of(pid), None).is_err() {
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Child>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether process `pid` runs: a child of this process that exited is
+    /// reaped (and forgotten) here.
+    fn runs(&self, pid: u32) -> bool {
+        let mut children = self.children();
+        match children.get_mut(&pid).map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                children.remove(&pid);
+                false
+            }
+            None => kill(pid_of(pid), None).is_ok(),
+        }
+    }
+
+    /// Waits up to `grace` for process `pid` to end; whether it did.
+    async fn exited_within(&self, pid: u32, grace: Duration) -> bool {
+        let child = self.children().remove(&pid);
+        match child {
+            Some(mut child) => {
+                tokio::time::timeout(grace, child.wait()).await.is_ok() || {
+                    // Still running: kept, so that it is reaped when killed.
+                    self.children().insert(pid, child);
+                    false
+                }
+            }
+            None => {
+                let deadline = tokio::time::Instant::now() + grace;
+                loop {
+                    if kill(pid_of(pid), None).is_err() {
+                        break true;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    /// Kills process `pid` and, when it is a child, reaps it.
+    async fn kill_now(&self, pid: u32) {
+        let _ = kill(pid_of(pid), Signal::SIGKILL);
+        let child = self.children().remove(&pid);
+        if let Some(mut child) = child {
+            let _ = child.wait().await;
+        }
+    }
+
+    fn adopt_now(&self, recorded: &Worker, name: &str) -> Option<Worker> {
+        let pid: u32 = recorded.handle.parse().ok().filter(|p| *p > 0)?;
+        if kill(pid_of(pid), None).is_err() {
             return None;
         }
-        let ours = match identity {
-            Some(id) => process_identity(pid).as_deref() == Some(id),
+        let ours = match &recorded.identity {
+            Some(id) => process_identity(pid).as_ref() == Some(id),
             // Recorded before identities were: the worker's own name in its environment.
-            None => started_as(pid, worker_id),
+            None => started_as(pid, name),
         };
-        ours.then(|| Running {
-            address,
-            ops_address,
-            pid,
-            identity: identity.map(str::to_string),
-            child: None,
+        ours.then(|| Worker {
+            pid: Some(pid),
+            ..recorded.clone()
         })
     }
+}
 
-    fn alive(&self, worker: &mut Running) -> bool {
-        match &mut worker.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => kill(pid_of(worker.pid), None).is_ok(),
-        }
+/// The last `lines` whole lines of the log at `path`, read from its last
+/// [`LOG_TAIL_BYTES`] only: a worker's log may be as large as its app made it.
+fn log_tail(path: &Path, lines: usize) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let from = len.saturating_sub(LOG_TAIL_BYTES);
+    file.seek(SeekFrom::Start(from)).ok()?;
+    let mut end = Vec::new();
+    file.take(LOG_TAIL_BYTES).read_to_end(&mut end).ok()?;
+    let text = String::from_utf8_lossy(&end);
+    let mut all: Vec<&str> = text.lines().collect();
+    if from > 0 && !all.is_empty() {
+        all.remove(0); // cut mid-line
+    }
+    Some(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+/// The process id a worker's handle names (`0`, which signals no process,
+/// for a handle this scheduler did not give).
+fn pid(worker: &Worker) -> u32 {
+    worker.handle.parse().unwrap_or(0)
+}
+
+impl Scheduler for LocalScheduler {
+    fn start<'a>(&'a self, spec: &'a WorkerSpec) -> BoxFuture<'a, Result<Worker, SchedulerError>> {
+        Box::pin(async move { self.spawn(spec) })
     }
 
-    fn kill(&self, worker: &mut Running) {
-        let _ = kill(pid_of(worker.pid), Signal::SIGKILL);
-        if let Some(child) = &mut worker.child {
-            let _ = child.try_wait();
-        }
+    fn alive<'a>(&'a self, worker: &'a Worker) -> BoxFuture<'a, bool> {
+        Box::pin(async move { pid(worker) > 0 && self.runs(pid(worker)) })
     }
 
-    fn stop(&self, mut worker: Running, grace: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let _ = kill(pid_of(worker.pid), Signal::SIGTERM);
-            let exited = match &mut worker.child {
-                Some(child) => tokio::time::timeout(grace, child.wait()).await.is_ok(),
-                None => {
-                    let deadline = tokio::time::Instant::now() + grace;
-                    loop {
-                        if kill(pid_of(worker.pid), None).is_err() {
-                            break true;
-                        }
-                        if tokio::time::Instant::now() >= deadline {
-                            break false;
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            };
-            if !exited {
-                tracing::warn!(
-                    kind = EventKind::WorkerKilled.as_str(),
-                    pid = worker.pid,
-                    grace = ?grace,
-                    "a worker did not stop within its grace period; killing it"
-                );
-                let _ = kill(pid_of(worker.pid), Signal::SIGKILL);
-                if let Some(child) = &mut worker.child {
-                    let _ = child.wait().await;
-                }
+    fn adopt<'a>(&'a self, recorded: &'a Worker, name: &'a str) -> BoxFuture<'a, Option<Worker>> {
+        Box::pin(async move { self.adopt_now(recorded, name) })
+    }
+
+    fn kill<'a>(&'a self, worker: &'a Worker) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if pid(worker) > 0 {
+                self.kill_now(pid(worker)).await;
             }
         })
     }
 
-    fn log_tail(&self, spec: &WorkerSpec, lines: usize) -> Option<String> {
-        use std::io::{Read, Seek, SeekFrom};
-        // Only the end is read: a worker's log may be as large as its app
-        // made it.
-        let mut file = std::fs::File::open(self.log_path(spec)).ok()?;
-        let len = file.metadata().ok()?.len();
-        let from = len.saturating_sub(LOG_TAIL_BYTES);
-        file.seek(SeekFrom::Start(from)).ok()?;
-        let mut end = Vec::new();
-        file.take(LOG_TAIL_BYTES).read_to_end(&mut end).ok()?;
-        let text = String::from_utf8_lossy(&end);
-        let mut all: Vec<&str> = text.lines().collect();
-        if from > 0 && !all.is_empty() {
-            all.remove(0); // cut mid-line
-        }
-        Some(all[all.len().saturating_sub(lines)..].join("\n"))
+    fn stop<'a>(&'a self, worker: &'a Worker, grace: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let pid = pid(worker);
+            if pid == 0 {
+                return;
+            }
+            let _ = kill(pid_of(pid), Signal::SIGTERM);
+            if !self.exited_within(pid, grace).await {
+                tracing::warn!(
+                    kind = EventKind::WorkerKilled.as_str(),
+                    pid,
+                    grace = ?grace,
+                    "a worker did not stop within its grace period; killing it"
+                );
+                self.kill_now(pid).await;
+            }
+        })
+    }
+
+    fn logs<'a>(&'a self, spec: &'a WorkerSpec, lines: usize) -> BoxFuture<'a, Option<String>> {
+        let path = self.log_path(spec);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || log_tail(&path, lines))
+                .await
+                .ok()
+                .flatten()
+        })
     }
 }
 
@@ -274,6 +333,7 @@ mod tests {
         let spec = WorkerSpec {
             app: "shop".into(),
             app_id: "shop--abc".into(),
+            tenant: "acme".into(),
             version: 1,
             index: 1,
             az: "a".into(),
@@ -286,11 +346,11 @@ mod tests {
         let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&path, text).unwrap();
         assert_eq!(
-            sched.log_tail(&spec, 3).unwrap(),
+            log_tail(&path, 3).unwrap(),
             "line 99997\nline 99998\nline 99999"
         );
         // More lines than the tail holds: whole lines only.
-        let tail = sched.log_tail(&spec, 1_000_000).unwrap();
+        let tail = log_tail(&path, 1_000_000).unwrap();
         assert!(tail.len() as u64 <= LOG_TAIL_BYTES);
         assert!(tail.starts_with("line "), "{}", &tail[..20]);
     }
@@ -317,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_taken_by_another_process_is_not_reclaimed() {
+    fn a_pid_taken_by_another_process_is_not_adopted() {
         let s = LocalScheduler::new(
             PathBuf::from("/bin/false"),
             vec!["a".into()],
@@ -325,16 +385,71 @@ mod tests {
         );
         let addr = "127.0.0.1:1".parse().unwrap();
         let me = std::process::id();
+        let recorded = |identity: Option<String>| Worker {
+            handle: me.to_string(),
+            address: addr,
+            ops_address: addr,
+            identity,
+            pid: Some(me),
+        };
         // This test process is alive, but it is not the recorded worker.
         assert!(
-            s.reclaim(me, Some("another-boot:1"), "w-1-v1", addr, addr)
+            s.adopt_now(&recorded(Some("another-boot:1".into())), "w-1-v1")
                 .is_none()
         );
-        assert!(s.reclaim(me, None, "w-1-v1", addr, addr).is_none());
-        let mine = process_identity(me);
-        assert!(
-            s.reclaim(me, mine.as_deref(), "w-1-v1", addr, addr)
-                .is_some()
-        );
+        assert!(s.adopt_now(&recorded(None), "w-1-v1").is_none());
+        let mine = recorded(process_identity(me));
+        assert_eq!(s.adopt_now(&mine, "w-1-v1"), Some(mine.clone()));
+        // A handle that names no process is nobody.
+        let nobody = Worker {
+            handle: "not-a-pid".into(),
+            ..mine
+        };
+        assert!(s.adopt_now(&nobody, "w-1-v1").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_started_worker_is_alive_until_stopped_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        // `sleep serve worker` stays up: a worker that never exits by itself.
+        let s = LocalScheduler::new(PathBuf::from("/bin/sleep"), vec!["a".into()], dir.path());
+        let spec = WorkerSpec {
+            app: "shop".into(),
+            app_id: "shop--abc".into(),
+            tenant: "acme".into(),
+            version: 1,
+            index: 1,
+            az: "a".into(),
+            manifest: "".into(),
+            size: 0.1,
+            env: Vec::new(),
+        };
+        let w = s.start(&spec).await.unwrap();
+        assert_eq!(w.handle, w.pid.unwrap().to_string());
+        // `sleep` refuses its arguments and exits: noticed, and reaped.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while s.alive(&w).await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("an exited worker is noticed");
+        assert!(s.children().is_empty(), "an exited child is reaped");
+        // A process that does not end on SIGTERM is killed after the grace.
+        let child = tokio::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; exec sleep 30"])
+            .spawn()
+            .unwrap();
+        let stubborn = child.id().unwrap();
+        s.children().insert(stubborn, child);
+        let w = Worker {
+            handle: stubborn.to_string(),
+            pid: Some(stubborn),
+            ..w
+        };
+        assert!(s.alive(&w).await);
+        s.stop(&w, Duration::from_millis(100)).await;
+        assert!(!s.alive(&w).await);
+        assert!(s.children().is_empty());
     }
 }

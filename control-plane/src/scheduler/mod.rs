@@ -1,14 +1,18 @@
 //! Where workers run: a `Scheduler` starts, watches and stops them.
 //!
 //! `local` runs each worker as a child process on this machine, each AZ a
-//! label with its own loopback address range. A Kubernetes scheduler (one
-//! Deployment per app version, zone topology spread) fits the same trait.
+//! label with its own loopback address range. The trait speaks of workers'
+//! handles and addresses, never of processes, so a scheduler whose workers
+//! are a cluster's Pods fits it as well.
 
+pub mod kubernetes;
 pub mod local;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 /// What a scheduler needs to start one worker.
 #[derive(Debug, Clone)]
@@ -17,6 +21,8 @@ pub struct WorkerSpec {
     pub app: String,
     /// The app instance's id at the services (see `common::app::app_id`).
     pub app_id: String,
+    /// The tenant that owns the app.
+    pub tenant: String,
     /// The app version.
     pub version: u64,
     /// The worker's index n within the app.
@@ -32,21 +38,33 @@ pub struct WorkerSpec {
     pub env: Vec<(String, String)>,
 }
 
-/// A worker the scheduler started (or adopted after a restart).
-#[derive(Debug)]
-pub struct Running {
+impl WorkerSpec {
+    /// The name the worker is started as, `{app}-{n}-v{version}`: one
+    /// version's worker n, never another's.
+    pub fn name(&self) -> String {
+        format!("{}-{}-v{}", self.app, self.index, self.version)
+    }
+}
+
+/// A worker as its scheduler knows it: plain data the supervisor keeps and
+/// the registry records, so that a restarted control plane can adopt it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    /// The scheduler's own name for it, unique among the workers it runs
+    /// (a process id on this machine; a Pod's name on a cluster).
+    pub handle: String,
     /// Where it serves the app (the address the load balancer routes to).
     pub address: SocketAddr,
     /// Where it serves `/healthz`, `/readyz` and `/metrics`: never routed.
     pub ops_address: SocketAddr,
-    /// Its process id.
-    pub pid: u32,
-    /// Who the process is beyond its pid (on this machine: the boot and the
-    /// process's start time), so that a restarted control plane never takes
-    /// another process that reused the pid for its worker.
+    /// Who it is beyond its handle (on this machine: the boot and the
+    /// process's start time; on a cluster: the Pod's uid), so that a
+    /// restarted control plane never takes something that reused the handle
+    /// for its worker.
     pub identity: Option<String>,
-    /// The child handle, when this process started it.
-    pub child: Option<tokio::process::Child>,
+    /// Its process id, when it is a process on this machine (`fabric
+    /// workers` shows it).
+    pub pid: Option<u32>,
 }
 
 /// Why a worker could not be started.
@@ -55,7 +73,15 @@ pub enum SchedulerError {
     /// The AZ is unknown to this scheduler.
     #[error("unknown availability zone {0:?}")]
     UnknownAz(String),
-    /// The process could not be started.
+    /// The cluster refused or failed a call a start needed.
+    #[error("cannot start worker {id}: {reason}")]
+    Cluster {
+        /// `{app}-{n}`.
+        id: String,
+        /// What was asked, and the answer.
+        reason: String,
+    },
+    /// The worker could not be started.
     #[error("cannot start worker {id}: {source}")]
     Spawn {
         /// `{app}-{n}`.
@@ -65,27 +91,22 @@ pub enum SchedulerError {
     },
 }
 
-/// Starts, watches and stops workers.
+/// Starts, watches and stops workers. Every call may wait (on a cluster's
+/// API), so the supervisor makes none while it holds its state.
 pub trait Scheduler: Send + Sync {
-    /// Starts a worker.
-    fn start(&self, spec: &WorkerSpec) -> Result<Running, SchedulerError>;
-    /// Whether the worker is still running.
-    fn alive(&self, worker: &mut Running) -> bool;
-    /// Takes back a worker a previous control plane started, recorded as
-    /// `pid` with `identity` and named `worker_id`: `None` when that
-    /// process is gone, or the pid now belongs to another process.
-    fn reclaim(
-        &self,
-        pid: u32,
-        identity: Option<&str>,
-        worker_id: &str,
-        address: SocketAddr,
-        ops_address: SocketAddr,
-    ) -> Option<Running>;
+    /// Starts a worker; it answers at the returned addresses once ready.
+    fn start<'a>(&'a self, spec: &'a WorkerSpec) -> BoxFuture<'a, Result<Worker, SchedulerError>>;
+    /// Whether the worker still runs.
+    fn alive<'a>(&'a self, worker: &'a Worker) -> BoxFuture<'a, bool>;
+    /// Takes back a worker a previous control plane started and recorded
+    /// as `recorded`, started as `name` (`{app}-{n}-v{version}`): `None`
+    /// when it is gone, or its handle now names something else.
+    fn adopt<'a>(&'a self, recorded: &'a Worker, name: &'a str) -> BoxFuture<'a, Option<Worker>>;
     /// Kills the worker at once (a crash, or its AZ failing).
-    fn kill(&self, worker: &mut Running);
+    fn kill<'a>(&'a self, worker: &'a Worker) -> BoxFuture<'a, ()>;
     /// Asks the worker to drain and stop; kills it after `grace`.
-    fn stop(&self, worker: Running, grace: Duration) -> tokio::task::JoinHandle<()>;
-    /// The worker's log, when the scheduler keeps one (its last lines help explain a failure).
-    fn log_tail(&self, spec: &WorkerSpec, lines: usize) -> Option<String>;
+    fn stop<'a>(&'a self, worker: &'a Worker, grace: Duration) -> BoxFuture<'a, ()>;
+    /// The last `lines` of the worker's log, when the scheduler keeps one
+    /// (they help explain a failure).
+    fn logs<'a>(&'a self, spec: &'a WorkerSpec, lines: usize) -> BoxFuture<'a, Option<String>>;
 }

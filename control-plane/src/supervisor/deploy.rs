@@ -26,7 +26,7 @@ impl Supervisor {
                 record.workers, record.size
             ),
         );
-        {
+        let launches = {
             let mut guard = lock(&self.inner.state);
             let st = &mut *guard;
             let now = Instant::now();
@@ -38,13 +38,17 @@ impl Supervisor {
             });
             run.pending = Some(record.clone());
             let mut taken = Vec::new();
+            let mut launches = Vec::new();
             for index in 1..=record.workers {
                 let az = place(&azs, &taken, index);
                 taken.push(az.clone());
-                let slot = self.start_slot(&record, version, index, az, now);
+                let (slot, launch) = self.start_slot(&record, version, index, az, now);
                 run.slots.push(slot);
+                launches.push(launch);
             }
-        }
+            launches
+        };
+        self.start(launches);
         match self.wait_ready(&name, version).await {
             Ok(()) => {
                 self.inner.registry.put_app(&record).await?;
@@ -58,7 +62,12 @@ impl Supervisor {
             }
             Err(reason) => {
                 let spec = self.spec(&record, version, 1, "");
-                let tail = self.inner.scheduler.log_tail(&spec, 5).unwrap_or_default();
+                let tail = self
+                    .inner
+                    .scheduler
+                    .logs(&spec, 5)
+                    .await
+                    .unwrap_or_default();
                 self.remove_version(&name, version).await;
                 let message = format!("{name} v{version} was rolled back: {reason}");
                 self.inner
@@ -159,33 +168,19 @@ impl Supervisor {
         if slots.iter().any(|s| s.running.is_some()) {
             self.routes_settled().await;
         }
-        let grace = self.inner.settings.drain_grace;
-        let mut stopping = Vec::new();
-        for mut slot in slots {
-            let placement = Placement {
-                app: name.to_string(),
-                version: slot.version,
-                index: slot.index,
-                az: slot.az.clone(),
-                address: String::new(),
-                ops_address: None,
-                pid: None,
-                identity: None,
-                restarts: 0,
-            };
-            self.inner.registry.remove_placement(&placement);
-            if let Some(r) = slot.running.take() {
-                stopping.push(self.inner.scheduler.stop(r, grace));
-            }
+        let mut workers = Vec::new();
+        for slot in slots {
+            self.inner
+                .registry
+                .remove_placement(name, slot.version, slot.index);
+            workers.extend(slot.running);
         }
-        for s in stopping {
-            let _ = s.await;
-        }
+        self.stop(workers).await;
     }
 
     /// Changes the worker count (same version): new workers start, extra ones drain.
     pub async fn scale(&self, name: &str, workers: u32) -> Result<AppRecord, DeployError> {
-        let (record, extra) = {
+        let (record, extra, launches) = {
             let mut guard = lock(&self.inner.state);
             let st = &mut *guard;
             let now = Instant::now();
@@ -195,6 +190,7 @@ impl Supervisor {
             };
             run.record.workers = workers;
             let version = run.record.version;
+            let mut launches = Vec::new();
             let mut taken: Vec<String> = run
                 .slots
                 .iter()
@@ -211,8 +207,9 @@ impl Supervisor {
                 }
                 let az = place(&azs, &taken, index);
                 taken.push(az.clone());
-                let slot = self.start_slot(&run.record, version, index, az, now);
+                let (slot, launch) = self.start_slot(&run.record, version, index, az, now);
                 run.slots.push(slot);
+                launches.push(launch);
             }
             for s in run.slots.iter_mut().filter(|s| s.index > workers) {
                 s.state = WorkerState::Draining;
@@ -221,8 +218,9 @@ impl Supervisor {
                 .into_iter()
                 .partition(|s| s.index > workers);
             run.slots = keep;
-            (run.record.clone(), extra)
+            (run.record.clone(), extra, launches)
         };
+        self.start(launches);
         self.inner.registry.put_app(&record).await?;
         self.publish_routes();
         self.stop_slots(name, extra).await;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::events::Events;
 use crate::model::{AppRecord, AzStatus, PurgeRecord, WorkerInfo, WorkerState};
 use crate::registry::{Placement, Registry, RegistryError};
-use crate::scheduler::{Running, Scheduler, WorkerSpec};
+use crate::scheduler::{Scheduler, Worker, WorkerSpec};
 
 mod deploy;
 mod health;
@@ -24,6 +24,7 @@ mod routes;
 mod zones;
 
 use zones::place;
+pub use zones::placements;
 
 /// How often workers are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -83,13 +84,18 @@ struct Slot {
     index: u32,
     version: u64,
     az: String,
-    running: Option<Running>,
+    /// The worker serving the slot; `None` while down, or while its start
+    /// is under way.
+    running: Option<Worker>,
     state: WorkerState,
     restarts: u32,
     probe_failures: u32,
     started: Instant,
     next_restart: Instant,
     backoff: Backoff,
+    /// Counts the slot's starts: a start that lands after the slot moved on
+    /// is not taken.
+    attempt: u64,
 }
 
 struct AppRun {
@@ -116,6 +122,8 @@ struct Inner {
     /// The route table version each load balancer pushed to has applied.
     landed: watch::Sender<Vec<u64>>,
     worker_env: WorkerEnv,
+    /// Worker starts and stops under way: a shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The longest a stop waits for the load balancers to apply the table that
@@ -167,6 +175,7 @@ impl Supervisor {
                 routes: watch::channel(RouteTable::default()).0,
                 landed: watch::channel(Vec::new()).0,
                 worker_env,
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         }
     }
@@ -186,6 +195,7 @@ impl Supervisor {
         WorkerSpec {
             app: record.name.clone(),
             app_id: record.app_id(),
+            tenant: record.tenant.clone(),
             version,
             index,
             az: az.to_string(),
@@ -223,6 +233,9 @@ impl Supervisor {
         for (name, slots) in all {
             self.stop_slots(&name, slots).await;
         }
+        // Starts that land now find no slot and stop their worker.
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// The zones and whether each is up.
@@ -262,7 +275,7 @@ impl Supervisor {
                             .as_ref()
                             .map(|r| r.address.to_string())
                             .unwrap_or_default(),
-                        pid: slot.running.as_ref().map(|r| r.pid),
+                        pid: slot.running.as_ref().and_then(|r| r.pid),
                         restarts: slot.restarts,
                         url: format!("http://{name}-{}.{}:{}", slot.index, s.domain, s.proxy_port),
                     })

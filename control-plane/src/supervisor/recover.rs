@@ -36,19 +36,15 @@ impl Supervisor {
         for p in placements {
             let current = records.iter().find(|r| r.name == p.app).map(|r| r.version);
             let worker_id = format!("{}-{}-v{}", p.app, p.index, p.version);
-            let reclaimed = match (p.pid, p.address.parse()) {
-                (Some(pid), Ok(address)) => self.inner.scheduler.reclaim(
-                    pid,
-                    p.identity.as_deref(),
-                    &worker_id,
-                    address,
-                    p.ops_address(),
-                ),
-                _ => None,
+            let adopted_worker = match p.worker() {
+                Some(recorded) => self.inner.scheduler.adopt(&recorded, &worker_id).await,
+                None => None,
             };
-            // A pid that is gone, or now another process's, is forgotten, never killed.
-            let Some(mut running) = reclaimed else {
-                self.inner.registry.remove_placement(&p);
+            // A worker that is gone, or whose handle now names another, is forgotten, never killed.
+            let Some(running) = adopted_worker else {
+                self.inner
+                    .registry
+                    .remove_placement(&p.app, p.version, p.index);
                 continue;
             };
             if current == Some(p.version) && self.probe(&running.ops_address.to_string()).await {
@@ -57,8 +53,10 @@ impl Supervisor {
                 }
                 adopted.push((p, running));
             } else {
-                self.inner.scheduler.kill(&mut running);
-                self.inner.registry.remove_placement(&p);
+                self.inner.scheduler.kill(&running).await;
+                self.inner
+                    .registry
+                    .remove_placement(&p.app, p.version, p.index);
             }
         }
         let now = Instant::now();
@@ -87,6 +85,7 @@ impl Supervisor {
                         started: now,
                         next_restart: now,
                         backoff: restart_backoff(),
+                        attempt: 0,
                     });
                 }
                 let adopted_n = slots.iter().filter(|s| s.running.is_some()).count();

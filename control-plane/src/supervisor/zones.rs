@@ -5,27 +5,28 @@ use super::*;
 
 impl Supervisor {
     /// Kills every worker in `az` and moves them to the others.
-    pub fn fail_az(&self, az: &str) -> bool {
-        let mut st = lock(&self.inner.state);
-        let Some(zone) = st.azs.iter_mut().find(|a| a.name == az) else {
-            return false;
-        };
-        zone.up = false;
-        self.inner
-            .events
-            .emit(None, "az.down", format!("AZ {az} is down"));
-        let now = Instant::now();
-        for run in st.apps.values_mut() {
-            let name = run.record.name.clone();
-            for slot in run.slots.iter_mut().filter(|s| s.az == az) {
-                if let Some(r) = &mut slot.running {
-                    self.inner.scheduler.kill(r);
+    pub async fn fail_az(&self, az: &str) -> bool {
+        let lost = {
+            let mut st = lock(&self.inner.state);
+            let Some(zone) = st.azs.iter_mut().find(|a| a.name == az) else {
+                return false;
+            };
+            zone.up = false;
+            self.inner
+                .events
+                .emit(None, "az.down", format!("AZ {az} is down"));
+            let now = Instant::now();
+            let mut lost = Vec::new();
+            for run in st.apps.values_mut() {
+                let name = run.record.name.clone();
+                for slot in run.slots.iter_mut().filter(|s| s.az == az) {
+                    lost.extend(self.down_then(&name, slot, now, "lost with its AZ", Restart::Now));
                 }
-                self.down_then(&name, slot, now, "lost with its AZ", Restart::Now);
             }
-        }
-        drop(st);
+            lost
+        };
         self.publish_routes();
+        self.kill(lost).await;
         true
     }
 
@@ -103,13 +104,9 @@ impl Supervisor {
             running
         };
         self.publish_routes();
-        if let Some(r) = old {
+        if let Some(worker) = old {
             self.routes_settled().await;
-            let _ = self
-                .inner
-                .scheduler
-                .stop(r, self.inner.settings.drain_grace)
-                .await;
+            self.stop(vec![worker]).await;
         }
         let mut st = lock(&self.inner.state);
         if let Some(run) = st.apps.get_mut(app) {
@@ -124,6 +121,22 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Where a new app's `workers` go over `azs`, all up: worker n in the n-th.
+pub fn placements(azs: &[String], workers: u32) -> Vec<String> {
+    let up: Vec<AzStatus> = azs
+        .iter()
+        .map(|a| AzStatus {
+            name: a.clone(),
+            up: true,
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for index in 1..=workers {
+        taken.push(place(&up, &taken, index));
+    }
+    taken
 }
 
 /// The AZ for a new worker: the up AZ holding the fewest of `taken`, ties to
