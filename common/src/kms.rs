@@ -71,7 +71,17 @@ pub enum KmsError {
         /// The file.
         path: String,
     },
-    /// KMS refused or failed a call.
+    /// KMS refused or failed a call about the key itself (finding or making it).
+    #[error("KMS {op} of key {key}: {message}")]
+    Key {
+        /// The operation.
+        op: &'static str,
+        /// The KMS key.
+        key: String,
+        /// The SDK's account of the failure.
+        message: String,
+    },
+    /// KMS refused or failed a call about a master key version.
     #[error("KMS {op} of master key version {version} under key {key}: {message}")]
     Kms {
         /// The operation.
@@ -241,7 +251,11 @@ impl Kms {
     /// `fabric up --backend aws`, which creates what it needs): a symmetric
     /// key with yearly rotation, and the alias. Returns the key's ARN.
     pub async fn ensure_key(&self) -> Result<String, KmsError> {
-        let fail = |op, e: String| self.kms_error(op, 0, e);
+        let fail = |op, message: String| KmsError::Key {
+            op,
+            key: self.key.clone(),
+            message,
+        };
         match self.client.describe_key().key_id(&self.key).send().await {
             Ok(out) => {
                 return out

@@ -76,9 +76,9 @@ impl KeyringError {
         eprintln!("{self}");
         match self {
             #[cfg(feature = "kms")]
-            KeyringError::Kms(crate::kms::KmsError::Kms { .. }) => {
-                std::process::exit(EXIT_KEYS_UNAVAILABLE)
-            }
+            KeyringError::Kms(
+                crate::kms::KmsError::Kms { .. } | crate::kms::KmsError::Key { .. },
+            ) => std::process::exit(EXIT_KEYS_UNAVAILABLE),
             _ => std::process::exit(crate::config::EXIT_INVALID_CONFIG),
         }
     }

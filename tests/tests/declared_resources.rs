@@ -1,21 +1,26 @@
 //! A component started alone runs on resources it did not create: a missing table stops it at once, named, and is not made.
 
+use std::time::Duration;
+
+use fabric_tests::process::{Proc, Stream};
 use fabric_tests::{Emulators, fabric_command, unique_name};
 
-/// Runs `fabric serve component` with `env` until it exits; its exit code and last stderr line.
+/// Runs `fabric serve component` with `env` until it exits (a minute at
+/// most: one that keeps serving fails the test); its exit code and last
+/// stderr line.
 fn serve_alone(component: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
-    let out = fabric_command()
-        .args(["serve", component])
+    let mut cmd = fabric_command();
+    cmd.args(["serve", component])
         .env("FABRIC_DATA_DIR", dir.path())
         .env("FABRIC_LISTEN", "127.0.0.1:0")
-        .envs(env.iter().copied())
-        .output()
-        .expect("fabric runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let last = stderr.trim().lines().last().unwrap_or_default().to_string();
-    (out.status.code(), last)
+        .envs(env.iter().copied());
+    let mut proc = Proc::spawn(cmd);
+    let status = proc.wait_exit(Duration::from_secs(60));
+    let stderr = proc.lines_of(Stream::Stderr);
+    assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
+    let last = stderr.last().copied().unwrap_or_default().to_string();
+    (status.code(), last)
 }
 
 async fn table_exists(table: &str) -> bool {

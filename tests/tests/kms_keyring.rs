@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use common::envelope::{Aad, Keyring, OpenError, ResourceKind};
 use common::kms::{Kms, KmsError, WRAPPED_FILE, Wrapped};
+use fabric_tests::process::{Proc, Stream};
 use fabric_tests::{Emulators, fabric_command, unique_name};
 
 fn aad(key: &str) -> Aad<'_> {
@@ -163,19 +164,20 @@ fn a_component_without_its_keyring_or_kms_exits_with_one_line_naming_it() {
     Emulators::from_env();
     let dir = tempfile::tempdir().unwrap();
     let run = |key: &str| {
-        let out = fabric_command()
-            .args(["serve", "queue-svc"])
+        let mut cmd = fabric_command();
+        cmd.args(["serve", "queue-svc"])
             .env("FABRIC_DATA_DIR", dir.path())
             .env("FABRIC_LISTEN", "127.0.0.1:0")
             .env("FABRIC_KMS_KEY_ID", key)
-            .env("FABRIC_FABRIC_NAME", "exits-")
-            .output()
-            .expect("fabric runs");
+            .env("FABRIC_FABRIC_NAME", "exits-");
+        // A component that keeps serving fails the test rather than hangs it.
+        let mut proc = Proc::spawn(cmd);
+        let status = proc.wait_exit(Duration::from_secs(60));
         // The reason is the last line (logs may come before it).
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.trim().lines().last().unwrap_or_default().to_string();
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        (out.status.code(), last)
+        let stderr = proc.lines_of(Stream::Stderr);
+        assert!(!stderr.iter().any(|l| l.contains("panicked")), "{stderr:?}");
+        let last = stderr.last().copied().unwrap_or_default().to_string();
+        (status.code(), last)
     };
     // No wrapped keyring, and a component alone creates nothing.
     let (code, stderr) = run("alias/none");
