@@ -25,15 +25,18 @@ pub struct TableError {
 }
 
 /// Makes sure `table` exists, with the string partition key `partition` and
-/// sort key `sort` (on-demand billing): creates it when it is missing, then
-/// waits until it is active (one created a moment ago, here or by another
-/// instance, may still be `CREATING`). Returns whether this call created it.
+/// sort key `sort`: when it is missing, creates it (on-demand billing) if
+/// `create`, else fails naming it (a component on a stack it did not
+/// create, `infra/aws`); then checks its key schema and waits until it is
+/// active (one created a moment ago, here or by another instance, may still
+/// be `CREATING`). Returns whether this call created it.
 #[cfg(feature = "dynamodb")]
 pub async fn ensure_table(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     partition: &str,
     sort: &str,
+    create: bool,
 ) -> Result<bool, TableError> {
     use aws_sdk_dynamodb::error::DisplayErrorContext;
     use aws_sdk_dynamodb::types::TableStatus;
@@ -45,11 +48,45 @@ pub async fn ensure_table(
     };
     let described = client.describe_table().table_name(table).send().await;
     let created = match described {
-        Ok(_) => false,
+        Ok(out) => {
+            let keys: Vec<(String, String)> = out
+                .table()
+                .map(|t| t.key_schema())
+                .unwrap_or_default()
+                .iter()
+                .map(|k| {
+                    (
+                        k.key_type().as_str().to_string(),
+                        k.attribute_name().to_string(),
+                    )
+                })
+                .collect();
+            let expected = [
+                ("HASH".to_string(), partition.to_string()),
+                ("RANGE".to_string(), sort.to_string()),
+            ];
+            if keys != expected {
+                return Err(fail(
+                    "check key schema",
+                    format!(
+                        "keys {keys:?}, expected partition key {partition:?} and sort key {sort:?}"
+                    ),
+                ));
+            }
+            false
+        }
         Err(e)
             if e.as_service_error()
                 .is_some_and(|e| e.is_resource_not_found_exception()) =>
         {
+            if !create {
+                return Err(fail(
+                    "find table",
+                    "it does not exist, and this component does not create resources \
+                     (create_resources is off): deploy the stack (infra/aws) or name the table it made"
+                        .into(),
+                ));
+            }
             create_table(client, table, partition, sort)
                 .await
                 .map_err(|m| fail("create table", m))?

@@ -174,6 +174,20 @@ pub struct ServiceConfig<S = NoSettings> {
     pub master_key_file: Option<PathBuf>,
     /// The fabric secret file for app tokens; when unset, `FABRIC_SECRET` or `<data_dir>/fabric.secret`.
     pub secret_file: Option<PathBuf>,
+    /// The KMS key (id, ARN or alias) that wraps the master key versions
+    /// (`FABRIC_KMS_KEY_ID`; the stack's `KeyArn` output). Set, the keyring
+    /// is `master_key_file` or `<data_dir>/master.key.kms` in wrapped form,
+    /// unwrapped through KMS at start; unset, it is a plain key file.
+    pub kms_key_id: Option<String>,
+    /// This fabric's name in the KMS encryption context of its master key
+    /// versions (`FABRIC_FABRIC_NAME`; the stack's `Prefix`), so a version
+    /// wrapped for another fabric does not unwrap here.
+    pub fabric_name: String,
+    /// Whether the component creates what it needs and is missing (tables,
+    /// the first wrapped master key version) or fails naming it
+    /// (`FABRIC_CREATE_RESOURCES`). Off for a component started alone, which
+    /// runs on a stack it did not create (`infra/aws`); `fabric up` turns it on.
+    pub create_resources: bool,
     /// The component's own settings.
     #[serde(flatten)]
     pub settings: S,
@@ -187,6 +201,9 @@ impl<S: Default> Default for ServiceConfig<S> {
             shutdown_grace: Duration::from_secs(10),
             master_key_file: None,
             secret_file: None,
+            kms_key_id: None,
+            fabric_name: "fabric-".to_string(),
+            create_resources: false,
             settings: S::default(),
         }
     }
@@ -202,6 +219,9 @@ impl<S> ServiceConfig<S> {
             shutdown_grace: self.shutdown_grace,
             master_key_file: self.master_key_file.clone(),
             secret_file: self.secret_file.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+            fabric_name: self.fabric_name.clone(),
+            create_resources: self.create_resources,
             settings,
         }
     }

@@ -12,6 +12,8 @@ pub mod envelope;
 #[cfg(feature = "embedded")]
 pub mod group_commit;
 pub mod http;
+#[cfg(feature = "kms")]
+pub mod kms;
 pub mod memory;
 mod random;
 pub mod routes;

@@ -53,6 +53,64 @@ pub fn keyring<S>(config: &ServiceConfig<S>) -> Result<Keyring, ConfigError> {
     Keyring::load_or_generate(&config.data_dir.join(MASTER_KEY_FILE)).map_err(field)
 }
 
+/// The exit code for a key service that cannot be reached or refuses (sysexits' `EX_UNAVAILABLE`).
+pub const EXIT_KEYS_UNAVAILABLE: i32 = 69;
+
+/// Why the master keyring could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    /// The settings or the key file are wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// KMS, or the wrapped keyring it unwraps, failed.
+    #[cfg(feature = "kms")]
+    #[error("master key: {0}")]
+    Kms(#[from] crate::kms::KmsError),
+}
+
+impl KeyringError {
+    /// Prints the error on one line to stderr and exits: 69 when KMS
+    /// refused or could not be reached, 64 for anything else (a setting, a
+    /// missing or malformed key file).
+    pub fn exit(&self) -> ! {
+        eprintln!("{self}");
+        match self {
+            #[cfg(feature = "kms")]
+            KeyringError::Kms(
+                crate::kms::KmsError::Kms { .. } | crate::kms::KmsError::Key { .. },
+            ) => std::process::exit(EXIT_KEYS_UNAVAILABLE),
+            _ => std::process::exit(crate::config::EXIT_INVALID_CONFIG),
+        }
+    }
+}
+
+/// Loads the master keyring: through KMS when `kms_key_id` is set (see
+/// [`crate::kms`]; the wrapped keyring is `master_key_file` or
+/// `<data_dir>/master.key.kms`, created only when `create_resources` is on),
+/// else as [`keyring`] does.
+pub async fn load_keyring<S>(config: &ServiceConfig<S>) -> Result<Keyring, KeyringError> {
+    let Some(key) = &config.kms_key_id else {
+        return Ok(keyring(config)?);
+    };
+    #[cfg(feature = "kms")]
+    {
+        let path = config
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join(crate::kms::WRAPPED_FILE));
+        let kms = crate::kms::Kms::new(key, &config.fabric_name).await;
+        Ok(kms.load(&path, config.create_resources).await?)
+    }
+    #[cfg(not(feature = "kms"))]
+    {
+        Err(ConfigError::field(
+            "kms_key_id",
+            format!("{key}: this component is built without KMS support"),
+        )
+        .into())
+    }
+}
+
 /// Loads (or, in the data directory, creates) the fabric secret for app tokens.
 pub fn token_key<S>(config: &ServiceConfig<S>) -> Result<TokenKey, ConfigError> {
     let field = |e: crate::envelope::KeyError| ConfigError(e.to_string());

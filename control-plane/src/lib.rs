@@ -82,7 +82,8 @@ pub struct Settings {
     /// How long a worker's app token is valid; a worker started later gets a fresh one.
     #[serde(with = "humantime_serde")]
     pub worker_token_ttl: Duration,
-    /// The DynamoDB table the registry is kept in (created when missing);
+    /// The DynamoDB table the registry is kept in (the stack's
+    /// `RegistryTable`; created when missing if `create_resources` is on);
     /// unset, it is the file `registry.redb` in the data directory.
     pub registry_table: Option<String>,
     /// What flows' `http-request`s may reach beyond the public internet:
@@ -150,6 +151,9 @@ pub enum StartError {
     /// A setting is invalid.
     #[error("{0}")]
     Setting(String),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] common::secrets::KeyringError),
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] registry::RegistryError),
@@ -204,8 +208,7 @@ pub async fn run(
     let token_key =
         common::secrets::token_key(&config).map_err(|e| StartError::Setting(e.to_string()))?;
     // The master keyring: the registry's records are sealed with it.
-    let keyring =
-        common::secrets::keyring(&config).map_err(|e| StartError::Setting(e.to_string()))?;
+    let keyring = common::secrets::load_keyring(&config).await?;
     let registry = open_registry(&config, keyring).await?;
     forget_plaintext_manifests(&config.data_dir);
     registry
@@ -359,7 +362,11 @@ async fn open_registry(
     let Some(table) = &config.settings.registry_table else {
         return Ok(Registry::open(&Location::Embedded(file), keyring).await?);
     };
-    let registry = Registry::open(&Location::DynamoDb(table.clone()), keyring.clone()).await?;
+    let location = Location::DynamoDb {
+        table: table.clone(),
+        create: config.create_resources,
+    };
+    let registry = Registry::open(&location, keyring.clone()).await?;
     if file.exists() {
         let older = Registry::open(&Location::Embedded(file.clone()), keyring).await?;
         let imported = registry.import(&older).await;

@@ -45,9 +45,14 @@ pub use keys::{KeyRecord, PREFIX_LEN, Revoked, key_id};
 pub enum Location {
     /// A redb file (a local control plane: `<data_dir>/registry.redb`).
     Embedded(PathBuf),
-    /// A DynamoDB table, created when missing, reached through aws-config's
-    /// default chain (`AWS_ENDPOINT_URL_DYNAMODB` points it at an emulator).
-    DynamoDb(String),
+    /// A DynamoDB table, reached through aws-config's default chain
+    /// (`AWS_ENDPOINT_URL_DYNAMODB` points it at an emulator).
+    DynamoDb {
+        /// The table.
+        table: String,
+        /// Whether a missing table is created (else it is an error naming it).
+        create: bool,
+    },
 }
 
 /// The kinds of record the registry keeps.
@@ -310,10 +315,10 @@ impl Registry {
                         source,
                     })?,
             ),
-            Location::DynamoDb(table) => {
+            Location::DynamoDb { table, create } => {
                 let sdk = common::aws::sdk_config().await;
                 Arc::new(
-                    dynamodb::DynamoDb::open(&sdk, table)
+                    dynamodb::DynamoDb::open(&sdk, table, *create)
                         .await
                         .map_err(|source| RegistryError::Store {
                             store: format!("dynamodb table {table}"),

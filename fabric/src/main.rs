@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod master_key;
 mod properties;
 mod serve;
 mod up;
@@ -61,6 +62,9 @@ enum Command {
     /// Your tenant's API keys: create, list, revoke (to rotate them).
     #[command(subcommand)]
     Keys(cli::KeysCommand),
+    /// The fabric's master keyring: add a KMS-wrapped version (rotation).
+    #[command(subcommand, name = "master-key")]
+    MasterKey(master_key::MasterKeyCommand),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             Command::Az(c) => Ok(Err(cli::az(target, c).await)),
             Command::Tenants(c) => Ok(Err(cli::tenants(target, c).await)),
             Command::Keys(c) => Ok(Err(cli::keys(target, c).await)),
+            Command::MasterKey(c) => master_key::run(c, target.data_dir()).await.map(Ok),
         }
     });
     match result {

@@ -42,7 +42,7 @@ pub async fn run(component: Component, file: Option<PathBuf>) -> anyhow::Result<
         Component::ControlPlane => {
             serve(control_plane::NAME, file, Keys::Needed, control_plane::run).await
         }
-        Component::LbProxy => serve(lb_proxy::NAME, file, Keys::Needed, lb_proxy::run).await,
+        Component::LbProxy => serve(lb_proxy::NAME, file, Keys::Secret, lb_proxy::run).await,
         // A worker runs a tenant's code: it holds its app token and no key.
         Component::Worker => serve(workers::NAME, file, Keys::None, workers::run).await,
     }
@@ -72,6 +72,10 @@ pub fn runtime_threads(component: Component, file: Option<&Path>) -> Option<usiz
 enum Keys {
     /// It seals, opens or verifies: its keys are checked at start.
     Needed,
+    /// It only verifies tokens (the load balancer): the fabric secret is
+    /// checked at start; it has no use for the master key, so it neither
+    /// reads one (from KMS) nor makes one.
+    Secret,
     /// It must not read them (a worker).
     None,
 }
@@ -91,11 +95,15 @@ where
 {
     let config: ServiceConfig<S> = config::load(file).unwrap_or_else(|e| e.exit());
     // Keys are checked at start, so a bad key is a config error, not a later failure.
-    if keys == Keys::Needed {
+    if keys != Keys::None {
         if let Err(e) = common::secret_file::make_private(&config.data_dir) {
             config::ConfigError(format!("data_dir {}: {e}", config.data_dir.display())).exit();
         }
-        common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
+        if keys == Keys::Needed {
+            common::secrets::load_keyring(&config)
+                .await
+                .unwrap_or_else(|e| e.exit());
+        }
         common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
     }
     let listener = TcpListener::bind(config.listen)

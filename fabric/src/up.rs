@@ -35,6 +35,12 @@ pub struct Args {
     /// fabrics sharing an account stay apart (at most 16 letters, digits or `-`).
     #[arg(long, env = "FABRIC_AWS_PREFIX", default_value = "fabric-")]
     aws_prefix: String,
+    /// With `--backend aws`: the KMS key that wraps the master key versions
+    /// and encrypts the queues (id, ARN or alias); by default the stack's
+    /// alias `alias/{prefix}master`, created with its key when missing. A
+    /// data directory that already holds a plain master key file keeps it.
+    #[arg(long, env = "FABRIC_KMS_KEY_ID")]
+    kms_key_id: Option<String>,
     /// Availability zones (labels; each gets its own loopback range).
     #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
     azs: Vec<String>,
@@ -101,13 +107,35 @@ async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<
 /// Starts every component, prints where each answers, and runs until a signal;
 /// then drains and stops everything it started, workers included.
 pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
-    let config: ServiceConfig = ServiceConfig {
+    let aws = args.backend == Backend::Aws;
+    let mut config: ServiceConfig = ServiceConfig {
         data_dir: data_dir.clone(),
+        fabric_name: args.aws_prefix.clone(),
+        // The quick path: whatever is missing is created.
+        create_resources: true,
         ..ServiceConfig::default()
     };
     common::secret_file::make_private(&data_dir)
         .map_err(|e| anyhow::anyhow!("data directory {}: {e}", data_dir.display()))?;
-    let keyring = common::secrets::keyring(&config).unwrap_or_else(|e| e.exit());
+    // With AWS, the fabric's KMS key encrypts the queues (SSE-KMS) and
+    // wraps the master key versions.
+    let mut kms_key = None;
+    if aws {
+        let alias = format!("alias/{}master", args.aws_prefix);
+        let key = args.kms_key_id.clone().unwrap_or(alias);
+        let kms = common::kms::Kms::new(&key, &args.aws_prefix).await;
+        let arn = kms
+            .ensure_key()
+            .await
+            .unwrap_or_else(|e| common::secrets::KeyringError::from(e).exit());
+        if !plain_master_key(&data_dir) {
+            config.kms_key_id = Some(arn.clone());
+        }
+        kms_key = Some(arn);
+    }
+    let keyring = common::secrets::load_keyring(&config)
+        .await
+        .unwrap_or_else(|e| e.exit());
     common::secrets::token_key(&config).unwrap_or_else(|e| e.exit());
 
     let shutdown = Shutdown::new(Duration::from_secs(10));
@@ -119,7 +147,6 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     let proxy_addr = proxy_http.local_addr()?;
     let mut lines = Vec::new();
     let mut urls = Vec::new();
-    let aws = args.backend == Backend::Aws;
     {
         let listener = TcpListener::bind(config.listen).await?;
         lines.push(ops_line(queue_svc::NAME, listener.local_addr()?));
@@ -131,6 +158,7 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
                 queue_svc::settings::BackendKind::Embedded
             },
             sqs_prefix: args.aws_prefix.clone(),
+            sqs_kms_key: kms_key.clone(),
             ..Default::default()
         };
         let (config, sd) = (config.with_settings(settings), shutdown.clone());
@@ -218,9 +246,15 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
     std::fs::write(&url_file, format!("{cp_url}\n"))?;
 
     println!(
-        "Worker Fabric is up (data in {}, master key version {}; queues, object store and registry: {}).",
+        "Worker Fabric is up (data in {}, master key version {}{}; queues, object store and registry: {}).",
         data_dir.display(),
         keyring.newest_version(),
+        match &config.kms_key_id {
+            Some(key) => format!(" wrapped by KMS key {key}"),
+            // Kept so that what it sealed stays readable.
+            None if aws => " from the plain key file this fabric already had".to_string(),
+            None => String::new(),
+        },
         if aws { "SQS and DynamoDB" } else { "embedded" }
     );
     println!("  control-plane    {cp_url}  (the API `fabric apps ...` talks to)");
@@ -257,6 +291,16 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         if clean { "" } else { " (grace period expired)" }
     );
     Ok(())
+}
+
+/// Whether the fabric already has a plain master key (its file in the data
+/// directory, or `FABRIC_MASTER_KEY`) and no KMS-wrapped one: records sealed
+/// under it would not open with a new KMS keyring, so it is kept.
+fn plain_master_key(data_dir: &std::path::Path) -> bool {
+    let wrapped = data_dir.join(common::kms::WRAPPED_FILE).exists();
+    let plain = data_dir.join(common::secrets::MASTER_KEY_FILE).exists()
+        || std::env::var_os(common::secrets::MASTER_KEY_ENV).is_some();
+    plain && !wrapped
 }
 
 fn ops_line(name: &str, addr: SocketAddr) -> String {

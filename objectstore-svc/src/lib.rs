@@ -37,7 +37,8 @@ pub struct Settings {
     /// Where values live: `embedded` (a redb file in `data_dir`) or
     /// `dynamodb` (aws-config's default chain; `FABRIC_BACKEND`).
     pub backend: BackendKind,
-    /// The DynamoDB table, created at start when missing (`FABRIC_TABLE`).
+    /// The DynamoDB table (`FABRIC_TABLE`; the stack's `ObjectstoreTable`),
+    /// created at start when missing if `create_resources` is on.
     pub table: String,
 }
 
@@ -59,6 +60,9 @@ pub enum RunError {
     /// Keys or secrets could not be loaded.
     #[error("{0}")]
     Config(#[from] common::config::ConfigError),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] common::secrets::KeyringError),
     /// The backend could not be opened.
     #[error("backend {kind}: {source}")]
     Backend {
@@ -82,7 +86,9 @@ pub async fn open_backend(config: &Config) -> Result<Backend, RunError> {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?
         }
-        BackendKind::DynamoDb => Backend::dynamodb(&config.settings.table).await,
+        BackendKind::DynamoDb => {
+            Backend::dynamodb(&config.settings.table, config.create_resources).await
+        }
     };
     opened.map_err(|source| RunError::Backend { kind, source })
 }
@@ -93,7 +99,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let keyring = common::secrets::keyring(&config)?;
+    let keyring = common::secrets::load_keyring(&config).await?;
     let tokens = common::secrets::token_key(&config)?;
     let backend = open_backend(&config).await?;
     tracing::info!(component = NAME, backend = %backend.kind(), "backend open");

@@ -38,6 +38,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The master keyring could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] common::secrets::KeyringError),
     /// The backend could not be opened.
     #[error("queue backend: {0}")]
     Backend(#[from] BackendError),
@@ -49,7 +52,7 @@ pub enum Error {
 /// Serves the component on `listener` until `shutdown`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     config.settings.validate()?;
-    let keyring = common::secrets::keyring(&config)?;
+    let keyring = common::secrets::load_keyring(&config).await?;
     let tokens = common::secrets::token_key(&config)?;
     let readiness = Readiness::new("opening the queue backend");
     let backend = Backend::open(&config.settings, &config.data_dir, shutdown.clone()).await?;

@@ -75,6 +75,11 @@ pub struct Settings {
     /// The longest rollback back-off (`FABRIC_ROLLBACK_BACKOFF_MAX`).
     #[serde(with = "humantime_serde")]
     pub rollback_backoff_max: Duration,
+    /// The KMS key (id, ARN or alias) SQS encrypts the queues this service
+    /// creates with (SSE-KMS; `FABRIC_SQS_KMS_KEY`; the stack's `KeyArn`).
+    /// Unset, SQS encrypts them with its own keys (SSE-SQS). `fabric up
+    /// --backend aws` sets it to the fabric's key.
+    pub sqs_kms_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -86,6 +91,7 @@ impl Default for Settings {
             max_deliveries: 5,
             rollback_backoff: Duration::from_secs(1),
             rollback_backoff_max: Duration::from_secs(300),
+            sqs_kms_key: None,
         }
     }
 }

@@ -146,3 +146,93 @@ async fn an_encrypted_queues_last_error_is_sealed_in_the_embedded_file() {
         "the encrypted queue's error is in the file"
     );
 }
+
+/// Every attribute of the run's one SQS queue, or of its DLQ.
+async fn attributes_of(
+    sqs: &aws_sdk_sqs::Client,
+    prefix: &str,
+    dead: bool,
+) -> std::collections::HashMap<String, String> {
+    let urls = sqs
+        .list_queues()
+        .queue_name_prefix(prefix)
+        .send()
+        .await
+        .unwrap()
+        .queue_urls
+        .unwrap_or_default();
+    let url = urls
+        .iter()
+        .find(|u| u.ends_with("_dlq") == dead)
+        .unwrap_or_else(|| panic!("no queue in {urls:?}"));
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    out.attributes()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn sqs_encrypts_the_queues_with_the_configured_key_and_redrives_to_their_dlq() {
+    let sqs = aws_sdk_sqs::Client::new(&common::aws::sdk_config().await);
+    let key = "arn:aws:kms:us-east-1:000000000000:key/0f6e3a4e-0000-4000-8000-000000000000";
+    for kms_key in [Some(key), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = queue_svc::Settings {
+            sqs_kms_key: kms_key.map(str::to_string),
+            ..settings(BackendKind::Sqs)
+        };
+        let svc = Service::start(settings.clone(), dir.path(), None).await;
+        let c = svc.client("vault");
+        let spec = QueueSpec {
+            encrypted: true,
+            max_deliveries: Some(4),
+        };
+        c.declare("orders", &spec).await.unwrap();
+        let main = attributes_of(&sqs, &settings.sqs_prefix, false).await;
+        let dead = attributes_of(&sqs, &settings.sqs_prefix, true).await;
+        for attrs in [&main, &dead] {
+            match kms_key {
+                Some(key) => assert_eq!(attrs.get("KmsMasterKeyId").map(String::as_str), Some(key)),
+                None => {
+                    assert_eq!(
+                        attrs.get("SqsManagedSseEnabled").map(String::as_str),
+                        Some("true")
+                    );
+                    assert!(attrs.get("KmsMasterKeyId").is_none_or(|k| k.is_empty()));
+                }
+            }
+        }
+        let redrive: serde_json::Value =
+            serde_json::from_str(main.get("RedrivePolicy").expect("a redrive policy")).unwrap();
+        assert_eq!(
+            redrive["deadLetterTargetArn"].as_str(),
+            dead.get("QueueArn").map(String::as_str)
+        );
+        // SQS moves a message itself only well after the service would have
+        // (at 4 deliveries, with its history): a backstop.
+        assert_eq!(redrive["maxReceiveCount"].as_u64(), Some(14), "{redrive}");
+        // And the queue still carries messages.
+        c.publish_batch("orders", vec!["x".into()]).await.unwrap();
+        let got = c
+            .lease(
+                "orders",
+                queue_svc::client::LeaseOptions {
+                    max: 1,
+                    wait: std::time::Duration::from_secs(5),
+                    lock: std::time::Duration::from_secs(30),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1);
+        svc.stop().await;
+    }
+}

@@ -8,6 +8,8 @@ pub struct Emulators {
     pub sqs: String,
     /// The DynamoDB endpoint (moto).
     pub dynamodb: String,
+    /// The KMS endpoint (moto, which also serves CloudFormation and IAM).
+    pub kms: String,
 }
 
 impl Emulators {
@@ -27,6 +29,7 @@ impl Emulators {
         Emulators {
             sqs: get("AWS_ENDPOINT_URL_SQS"),
             dynamodb: get("AWS_ENDPOINT_URL_DYNAMODB"),
+            kms: get("AWS_ENDPOINT_URL_KMS"),
         }
     }
 }
@@ -48,6 +51,7 @@ pub mod backing;
 pub mod chaos;
 pub mod fabric;
 pub mod process;
+pub mod stack;
 
 /// A command for `bin` that inherits no `FABRIC_*` variable from the test's
 /// environment, so only what the test sets reaches the component.

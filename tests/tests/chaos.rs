@@ -3,7 +3,9 @@
 //! encrypted queues, a stream of orders through the load balancer while
 //! workers, an AZ, queue-svc, objectstore-svc and the control plane are
 //! killed; then every accepted order must be stored, each effect once, and
-//! nothing readable at rest. On the embedded backends and on SQS + DynamoDB.
+//! nothing readable at rest. On the embedded backends, and on SQS + DynamoDB
+//! as the fabric's CloudFormation stack (`infra/aws`) declares them, deployed
+//! into the emulator, the components creating nothing but per-app queues.
 
 use std::time::Duration;
 

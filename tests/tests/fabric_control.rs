@@ -225,6 +225,10 @@ async fn fabric_up_runs_on_sqs_and_dynamodb_with_the_aws_backend() {
     let prefix = format!("t{}-", std::process::id() % 100_000);
     let fabric = Fabric::start_env(&[("FABRIC_UP_BACKEND", "aws"), ("FABRIC_AWS_PREFIX", &prefix)]);
     orders_through_the_load_balancer(&fabric).await;
+    // The master key is held by KMS (the key `fabric up` made under the
+    // stack's alias): only its wrapped form is in the data directory.
+    assert!(fabric.data.join(common::kms::WRAPPED_FILE).is_file());
+    assert!(!fabric.data.join(common::secrets::MASTER_KEY_FILE).exists());
     // The queue is an SQS queue under the prefix.
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()

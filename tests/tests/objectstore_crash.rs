@@ -145,7 +145,11 @@ async fn dynamodb_keeps_acknowledged_writes_across_kill_9() {
     Emulators::from_env();
     let table = unique_name("wf-objectstore-crash");
     acknowledged_writes_survive_kill_9(
-        &[("FABRIC_BACKEND", "dynamodb"), ("FABRIC_TABLE", &table)],
+        &[
+            ("FABRIC_BACKEND", "dynamodb"),
+            ("FABRIC_TABLE", &table),
+            ("FABRIC_CREATE_RESOURCES", "true"),
+        ],
         120,
     )
     .await;

@@ -200,6 +200,8 @@ async fn start_service(
             backend,
             table: table.to_string(),
         },
+        // The run's own table, made when missing.
+        create_resources: true,
         ..Config::default()
     };
     let tokens = common::secrets::token_key(&config).expect("token key");

@@ -44,8 +44,12 @@ fn s(v: impl Into<String>) -> AttributeValue {
 }
 
 impl DynamoDb {
-    /// A client from `sdk` for `table`, which is created when missing.
-    pub(super) async fn open(sdk: &aws_config::SdkConfig, table: &str) -> Result<Self, StoreError> {
+    /// A client from `sdk` for `table`, which is created when missing if `create`.
+    pub(super) async fn open(
+        sdk: &aws_config::SdkConfig,
+        table: &str,
+        create: bool,
+    ) -> Result<Self, StoreError> {
         let set = sdk
             .timeout_config()
             .cloned()
@@ -59,7 +63,7 @@ impl DynamoDb {
         }
         let config = aws_sdk_dynamodb::config::Builder::from(sdk).timeout_config(timeouts.build());
         let client = Client::from_conf(config.build());
-        common::aws::ensure_table(&client, table, "kind", "id")
+        common::aws::ensure_table(&client, table, "kind", "id", create)
             .await
             .map_err(|e| StoreError {
                 op: e.op,

@@ -122,7 +122,7 @@ impl Backing {
                     .expect("open file"),
             ),
             Backing::DynamoDb { sdk, table } => Arc::new(
-                dynamodb::DynamoDb::open(sdk, table)
+                dynamodb::DynamoDb::open(sdk, table, true)
                     .await
                     .expect("open table"),
             ),

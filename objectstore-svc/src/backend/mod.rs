@@ -267,12 +267,12 @@ impl Backend {
         })
     }
 
-    /// Connects to DynamoDB through aws-config's default chain and creates
-    /// `table` when it is missing.
-    pub async fn dynamodb(table: &str) -> std::result::Result<Self, BackendError> {
+    /// Connects to DynamoDB through aws-config's default chain; `table` is
+    /// created when it is missing and `create`, else its absence is an error.
+    pub async fn dynamodb(table: &str, create: bool) -> std::result::Result<Self, BackendError> {
         let sdk = common::aws::sdk_config().await;
         Ok(Backend {
-            inner: Arc::new(dynamodb::DynamoDb::open(&sdk, table).await?),
+            inner: Arc::new(dynamodb::DynamoDb::open(&sdk, table, create).await?),
             kind: BackendKind::DynamoDb,
         })
     }

@@ -170,6 +170,8 @@ impl Stopped {
                 backend: self.kind,
                 table: self.table.clone(),
             },
+            // Each test's table is its own, made when missing.
+            create_resources: true,
             ..Config::default()
         };
         let tokens = common::secrets::token_key(&config).expect("token key");

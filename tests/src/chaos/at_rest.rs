@@ -19,7 +19,17 @@ pub(super) async fn scan(fabric: &Fabric, run: &str, aws: Option<&AwsNames>, rep
     park_orders(fabric, run).await;
     let (order, card) = (order_prefix(run), card_prefix(run));
     match aws {
-        Some(names) => scan_aws(names, &order, &card, report).await,
+        Some(names) => {
+            scan_aws(names, &order, &card, report).await;
+            // On the stack, the master key is in KMS: no component wrote a
+            // plain one (the load balancer included, which has no use for it).
+            let plain = fabric.dir().join(common::secrets::MASTER_KEY_FILE);
+            if plain.exists() {
+                report
+                    .at_rest_leaks
+                    .push(format!("a plain master key at {}", plain.display()));
+            }
+        }
         None => scan_embedded(fabric.dir(), &order, &card, report),
     }
 }

@@ -99,43 +99,43 @@ impl Service {
     }
 }
 
-/// The unique names of one run's AWS resources.
+/// One run's AWS resources: the fabric's stack (`infra/aws`), deployed into
+/// the emulator for the run. The components run on it as in production,
+/// creating nothing but the per-app queues (`create_resources` off).
 pub(super) struct AwsNames {
-    sqs_prefix: String,
-    table: String,
-    /// The control plane's registry, so its `kill -9` and restart are
-    /// recovered from DynamoDB too.
-    registry_table: String,
+    stack: crate::stack::Stack,
 }
 
 impl AwsNames {
-    /// The names for run `run` (checking the emulators are configured).
-    pub(super) fn for_run(run: &str) -> Self {
+    /// Deploys the stack for run `run` (checking the emulators are configured).
+    pub(super) async fn deploy(run: &str) -> Self {
         crate::Emulators::from_env();
-        AwsNames {
-            sqs_prefix: format!("ch{run}-"),
-            table: format!("chaos-{run}"),
-            registry_table: format!("chaos-{run}-registry"),
-        }
+        // With IRSA, as infra/k8s's service accounts expect.
+        let oidc = "oidc.eks.us-east-1.amazonaws.com/id/CHAOS";
+        let stack =
+            crate::stack::Stack::deploy(&format!("chaos-{run}"), &format!("ch{run}-"), Some(oidc))
+                .await;
+        println!("chaos: on stack {} ({:?})", stack.name, stack);
+        AwsNames { stack }
     }
 
     /// The prefix of every SQS queue of the run.
     pub(super) fn sqs_prefix(&self) -> &str {
-        &self.sqs_prefix
+        &self.stack.prefix
     }
 
     /// The objectstore-svc table of the run.
     pub(super) fn table(&self) -> &str {
-        &self.table
+        &self.stack.objectstore_table
     }
 
-    /// Deletes the run's queues and tables (best effort).
+    /// Deletes the run's queues and stack (best effort).
     pub(super) async fn remove(&self) {
         let sdk = common::aws::sdk_config().await;
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         if let Ok(list) = sqs
             .list_queues()
-            .queue_name_prefix(&self.sqs_prefix)
+            .queue_name_prefix(&self.stack.prefix)
             .send()
             .await
         {
@@ -143,10 +143,7 @@ impl AwsNames {
                 let _ = sqs.delete_queue().queue_url(url).send().await;
             }
         }
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        for table in [&self.table, &self.registry_table] {
-            let _ = ddb.delete_table().table_name(table).send().await;
-        }
+        self.stack.remove().await;
     }
 }
 
@@ -240,8 +237,22 @@ impl Fabric {
         // Made before anything starts, so every component shares them.
         let key = TokenKey::load_or_generate(&data.join(common::secrets::SECRET_FILE))
             .expect("the fabric secret");
-        common::envelope::Keyring::load_or_generate(&data.join(common::secrets::MASTER_KEY_FILE))
-            .expect("the master key");
+        match aws {
+            // An operator's first `fabric master-key add`: the only key material at
+            // rest is the KMS-wrapped version.
+            Some(names) => {
+                let kms = common::kms::Kms::new(&names.stack.key_arn, &names.stack.prefix).await;
+                kms.add_to_file(&data.join(common::kms::WRAPPED_FILE))
+                    .await
+                    .expect("the wrapped master key");
+            }
+            None => {
+                common::envelope::Keyring::load_or_generate(
+                    &data.join(common::secrets::MASTER_KEY_FILE),
+                )
+                .expect("the master key");
+            }
+        }
         std::fs::create_dir_all(data.join("logs")).expect("the logs directory");
         let ports = Ports::free();
         let service = |name: &'static str, port: u16, extra: &[(&str, String)]| {
@@ -292,7 +303,8 @@ impl Fabric {
         // lock brings a killed worker's messages back in seconds, not 30.
         let mut control_env = vec![("FABRIC_LEASE_LOCK", format!("{}s", LEASE_LOCK.as_secs()))];
         if let Some(names) = aws {
-            control_env.push(("FABRIC_REGISTRY_TABLE", names.registry_table.clone()));
+            control_env.push(("FABRIC_REGISTRY_TABLE", names.stack.registry_table.clone()));
+            control_env.extend(kms_env(names));
         }
         let control = service("control-plane", ports.control, &control_env);
         let mut fabric = Fabric {
@@ -489,14 +501,31 @@ fn backend_env(aws: Option<&AwsNames>) -> (Env, Env) {
             vec![("FABRIC_BACKEND", "embedded".to_string())],
         ),
         Some(names) => (
-            vec![
+            [
                 ("FABRIC_BACKEND", "sqs".to_string()),
-                ("FABRIC_SQS_PREFIX", names.sqs_prefix.clone()),
-            ],
-            vec![
+                ("FABRIC_SQS_PREFIX", names.stack.prefix.clone()),
+                ("FABRIC_SQS_KMS_KEY", names.stack.key_arn.clone()),
+            ]
+            .into_iter()
+            .chain(kms_env(names))
+            .collect(),
+            [
                 ("FABRIC_BACKEND", "dynamodb".to_string()),
-                ("FABRIC_TABLE", names.table.clone()),
-            ],
+                ("FABRIC_TABLE", names.stack.objectstore_table.clone()),
+            ]
+            .into_iter()
+            .chain(kms_env(names))
+            .collect(),
         ),
     }
+}
+
+/// The stack's key and the fabric's name, for the components that seal.
+/// `create_resources` is left at its default (off): what the stack declares
+/// must be enough.
+fn kms_env(names: &AwsNames) -> Env {
+    vec![
+        ("FABRIC_KMS_KEY_ID", names.stack.key_arn.clone()),
+        ("FABRIC_FABRIC_NAME", names.stack.prefix.clone()),
+    ]
 }

@@ -98,7 +98,10 @@ pub async fn run(plan: &Plan) -> Report {
         "chaos: run {run}, backends {:?}, seed {}",
         plan.backends, plan.seed
     );
-    let aws = (plan.backends == Backends::Aws).then(|| AwsNames::for_run(&run));
+    let aws = match plan.backends {
+        Backends::Aws => Some(AwsNames::deploy(&run).await),
+        Backends::Embedded => None,
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

@@ -107,19 +107,19 @@ fn malformed(what: &str, reason: &str) -> BackendError {
 }
 
 impl DynamoDb {
-    pub async fn open(sdk: &aws_config::SdkConfig, table: &str) -> Result<Self> {
+    pub async fn open(sdk: &aws_config::SdkConfig, table: &str, create: bool) -> Result<Self> {
         let this = DynamoDb {
             client: Client::new(sdk),
             table: table.to_string(),
         };
-        this.ensure_table().await?;
+        this.ensure_table(create).await?;
         Ok(this)
     }
 
-    /// Creates the table when it is missing (with TTL deletion on) and waits
-    /// until it is active.
-    async fn ensure_table(&self) -> Result<()> {
-        let created = common::aws::ensure_table(&self.client, &self.table, "pk", "sk")
+    /// Checks the table, or creates it when it is missing and `create` (with
+    /// TTL deletion on), and waits until it is active.
+    async fn ensure_table(&self, create: bool) -> Result<()> {
+        let created = common::aws::ensure_table(&self.client, &self.table, "pk", "sk", create)
             .await
             .map_err(|e| BackendError::DynamoDb {
                 op: e.op,

@@ -73,6 +73,8 @@ pub(crate) struct Sqs {
     client: Client,
     prefix: String,
     retention: Duration,
+    /// The KMS key SQS encrypts the queues with; `None`: SQS's own keys.
+    kms_key: Option<String>,
     urls: RwLock<HashMap<String, String>>,
     last_errors: Mutex<HashMap<String, String>>,
 }
@@ -85,6 +87,7 @@ impl Sqs {
             client: Client::new(&config),
             prefix: settings.sqs_prefix.clone(),
             retention: settings.retention,
+            kms_key: settings.sqs_kms_key.clone(),
             urls: RwLock::default(),
             last_errors: Mutex::default(),
         }

@@ -119,11 +119,19 @@ impl Sqs {
         q: &QueueId,
         config: QueueConfig,
     ) -> Result<(), BackendError> {
-        self.ensure(&self.sqs_name(q, Part::Dead), &queue_attrs(DEAD_RETENTION))
+        let kms = self.kms_key.as_deref();
+        let dead = self
+            .ensure(
+                &self.sqs_name(q, Part::Dead),
+                &queue_attrs(DEAD_RETENTION, kms),
+            )
             .await?;
-        let url = self
-            .ensure(&self.sqs_name(q, Part::Main), &queue_attrs(self.retention))
-            .await?;
+        let mut attrs = queue_attrs(self.retention, kms);
+        attrs.push((
+            QueueAttributeName::RedrivePolicy,
+            redrive_policy(&self.arn(&dead).await?, config.max_deliveries),
+        ));
+        let url = self.ensure(&self.sqs_name(q, Part::Main), &attrs).await?;
         // A queue of this app already under the name: not retagged as another.
         same_queue(q, &self.tags(&url).await?)?;
         self.client
@@ -137,6 +145,22 @@ impl Sqs {
             .await
             .map_err(|e| sdk_err("tag queue", e))?;
         Ok(())
+    }
+
+    /// A queue's ARN.
+    async fn arn(&self, url: &str) -> Result<String, BackendError> {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| sdk_err("get queue arn", e))?;
+        out.attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| BackendError::store(NAME, format!("queue {url}: no ARN")))
     }
 
     /// The queue's settings, `None` when it was never declared.
@@ -211,17 +235,44 @@ impl Sqs {
     }
 }
 
-fn queue_attrs(retention: Duration) -> Vec<(QueueAttributeName, String)> {
-    vec![
+/// Receives past the queue's `max_deliveries` after which SQS itself moves
+/// a message to the DLQ. The service moves it first, at `max_deliveries`,
+/// keeping its history (delivery count, last error); SQS's redrive is the
+/// backstop for a message the service never got to move (one whose every
+/// delivery ends in a crash, say).
+const REDRIVE_MARGIN: u32 = 10;
+/// SQS's largest `maxReceiveCount`.
+const MAX_RECEIVE_COUNT: u32 = 1000;
+
+fn redrive_policy(dead_arn: &str, max_deliveries: u32) -> String {
+    serde_json::json!({
+        "deadLetterTargetArn": dead_arn,
+        "maxReceiveCount": max_deliveries.saturating_add(REDRIVE_MARGIN).min(MAX_RECEIVE_COUNT),
+    })
+    .to_string()
+}
+
+/// A queue's attributes: its retention, its encryption at rest (SSE-KMS
+/// under `kms_key`, else SSE-SQS) and the largest message.
+fn queue_attrs(retention: Duration, kms_key: Option<&str>) -> Vec<(QueueAttributeName, String)> {
+    let mut attrs = vec![
         (
             QueueAttributeName::MessageRetentionPeriod,
             retention.as_secs().to_string(),
         ),
-        (QueueAttributeName::SqsManagedSseEnabled, "true".into()),
         // SQS's quota is 1 MiB since 2025; our bodies stay within 256 KiB,
         // which leaves room for the envelope and the attributes.
         (QueueAttributeName::MaximumMessageSize, "1048576".into()),
-    ]
+    ];
+    match kms_key {
+        // One encryption per queue: SSE-SQS off where SSE-KMS is on.
+        Some(key) => attrs.extend([
+            (QueueAttributeName::SqsManagedSseEnabled, "false".into()),
+            (QueueAttributeName::KmsMasterKeyId, key.to_string()),
+        ]),
+        None => attrs.push((QueueAttributeName::SqsManagedSseEnabled, "true".into())),
+    }
+    attrs
 }
 
 fn count_attr(
