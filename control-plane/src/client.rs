@@ -169,6 +169,17 @@ impl Client {
         .await
     }
 
+    /// An app's log lines by `query` (see [`crate::logs::LogQuery`]).
+    pub async fn logs(
+        &self,
+        name: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<crate::logs::LogLine>, ClientError> {
+        let query = serde_urlencoded::to_string(query).unwrap_or_default();
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{name}/logs?{query}"), None)
+            .await
+    }
+
     /// An app's kept configurations, newest first.
     pub async fn history(&self, name: &str) -> Result<Vec<Configuration>, ClientError> {
         self.call::<(), _>(Method::GET, &format!("/v1/apps/{name}/history"), None)

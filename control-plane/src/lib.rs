@@ -10,6 +10,7 @@ pub mod access;
 mod api;
 pub mod client;
 pub mod events;
+pub mod logs;
 pub mod model;
 mod outbound;
 pub mod purge;
@@ -34,6 +35,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use api::ADMIN;
+
+/// How often worker logs past their retention are removed.
+const LOG_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The component's name in logs and metrics.
 pub const NAME: &str = "control-plane";
@@ -100,6 +104,9 @@ pub struct Settings {
     /// Where workers run: `local` (child processes of this one, each AZ a
     /// loopback range) or `kubernetes` (Pods, each AZ a zone of the cluster).
     pub scheduler: SchedulerKind,
+    /// How long and how much of each app's worker logs are kept
+    /// (`log_retention.age`, `log_retention.bytes`).
+    pub log_retention: logs::Retention,
     /// The Kubernetes scheduler's settings (with `scheduler = "kubernetes"`).
     pub kubernetes: scheduler::kubernetes::KubernetesSettings,
 }
@@ -137,6 +144,7 @@ impl Default for Settings {
             tenant_quota: model::Quota::default(),
             api_rate_per_key: 20,
             scheduler: SchedulerKind::Local,
+            log_retention: logs::Retention::default(),
             kubernetes: Default::default(),
         }
     }
@@ -302,7 +310,26 @@ pub async fn run(
         checking: Arc::new(tokio::sync::Semaphore::new(api::MANIFEST_CHECKS)),
         limiter: Arc::new(api::RateLimiter::new(config.settings.api_rate_per_key)),
         last_used: Arc::default(),
+        logs: config.data_dir.join("workers"),
     };
+    {
+        let (dir, retention, sd) = (
+            config.data_dir.join("workers"),
+            config.settings.log_retention,
+            shutdown.clone(),
+        );
+        shutdown.spawn("log-retention", async move {
+            loop {
+                let dir = dir.clone();
+                let _ = tokio::task::spawn_blocking(move || logs::prune(&dir, retention)).await;
+                tokio::select! {
+                    () = sd.triggered() => break,
+                    () = tokio::time::sleep(LOG_PRUNE_EVERY) => {}
+                }
+            }
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
     if !stale.is_empty() {
         let api = api.clone();
         shutdown.spawn("renew", async move {

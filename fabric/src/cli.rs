@@ -263,6 +263,78 @@ pub async fn events(target: Target, follow: bool) -> ExitCode {
     )
 }
 
+/// `fabric logs N ...`
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The app.
+    app: String,
+    /// Keep following new lines.
+    #[arg(long, short)]
+    follow: bool,
+    /// Only this worker's lines (`{app}-{n}`).
+    #[arg(long)]
+    worker: Option<String>,
+    /// Only lines this recent (`10m`, `2h`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only lines at this level or above (`debug`, `info`, `warn`, `error`).
+    #[arg(long)]
+    level: Option<String>,
+    /// Only lines whose message holds this text.
+    #[arg(long)]
+    grep: Option<String>,
+    /// The newest lines to show first (at most 1000).
+    #[arg(long, short = 'n', default_value_t = 100)]
+    lines: usize,
+}
+
+/// How often `fabric logs -f` asks for new lines.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs `fabric logs N`.
+pub async fn logs(target: Target, args: LogsArgs) -> ExitCode {
+    done(
+        async {
+            let client = target.client()?;
+            let mut query: Vec<(&str, String)> = [
+                ("worker", args.worker),
+                ("since", args.since),
+                ("level", args.level),
+                ("grep", args.grep),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+            query.push(("limit", args.lines.to_string()));
+            let show = |l: &control_plane::logs::LogLine| match target.output {
+                Output::Json => println!("{}", serde_json::to_string(l).unwrap_or_default()),
+                Output::Table => println!("{} {} {:<5} {}", l.at, l.worker, l.level, l.message),
+            };
+            let mut lines = client.logs(&args.app, &query).await.map_err(fail)?;
+            lines.iter().for_each(show);
+            if !args.follow {
+                return Ok(());
+            }
+            let mut last = lines.pop().map(|l| l.cursor);
+            query.retain(|(k, _)| *k != "limit" && *k != "since");
+            query.push(("limit", control_plane::logs::MAX_LIMIT.to_string()));
+            loop {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                let mut asked = query.clone();
+                if let Some(after) = &last {
+                    asked.push(("after", after.clone()));
+                }
+                let new = client.logs(&args.app, &asked).await.map_err(fail)?;
+                new.iter().for_each(show);
+                if let Some(l) = new.last() {
+                    last = Some(l.cursor.clone());
+                }
+            }
+        }
+        .await,
+    )
+}
+
 /// Runs `fabric az fail|restore A`.
 pub async fn az(target: Target, command: AzCommand) -> ExitCode {
     done(

@@ -47,6 +47,8 @@ enum Command {
         /// The app.
         app: String,
     },
+    /// An app's log: its workers' lines, oldest first.
+    Logs(cli::LogsArgs),
     /// Alerts and changes: workers down/up/moved, AZs, deploy steps.
     Events {
         /// Keep following new events.
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
             Command::Apps(c) => Ok(Err(cli::apps(target, c).await)),
             Command::Workers { app } => Ok(Err(cli::workers(target, app).await)),
             Command::Queues { app } => Ok(Err(cli::queues(target, app).await)),
+            Command::Logs(args) => Ok(Err(cli::logs(target, args).await)),
             Command::Events { follow } => Ok(Err(cli::events(target, follow).await)),
             Command::Az(c) => Ok(Err(cli::az(target, c).await)),
             Command::Tenants(c) => Ok(Err(cli::tenants(target, c).await)),

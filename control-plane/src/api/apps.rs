@@ -294,6 +294,24 @@ pub(super) async fn restart_app(
     Ok(Json(api.status(record)))
 }
 
+pub(super) async fn logs(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<crate::logs::LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<crate::logs::LogLine>>> {
+    let tenant = api.tenant(&headers)?;
+    let Query(query) = query.map_err(|e| bad(e.body_text()))?;
+    let app = api.owned(&tenant, &name)?;
+    let dir = api.logs.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::logs::read(&dir, &app.name, &app.app_id(), &query)
+    })
+    .await
+    .map_err(internal)?;
+    Ok(Json(read.map_err(bad)?))
+}
+
 pub(super) async fn workers(
     State(api): State<Api>,
     headers: HeaderMap,

@@ -62,6 +62,8 @@ pub(crate) struct Api {
     pub claims: crate::quota::Claims,
     /// Manifests checked at once, each on a blocking thread.
     pub checking: Arc<tokio::sync::Semaphore>,
+    /// Where the local scheduler writes workers' logs.
+    pub logs: std::path::PathBuf,
     /// Requests per API key.
     pub limiter: Arc<RateLimiter>,
     /// When each key (by id) was last used, since this control plane started.
@@ -103,6 +105,7 @@ pub(crate) fn router(api: Api) -> Router {
             axum::routing::patch(set_properties),
         )
         .route("/v1/apps/{name}/history", get(history))
+        .route("/v1/apps/{name}/logs", get(apps::logs))
         .route("/v1/apps/{name}/rollback", post(rollback))
         .route("/v1/events", get(events))
         .route("/v1/azs", get(azs))
