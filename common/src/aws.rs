@@ -4,6 +4,28 @@
 //! the emulators; credentials and region come from the usual variables, files
 //! or instance roles.
 
+/// `sdk`'s timeouts, with `attempt` per attempt and `call` per call where
+/// it sets none: a service that hangs is retried, then given up on, never
+/// waited on for ever.
+pub fn bounded_timeouts(
+    sdk: &aws_config::SdkConfig,
+    attempt: std::time::Duration,
+    call: std::time::Duration,
+) -> aws_config::timeout::TimeoutConfig {
+    let set = sdk
+        .timeout_config()
+        .cloned()
+        .unwrap_or_else(|| aws_config::timeout::TimeoutConfig::builder().build());
+    let mut timeouts = set.to_builder();
+    if set.operation_attempt_timeout().is_none() {
+        timeouts = timeouts.operation_attempt_timeout(attempt);
+    }
+    if set.operation_timeout().is_none() {
+        timeouts = timeouts.operation_timeout(call);
+    }
+    timeouts.build()
+}
+
 /// Loads the shared SDK configuration (region, credentials, endpoints).
 pub async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())

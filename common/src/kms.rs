@@ -16,7 +16,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_kms::Client;
-use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::error::DisplayErrorContext;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
@@ -219,18 +218,8 @@ impl Kms {
 
     /// As [`Kms::new`], with the given SDK configuration.
     pub fn with_config(sdk: &aws_config::SdkConfig, key: &str, fabric: &str) -> Self {
-        let set = sdk
-            .timeout_config()
-            .cloned()
-            .unwrap_or_else(|| TimeoutConfig::builder().build());
-        let mut timeouts = set.to_builder();
-        if set.operation_attempt_timeout().is_none() {
-            timeouts = timeouts.operation_attempt_timeout(ATTEMPT_TIMEOUT);
-        }
-        if set.operation_timeout().is_none() {
-            timeouts = timeouts.operation_timeout(CALL_TIMEOUT);
-        }
-        let config = aws_sdk_kms::config::Builder::from(sdk).timeout_config(timeouts.build());
+        let timeouts = crate::aws::bounded_timeouts(sdk, ATTEMPT_TIMEOUT, CALL_TIMEOUT);
+        let config = aws_sdk_kms::config::Builder::from(sdk).timeout_config(timeouts);
         Kms {
             client: Client::from_conf(config.build()),
             key: key.to_string(),

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use futures::FutureExt;
@@ -50,18 +49,8 @@ impl DynamoDb {
         table: &str,
         create: bool,
     ) -> Result<Self, StoreError> {
-        let set = sdk
-            .timeout_config()
-            .cloned()
-            .unwrap_or_else(|| TimeoutConfig::builder().build());
-        let mut timeouts = set.to_builder();
-        if set.operation_attempt_timeout().is_none() {
-            timeouts = timeouts.operation_attempt_timeout(ATTEMPT_TIMEOUT);
-        }
-        if set.operation_timeout().is_none() {
-            timeouts = timeouts.operation_timeout(CALL_TIMEOUT);
-        }
-        let config = aws_sdk_dynamodb::config::Builder::from(sdk).timeout_config(timeouts.build());
+        let timeouts = common::aws::bounded_timeouts(sdk, ATTEMPT_TIMEOUT, CALL_TIMEOUT);
+        let config = aws_sdk_dynamodb::config::Builder::from(sdk).timeout_config(timeouts);
         let client = Client::from_conf(config.build());
         common::aws::ensure_table(&client, table, "kind", "id", create)
             .await

@@ -326,11 +326,8 @@ impl Scheduler for LocalScheduler {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_log_tail_reads_the_end_of_a_large_log_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let sched = LocalScheduler::new("fabric".into(), vec!["a".into()], dir.path());
-        let spec = WorkerSpec {
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
             app: "shop".into(),
             app_id: "shop--abc".into(),
             tenant: "acme".into(),
@@ -340,7 +337,14 @@ mod tests {
             manifest: "".into(),
             size: 0.1,
             env: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_log_tail_reads_the_end_of_a_large_log_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sched = LocalScheduler::new("fabric".into(), vec!["a".into()], dir.path());
+        let spec = spec();
         let path = sched.log_path(&spec);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let text: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
@@ -411,19 +415,9 @@ mod tests {
     #[tokio::test]
     async fn a_started_worker_is_alive_until_stopped_and_reaped() {
         let dir = tempfile::tempdir().unwrap();
-        // `sleep serve worker` stays up: a worker that never exits by itself.
+        // `sleep serve worker`: a worker that exits at once.
         let s = LocalScheduler::new(PathBuf::from("/bin/sleep"), vec!["a".into()], dir.path());
-        let spec = WorkerSpec {
-            app: "shop".into(),
-            app_id: "shop--abc".into(),
-            tenant: "acme".into(),
-            version: 1,
-            index: 1,
-            az: "a".into(),
-            manifest: "".into(),
-            size: 0.1,
-            env: Vec::new(),
-        };
+        let spec = spec();
         let w = s.start(&spec).await.unwrap();
         assert_eq!(w.handle, w.pid.unwrap().to_string());
         // `sleep` refuses its arguments and exits: noticed, and reaped.
