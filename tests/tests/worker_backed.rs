@@ -420,7 +420,15 @@ flows:
 
     // Told to stop while a flow runs: it finishes that one and takes no more.
     w1.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Released only once the worker is draining (its readiness is the
+    // shutdown's first step), however slowly a loaded machine delivers it.
+    eventually("the worker is draining", || async {
+        !matches!(
+            http.get(format!("{u1}/readyz")).send().await,
+            Ok(r) if r.status().is_success()
+        )
+    })
+    .await;
     held.release.add_permits(1);
     assert!(
         w1.wait_exit(WAIT).success(),
