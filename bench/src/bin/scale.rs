@@ -1,0 +1,241 @@
+//! bench/scale: what the fabric costs as apps grow.
+//!
+//! Runs `fabric up` (the release build beside this binary) and deploys apps
+//! of one worker each (size 0.1) until there are 1, 10, 50 and 100 (or the
+//! counts given as arguments). At each count: the time from a deploy's start
+//! until the app answers through the load balancer (the route table pushed
+//! and applied), the route table's size, the `fabric up` process's resident
+//! memory and CPU at rest (control plane, load balancer and services; the
+//! workers are processes of their own), and requests per second through the
+//! load balancer spread over every app. Each figure is printed beside the
+//! same figure per app at the first count, the reference of the same run:
+//! growth is linear or better when the ratio stays at or under 1.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use control_plane::client::Client;
+use control_plane::model::DeployRequest;
+use fabric_bench::{bench_line, mem_mb};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const APP: &str = include_str!("../../../examples/hello.yaml");
+/// How long CPU use at rest is sampled.
+const REST: Duration = Duration::from_secs(5);
+/// How long the load runs at each count.
+const LOAD: Duration = Duration::from_secs(5);
+/// Connections the load keeps open.
+const CONNECTIONS: usize = 32;
+
+/// A process's user + system CPU time, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime: fields 14 and 15 of the line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// What one count of apps measured.
+struct Step {
+    apps: usize,
+    deploy_to_routable_s: f64,
+    route_table_bytes: usize,
+    rss_mb: f64,
+    rest_cpu_pct: f64,
+    req_per_s: f64,
+}
+
+async fn routable(http: &reqwest::Client, proxy: &str, app: &str) {
+    let started = Instant::now();
+    loop {
+        let r = http
+            .get(format!("http://{proxy}/hello/bench"))
+            .header("host", format!("{app}.fabric.localhost"))
+            .send()
+            .await;
+        if matches!(&r, Ok(r) if r.status() == 200) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{app} never routable"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Requests per second through the load balancer, round robin over `apps`.
+async fn load(proxy: &str, apps: usize) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + LOAD;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|c| {
+            let (done, proxy) = (done.clone(), proxy.to_string());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut i = c;
+                while Instant::now() < stop {
+                    let app = format!("scale-{}", i % apps);
+                    i += CONNECTIONS;
+                    let ok = http
+                        .get(format!("http://{proxy}/hello/load"))
+                        .header("host", format!("{app}.fabric.localhost"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200);
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    futures::future::join_all(tasks).await;
+    done.load(Ordering::Relaxed) as f64 / LOAD.as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let counts: Vec<usize> = {
+        let given: Vec<usize> = std::env::args()
+            .skip(1)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if given.is_empty() {
+            vec![1, 10, 50, 100]
+        } else {
+            given
+        }
+    };
+    let fabric = fabric_bench::fabric_binary("run bench/scale/run");
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut up = Command::new(&fabric)
+        .args(["up", "--proxy-port", "0", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start fabric up");
+    let stdout = up.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut proxy = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("fabric up output");
+        if let Some((_, rest)) = line.split_once("Apps answer through the load balancer on ") {
+            proxy = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let read = |f: &str| {
+        std::fs::read_to_string(data.path().join(f))
+            .expect(f)
+            .trim()
+            .to_string()
+    };
+    let (url, admin) = (read("control-plane.url"), read("admin.key"));
+    let client = Client::new(&url, &admin);
+    let http = reqwest::Client::new();
+
+    let mut steps: Vec<Step> = Vec::new();
+    let mut deployed = 0;
+    for &target in &counts {
+        let mut times = Vec::new();
+        while deployed < target {
+            let name = format!("scale-{deployed}");
+            let req = DeployRequest {
+                name: Some(name.clone()),
+                manifest: APP.to_string(),
+                workers: 1,
+                size: 0.1,
+                persistent_queues: false,
+                encrypt_queues: false,
+                properties: Default::default(),
+                secure_properties: Default::default(),
+            };
+            let started = Instant::now();
+            client.deploy(&req).await.expect("deploy");
+            routable(&http, &proxy, &name).await;
+            times.push(started.elapsed().as_secs_f64());
+            deployed += 1;
+        }
+        times.sort_by(f64::total_cmp);
+        let table = http
+            .get(format!("{url}/v1/routes"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("routes")
+            .bytes()
+            .await
+            .expect("routes body")
+            .len();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = cpu_s(up.id());
+        tokio::time::sleep(REST).await;
+        let rest_cpu_pct = (cpu_s(up.id()) - before) / REST.as_secs_f64() * 100.0;
+        let step = Step {
+            apps: target,
+            deploy_to_routable_s: times[times.len() / 2],
+            route_table_bytes: table,
+            rss_mb: mem_mb(up.id(), "VmRSS"),
+            rest_cpu_pct,
+            req_per_s: load(&proxy, target).await,
+        };
+        let first = steps.first().unwrap_or(&step);
+        let per_app = |v: f64, v0: f64| (v / step.apps as f64) / (v0 / first.apps as f64);
+        println!(
+            "{:>4} apps: deploy to routable {:.3} s (x{:.2} of {} app)  route table {} B ({:.2} per app vs first)  fabric up RSS {:.1} MB  at rest {:.2}% CPU  {:.0} req/s over all apps (x{:.2} of first)",
+            step.apps,
+            step.deploy_to_routable_s,
+            step.deploy_to_routable_s / first.deploy_to_routable_s,
+            first.apps,
+            step.route_table_bytes,
+            per_app(
+                step.route_table_bytes as f64,
+                first.route_table_bytes as f64
+            ),
+            step.rss_mb,
+            step.rest_cpu_pct,
+            step.req_per_s,
+            step.req_per_s / first.req_per_s,
+        );
+        steps.push(step);
+    }
+    let _ = kill(Pid::from_raw(up.id() as i32), Signal::SIGINT);
+    let _ = up.wait();
+    for s in &steps {
+        let apps = s.apps.to_string();
+        println!(
+            "{}",
+            bench_line(
+                &format!("scale apps={apps}"),
+                &[
+                    ("deploy_to_routable_s", s.deploy_to_routable_s),
+                    ("route_table_bytes", s.route_table_bytes as f64),
+                    ("fabric_up_rss_mb", s.rss_mb),
+                    ("rest_cpu_pct", s.rest_cpu_pct),
+                    ("req_per_s", s.req_per_s),
+                ]
+            )
+        );
+    }
+}
