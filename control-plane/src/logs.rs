@@ -210,7 +210,7 @@ pub struct Retention {
     #[serde(with = "humantime_serde")]
     pub age: Duration,
     /// An app's files past this many bytes together are removed, oldest first
-    /// (the file a worker writes now is kept).
+    /// (the file a worker writes now is cut to half of this instead).
     pub bytes: u64,
 }
 
@@ -260,8 +260,8 @@ pub fn prune(dir: &Path, retention: Retention) -> usize {
     for files in by_app.values_mut() {
         files.sort();
         let mut total: u64 = files.iter().map(|f| f.1).sum();
-        // The newest file is being written: kept whatever its size.
-        let Some((_, older)) = files.split_last() else {
+        // The newest file is being written: trimmed, never removed.
+        let Some(((_, live_len, live), older)) = files.split_last() else {
             continue;
         };
         for (_, len, path) in older {
@@ -273,8 +273,35 @@ pub fn prune(dir: &Path, retention: Retention) -> usize {
                 removed += 1;
             }
         }
+        if *live_len > retention.bytes
+            && let Err(e) = keep_tail(live, retention.bytes / 2)
+        {
+            tracing::warn!(file = %live.display(), error = %e, "could not trim a worker's log");
+        }
     }
     removed
+}
+
+/// Cuts the log at `path`, which its worker is appending to, down to its
+/// last `keep` bytes from a line's start. The worker's own handle appends
+/// (`O_APPEND`), so it writes on at the new end; a line it writes while the
+/// cut is made may be lost, as with a copy-and-truncate rotation.
+fn keep_tail(path: &Path, keep: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::File::options()
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(keep)))?;
+    let mut tail = Vec::new();
+    (&mut file).take(keep).read_to_end(&mut tail)?;
+    let from = tail
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(tail.len(), |i| i + 1);
+    file.set_len(0)?;
+    file.write_all(&tail[from..])
 }
 
 #[cfg(test)]
@@ -407,5 +434,28 @@ mod tests {
         left.sort();
         assert_eq!(removed, 3);
         assert_eq!(left, ["other--b-1-v1.log", "shop--a-1-v4.log"]);
+    }
+
+    #[test]
+    fn a_live_log_past_the_size_keeps_its_last_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shop--a-1-v1.log");
+        let text: String = (0..200).map(|i| format!("line {i:03}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        // The worker's own handle, appending.
+        let mut worker = std::fs::File::options().append(true).open(&path).unwrap();
+        let retention = Retention {
+            age: Duration::from_secs(3600),
+            bytes: 1000,
+        };
+        assert_eq!(prune(dir.path(), retention), 0, "the live file stays");
+        std::io::Write::write_all(&mut worker, b"line 200\n").unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert!(kept.len() <= 500 + 9, "{}", kept.len());
+        assert!(kept.starts_with("line "), "whole lines: {}", &kept[..12]);
+        assert!(
+            kept.ends_with("line 199\nline 200\n"),
+            "the newest, and what came after"
+        );
     }
 }
