@@ -54,6 +54,10 @@ struct Step {
     rss_mb: f64,
     rest_cpu_pct: f64,
     req_per_s: f64,
+    /// Requests per second to one app only, at this count: beside
+    /// `req_per_s`, it tells the balancer's cost of a larger table from the
+    /// cost of spreading requests over many workers.
+    one_app_req_per_s: f64,
 }
 
 async fn routable(http: &reqwest::Client, proxy: &str, app: &str) {
@@ -75,7 +79,8 @@ async fn routable(http: &reqwest::Client, proxy: &str, app: &str) {
     }
 }
 
-/// Requests per second through the load balancer, round robin over `apps`.
+/// Requests per second through the load balancer, round robin over the
+/// first `apps` apps.
 async fn load(proxy: &str, apps: usize) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + LOAD;
@@ -199,11 +204,12 @@ async fn main() {
             rss_mb: mem_mb(up.id(), "VmRSS"),
             rest_cpu_pct,
             req_per_s: load(&proxy, target).await,
+            one_app_req_per_s: load(&proxy, 1).await,
         };
         let first = steps.first().unwrap_or(&step);
         let per_app = |v: f64, v0: f64| (v / step.apps as f64) / (v0 / first.apps as f64);
         println!(
-            "{:>4} apps: deploy to routable {:.3} s (x{:.2} of {} app)  route table {} B ({:.2} per app vs first)  fabric up RSS {:.1} MB  at rest {:.2}% CPU  {:.0} req/s over all apps (x{:.2} of first)",
+            "{:>4} apps: deploy to routable {:.3} s (x{:.2} of {} app)  route table {} B ({:.2} per app vs first)  fabric up RSS {:.1} MB  at rest {:.2}% CPU  {:.0} req/s over all apps (x{:.2} of first), {:.0} to one app (x{:.2})",
             step.apps,
             step.deploy_to_routable_s,
             step.deploy_to_routable_s / first.deploy_to_routable_s,
@@ -217,6 +223,8 @@ async fn main() {
             step.rest_cpu_pct,
             step.req_per_s,
             step.req_per_s / first.req_per_s,
+            step.one_app_req_per_s,
+            step.one_app_req_per_s / first.one_app_req_per_s,
         );
         steps.push(step);
     }
@@ -234,6 +242,7 @@ async fn main() {
                     ("fabric_up_rss_mb", s.rss_mb),
                     ("rest_cpu_pct", s.rest_cpu_pct),
                     ("req_per_s", s.req_per_s),
+                    ("one_app_req_per_s", s.one_app_req_per_s),
                 ]
             )
         );
