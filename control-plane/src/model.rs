@@ -127,9 +127,7 @@ impl Configuration {
 
     /// As anyone sees it: secure values masked.
     pub fn masked(mut self) -> Self {
-        self.secure_properties
-            .values_mut()
-            .for_each(|v| *v = MASK.to_string());
+        mask(&mut self.secure_properties);
         self
     }
 
@@ -209,6 +207,11 @@ pub type Properties = std::collections::BTreeMap<String, String>;
 /// What a secure property's value is shown as.
 pub const MASK: &str = "********";
 
+/// Replaces every value of `secure` with [`MASK`].
+fn mask(secure: &mut Properties) {
+    secure.values_mut().for_each(|v| *v = MASK.to_string());
+}
+
 /// The most properties (plain and secure together) an app may have.
 pub const MAX_PROPERTIES: usize = 300;
 /// The longest property name or value, in characters.
@@ -269,9 +272,7 @@ pub fn check_properties(plain: &Properties, secure: &Properties) -> Result<(), S
 impl AppRecord {
     /// The record as anyone but its workers sees it: secure values masked.
     pub fn masked(mut self) -> Self {
-        self.secure_properties
-            .values_mut()
-            .for_each(|v| *v = MASK.to_string());
+        mask(&mut self.secure_properties);
         self
     }
 
@@ -487,4 +488,89 @@ pub struct QueueInfo {
     pub oldest_age_ms: Option<u64>,
     /// Whether messages are sealed at rest.
     pub encrypted: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> Properties {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn hostile_properties_are_refused_naming_what_is_wrong() {
+        assert!(
+            check_properties(
+                &props(&[("db.url", "x"), ("a_b-c", "tab\tand\nline")]),
+                &props(&[("pw", "s")])
+            )
+            .is_ok()
+        );
+        let refused = |plain: Properties, secure: Properties, needle: &str| {
+            let e = check_properties(&plain, &secure).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        };
+        refused(props(&[("", "x")]), props(&[]), "1 to 1024");
+        refused(props(&[("a b", "x")]), props(&[]), "only letters");
+        refused(props(&[("é", "x")]), props(&[]), "only letters");
+        refused(
+            props(&[("k", "bell\u{7}")]),
+            props(&[]),
+            "control character",
+        );
+        refused(
+            props(&[("k", &"x".repeat(MAX_PROPERTY_LEN + 1))]),
+            props(&[]),
+            "over 1024",
+        );
+        refused(
+            props(&[(&"k".repeat(MAX_PROPERTY_LEN + 1), "x")]),
+            props(&[]),
+            "1 to 1024",
+        );
+        refused(
+            props(&[("k", "1")]),
+            props(&[("k", "2")]),
+            "both plain and secure",
+        );
+        let many: Properties = (0..=MAX_PROPERTIES)
+            .map(|i| (format!("p{i}"), "v".into()))
+            .collect();
+        refused(many, props(&[]), "at most 300");
+        // At the limits exactly: accepted.
+        let full: Properties = (0..MAX_PROPERTIES)
+            .map(|i| (format!("p{i}"), "v".repeat(MAX_PROPERTY_LEN)))
+            .collect();
+        assert!(check_properties(&full, &Properties::new()).is_ok());
+    }
+
+    #[test]
+    fn masking_hides_every_secure_value_and_nothing_else() {
+        let record = AppRecord {
+            name: "shop".into(),
+            tenant: "t".into(),
+            instance: String::new(),
+            version: 1,
+            manifest: String::new(),
+            workers: 1,
+            size: 0.1,
+            persistent_queues: false,
+            encrypt_queues: true,
+            properties: props(&[("greeting", "hi")]),
+            secure_properties: props(&[("pw", "s3cr3t")]),
+        };
+        let config = Configuration::of(&record, 1, "deploy", "t", Outcome::Deployed);
+        assert_eq!(
+            record.worker_properties(),
+            props(&[("greeting", "hi"), ("pw", "s3cr3t")])
+        );
+        let shown = record.masked();
+        assert_eq!(shown.secure_properties, props(&[("pw", MASK)]));
+        assert_eq!(shown.properties, props(&[("greeting", "hi")]));
+        assert_eq!(config.masked().secure_properties, props(&[("pw", MASK)]));
+    }
 }

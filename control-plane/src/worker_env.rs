@@ -92,16 +92,8 @@ pub fn render_kubernetes(s: &Settings, record: &model::AppRecord) -> String {
     let specs: Vec<scheduler::WorkerSpec> = supervisor::placements(&s.azs, record.workers)
         .into_iter()
         .zip(1..)
-        .map(|(az, index)| scheduler::WorkerSpec {
-            app: record.name.clone(),
-            app_id: record.app_id(),
-            tenant: record.tenant.clone(),
-            version: record.version,
-            index,
-            az,
-            manifest: record.manifest.as_str().into(),
-            size: record.size,
-            env: env.clone(),
+        .map(|(az, index)| {
+            scheduler::WorkerSpec::of(record, record.version, index, &az, env.clone())
         })
         .collect();
     scheduler::kubernetes::objects::render(&specs, &s.kubernetes)

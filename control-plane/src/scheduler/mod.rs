@@ -39,6 +39,27 @@ pub struct WorkerSpec {
 }
 
 impl WorkerSpec {
+    /// Worker `index` of `record` at `version` in `az`, started with `env`.
+    pub fn of(
+        record: &crate::model::AppRecord,
+        version: u64,
+        index: u32,
+        az: &str,
+        env: Vec<(String, String)>,
+    ) -> Self {
+        WorkerSpec {
+            app: record.name.clone(),
+            app_id: record.app_id(),
+            tenant: record.tenant.clone(),
+            version,
+            index,
+            az: az.to_string(),
+            manifest: record.manifest.as_str().into(),
+            size: record.size,
+            env,
+        }
+    }
+
     /// The name the worker is started as, `{app}-{n}-v{version}`: one
     /// version's worker n, never another's.
     pub fn name(&self) -> String {

@@ -192,17 +192,7 @@ impl Supervisor {
     }
 
     fn spec(&self, record: &AppRecord, version: u64, index: u32, az: &str) -> WorkerSpec {
-        WorkerSpec {
-            app: record.name.clone(),
-            app_id: record.app_id(),
-            tenant: record.tenant.clone(),
-            version,
-            index,
-            az: az.to_string(),
-            manifest: record.manifest.as_str().into(),
-            size: record.size,
-            env: (self.inner.worker_env)(record),
-        }
+        WorkerSpec::of(record, version, index, az, (self.inner.worker_env)(record))
     }
 
     /// Checks every worker until `shutdown`, then stops them all.
