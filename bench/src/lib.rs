@@ -54,6 +54,86 @@ pub fn fabric_binary(how_to_build: &str) -> std::path::PathBuf {
     fabric
 }
 
+/// A `fabric up` of a benchmark's own (embedded backend, its load balancer
+/// on a free port, a temporary data directory), stopped by pid when dropped.
+pub struct LocalFabric {
+    process: std::process::Child,
+    /// The control plane's base URL.
+    pub url: String,
+    /// The admin API key.
+    pub admin: String,
+    /// The load balancer's data-path address (`host:port`).
+    pub proxy: String,
+    _data: tempfile::TempDir,
+}
+
+impl LocalFabric {
+    /// Starts the release `fabric` beside this bench (`how_to_build` says how
+    /// to make it when missing) and waits until it serves.
+    pub fn start(how_to_build: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        let data = tempfile::tempdir().expect("temp dir");
+        let mut process = std::process::Command::new(fabric_binary(how_to_build))
+            .args(["up", "--proxy-port", "0", "--data-dir"])
+            .arg(data.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start fabric up");
+        let stdout = process.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut proxy = String::new();
+        for line in lines.by_ref() {
+            let line = line.expect("fabric up output");
+            if let Some((_, rest)) = line.split_once("Apps answer through the load balancer on ") {
+                proxy = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let read = |f: &str| {
+            std::fs::read_to_string(data.path().join(f))
+                .expect(f)
+                .trim()
+                .to_string()
+        };
+        LocalFabric {
+            url: read("control-plane.url"),
+            admin: read("admin.key"),
+            proxy,
+            process,
+            _data: data,
+        }
+    }
+
+    /// The `fabric up` process's id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// An API client with the admin key.
+    pub fn client(&self) -> control_plane::client::Client {
+        control_plane::client::Client::new(&self.url, &self.admin)
+    }
+}
+
+impl Drop for LocalFabric {
+    fn drop(&mut self) {
+        // SIGINT: `fabric up` drains and stops its workers.
+        let pid = nix::unistd::Pid::from_raw(self.process.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.process.wait();
+    }
+}
+
 /// A field of `/proc/PID/status` (`VmRSS`, `VmHWM`) in MB; 0 when unreadable.
 pub fn mem_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -6,11 +6,8 @@
 //! each idle worker's resident memory. Ends with
 //! `BENCH fabric deploy_to_ready_s=<x> replace_after_kill_s=<y> idle_worker_rss_mb=<z>`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use control_plane::client::Client;
 use control_plane::model::{DeployRequest, WorkerState};
 use fabric_bench::{bench_line, mem_mb};
 use nix::sys::signal::{Signal, kill};
@@ -26,32 +23,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let fabric = fabric_bench::fabric_binary("run bench/fabric/run");
-    let data = tempfile::tempdir().expect("temp dir");
-    let mut up = Command::new(&fabric)
-        .args(["up", "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fabric up");
-    let stdout = up.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        if line.expect("fabric up output").contains("Press Ctrl-C") {
-            break;
-        }
-    }
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let read = |f: &str| {
-        std::fs::read_to_string(data.path().join(f))
-            .expect(f)
-            .trim()
-            .to_string()
-    };
-    let client = Client::new(&read("control-plane.url"), &read("admin.key"));
+    let fabric = fabric_bench::LocalFabric::start("run bench/fabric/run");
+    let client = fabric.client();
 
     let (mut deploys, mut replaces, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
@@ -101,8 +74,7 @@ async fn main() {
             deploys[round], replaces[round]
         );
     }
-    let _ = kill(Pid::from_raw(up.id() as i32), Signal::SIGINT);
-    let _ = up.wait();
+    drop(fabric);
 
     let (d, r, m) = (median(deploys), median(replaces), median(rss));
     println!(

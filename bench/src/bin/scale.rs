@@ -11,17 +11,12 @@
 //! same figure per app at the first count, the reference of the same run:
 //! growth is linear or better when the ratio stays at or under 1.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use control_plane::client::Client;
 use control_plane::model::DeployRequest;
 use fabric_bench::{bench_line, mem_mb};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 const APP: &str = include_str!("../../../examples/hello.yaml");
 /// How long CPU use at rest is sampled.
@@ -123,41 +118,13 @@ async fn main() {
             given
         }
     };
-    let fabric = fabric_bench::fabric_binary("run bench/scale/run");
-    let data = tempfile::tempdir().expect("temp dir");
-    let mut up = Command::new(&fabric)
-        .args(["up", "--proxy-port", "0", "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start fabric up");
-    let stdout = up.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut proxy = String::new();
-    for line in lines.by_ref() {
-        let line = line.expect("fabric up output");
-        if let Some((_, rest)) = line.split_once("Apps answer through the load balancer on ") {
-            proxy = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    let read = |f: &str| {
-        std::fs::read_to_string(data.path().join(f))
-            .expect(f)
-            .trim()
-            .to_string()
-    };
-    let (url, admin) = (read("control-plane.url"), read("admin.key"));
-    let client = Client::new(&url, &admin);
+    let fabric = fabric_bench::LocalFabric::start("run bench/scale/run");
+    let (url, admin, proxy) = (
+        fabric.url.clone(),
+        fabric.admin.clone(),
+        fabric.proxy.clone(),
+    );
+    let client = fabric.client();
     let http = reqwest::Client::new();
 
     let mut steps: Vec<Step> = Vec::new();
@@ -194,14 +161,14 @@ async fn main() {
             .expect("routes body")
             .len();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let before = cpu_s(up.id());
+        let before = cpu_s(fabric.pid());
         tokio::time::sleep(REST).await;
-        let rest_cpu_pct = (cpu_s(up.id()) - before) / REST.as_secs_f64() * 100.0;
+        let rest_cpu_pct = (cpu_s(fabric.pid()) - before) / REST.as_secs_f64() * 100.0;
         let step = Step {
             apps: target,
             deploy_to_routable_s: times[times.len() / 2],
             route_table_bytes: table,
-            rss_mb: mem_mb(up.id(), "VmRSS"),
+            rss_mb: mem_mb(fabric.pid(), "VmRSS"),
             rest_cpu_pct,
             req_per_s: load(&proxy, target).await,
             one_app_req_per_s: load(&proxy, 1).await,
@@ -228,8 +195,7 @@ async fn main() {
         );
         steps.push(step);
     }
-    let _ = kill(Pid::from_raw(up.id() as i32), Signal::SIGINT);
-    let _ = up.wait();
+    drop(fabric);
     for s in &steps {
         let apps = s.apps.to_string();
         println!(
