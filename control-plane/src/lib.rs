@@ -9,6 +9,7 @@
 pub mod access;
 mod api;
 pub mod client;
+pub mod console;
 pub mod events;
 pub mod logs;
 pub mod model;
@@ -109,6 +110,8 @@ pub struct Settings {
     pub log_retention: logs::Retention,
     /// The Kubernetes scheduler's settings (with `scheduler = "kubernetes"`).
     pub kubernetes: scheduler::kubernetes::KubernetesSettings,
+    /// The web console's settings (sessions, cookies).
+    pub console: console::ConsoleSettings,
 }
 
 /// Which scheduler runs the workers.
@@ -146,6 +149,7 @@ impl Default for Settings {
             scheduler: SchedulerKind::Local,
             log_retention: logs::Retention::default(),
             kubernetes: Default::default(),
+            console: Default::default(),
         }
     }
 }
@@ -343,7 +347,12 @@ pub async fn run(
         "Changed registry records not yet persisted (above 0 for long: the registry's store is unreachable)",
         registry.unpersisted_metric(),
     );
-    let router = api::router(api).merge(ops_router(readiness.clone(), Arc::new(metrics)));
+    let api_routes = api::router(api.clone());
+    let console =
+        console::Console::start(api_routes.clone(), api, config.settings.console, &shutdown);
+    let router = api_routes
+        .merge(console.router())
+        .merge(ops_router(readiness.clone(), Arc::new(metrics)));
     readiness.set_ready();
     serve(NAME, listener, router, readiness, shutdown).await?;
     // The workers are stopped and their placements forgotten first; then the

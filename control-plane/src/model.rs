@@ -490,6 +490,35 @@ pub struct QueueInfo {
     pub encrypted: bool,
 }
 
+/// A message in a queue's dead-letter queue, as the console and
+/// `GET /v1/apps/{n}/queues/{q}/dlq` show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    /// The message's id.
+    pub id: String,
+    /// Times it was delivered before it was dead-lettered.
+    pub delivery_count: u32,
+    /// When it was published, in Unix milliseconds.
+    pub enqueued_at_ms: u64,
+    /// Its body and last error are withheld: the queue is encrypted and
+    /// this message was not asked for.
+    pub sealed: bool,
+    /// Why it was dead-lettered (the last error a consumer reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Its body, unless sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// What a redrive moved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redriven {
+    /// Dead letters moved back to their queue.
+    pub moved: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

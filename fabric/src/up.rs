@@ -258,6 +258,7 @@ pub async fn run(args: Args, data_dir: PathBuf) -> anyhow::Result<()> {
         if aws { "SQS and DynamoDB" } else { "embedded" }
     );
     println!("  control-plane    {cp_url}  (the API `fabric apps ...` talks to)");
+    println!("  console          {cp_url}/console  (sign in with the admin API key below)");
     for line in &lines {
         println!("{line}");
     }

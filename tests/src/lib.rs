@@ -48,6 +48,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub mod backing;
+pub mod browser;
 pub mod chaos;
 pub mod fabric;
 pub mod process;

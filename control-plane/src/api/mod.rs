@@ -31,13 +31,15 @@ mod apps;
 mod configurations;
 mod fabric;
 mod keys;
+mod queues;
 mod tenants;
 
-use apps::{delete_app, deploy, list_apps, queues, restart_app, scale_app, show_app, workers};
+use apps::{delete_app, deploy, list_apps, restart_app, scale_app, show_app, workers};
 use configurations::{history, rollback, set_properties};
 use fabric::{az_action, azs, events, routes};
 pub(crate) use keys::RateLimiter;
 use keys::{create_key, list_keys, revoke_key};
+use queues::{dead_letters, queues, redrive};
 use tenants::{create_tenant, delete_tenant, list_tenants};
 
 /// The tenant that sees every app and manages AZs and tenants.
@@ -100,6 +102,8 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/apps/{name}/restart", post(restart_app))
         .route("/v1/apps/{name}/workers", get(workers))
         .route("/v1/apps/{name}/queues", get(queues))
+        .route("/v1/apps/{name}/queues/{queue}/dlq", get(dead_letters))
+        .route("/v1/apps/{name}/queues/{queue}/dlq/redrive", post(redrive))
         .route(
             "/v1/apps/{name}/properties",
             axum::routing::patch(set_properties),
