@@ -50,7 +50,7 @@ fn free_port() -> u16 {
 
 impl Browser {
     /// Starts chromedriver on a loopback port and a headless Chromium with
-    /// a fresh profile, 1280×900.
+    /// a fresh profile, 1280×1200.
     pub async fn start() -> Self {
         let profile = tempfile::tempdir().expect("a profile directory");
         // chromedriver takes a port, not a listener: a free one is found
@@ -79,7 +79,7 @@ impl Browser {
                         "--no-first-run",
                         "--disable-crash-reporter",
                         "--disable-breakpad",
-                        "--window-size=1280,900",
+                        "--window-size=1280,1200",
                         format!("--user-data-dir={}", profile.path().display()),
                     ],
                 }),

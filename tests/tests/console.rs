@@ -308,5 +308,21 @@ async fn another_tenant_cannot_reach_an_app_from_the_console() {
     b.click("nav a[href='/console/azs']").await;
     b.wait_for("the zones", "section.zone[data-zone=c]").await;
     b.screenshot(&shots, "zones").await;
+
+    // The zone drill: zone a fails, its worker comes up elsewhere; restored.
+    b.click("section.zone[data-zone=a] form button[type=submit]")
+        .await;
+    b.wait_for("the drill done", "p.flash.done").await;
+    b.find("section.zone[data-zone=a] .badge.state-down").await;
+    fabric.wait_workers("acme-hello", "acme-hello's workers out of zone a", |ws| {
+        fabric_tests::fabric::ready(ws, 2) && ws.iter().all(|w| w["az"] != "a")
+    });
+    b.click("section.zone[data-zone=a] form button[type=submit]")
+        .await;
+    b.wait_for(
+        "zone a restored",
+        "section.zone[data-zone=a] .badge.state-up",
+    )
+    .await;
     b.close().await;
 }

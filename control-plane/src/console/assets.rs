@@ -3,7 +3,8 @@
 //! `control-plane/console/vendor`), and the console's own stylesheet,
 //! script and icon. Each is served with a strong ETag; its URL carries a
 //! hash of its bytes, so a page always loads the files of its own build and
-//! a browser may keep them for good.
+//! a browser may keep them for good. A browser that accepts gzip gets them
+//! gzipped (each compressed once, when first asked for).
 
 use std::sync::LazyLock;
 
@@ -55,6 +56,33 @@ static TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Each asset gzipped, made when first asked for.
+static GZIPPED: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+    ASSETS
+        .iter()
+        .map(|a| {
+            use std::io::Write as _;
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            // Writing to a Vec cannot fail.
+            let _ = z.write_all(a.bytes);
+            z.finish().unwrap_or_default()
+        })
+        .collect()
+});
+
+/// Whether `headers` accept a gzipped answer.
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            parts.next() == Some("gzip") && !parts.any(|p| p.replace(' ', "") == "q=0")
+        })
+}
+
 fn find(name: &str) -> Option<(usize, &'static Asset)> {
     ASSETS.iter().enumerate().find(|(_, a)| a.name == name)
 }
@@ -81,15 +109,18 @@ pub async fn serve(Path(name): Path<String>, headers: HeaderMap) -> Response {
     {
         return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)], [cache]).into_response();
     }
-    (
-        [
-            (header::CONTENT_TYPE, asset.kind.to_string()),
-            (header::ETAG, tag),
-        ],
-        [cache],
-        asset.bytes,
-    )
-        .into_response()
+    let vary = (header::VARY, "accept-encoding");
+    let kind = (header::CONTENT_TYPE, asset.kind.to_string());
+    let gzipped = &GZIPPED[i];
+    if accepts_gzip(&headers) && !gzipped.is_empty() {
+        return (
+            [kind, (header::ETAG, tag)],
+            [cache, vary, (header::CONTENT_ENCODING, "gzip")],
+            gzipped.clone(),
+        )
+            .into_response();
+    }
+    ([kind, (header::ETAG, tag)], [cache, vary], asset.bytes).into_response()
 }
 
 #[cfg(test)]
@@ -110,5 +141,27 @@ mod tests {
             assert_eq!(a.kind, want, "{}", a.name);
         }
         assert!(url("console.css").contains("?v="));
+    }
+
+    #[test]
+    fn gzip_is_given_only_to_who_accepts_it() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, v.parse().unwrap());
+            accepts_gzip(&h)
+        };
+        assert!(with("gzip, deflate, br"));
+        assert!(with("br;q=1.0, gzip;q=0.8"));
+        assert!(!with("gzip;q=0"));
+        assert!(!with("br"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+        for (i, a) in ASSETS.iter().enumerate() {
+            let mut plain = Vec::new();
+            use std::io::Read as _;
+            flate2::read::GzDecoder::new(&GZIPPED[i][..])
+                .read_to_end(&mut plain)
+                .unwrap();
+            assert_eq!(plain, a.bytes, "{}", a.name);
+        }
     }
 }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
-use super::apps::size_select;
+use super::app::size_select;
 use super::calls::{Refused, segment};
 use super::session::{Flash, Session};
 use super::view::{self, Section, csrf};
@@ -131,17 +131,15 @@ impl DeployForm {
     }
 
     /// The app's name: the one given, else the manifest's own `name:`.
-    fn app_name(&self) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Named {
-            name: Option<String>,
-        }
+    async fn app_name(&self) -> Option<String> {
         if !self.name.is_empty() {
             return Some(self.name.clone());
         }
-        serde_saphyr::from_str::<Named>(&self.manifest)
+        let manifest = self.manifest.clone();
+        tokio::task::spawn_blocking(move || workers::manifest::name_of(&manifest))
+            .await
             .ok()
-            .and_then(|n| n.name)
+            .flatten()
     }
 }
 
@@ -261,7 +259,7 @@ pub(super) async fn submit(
                 .into_response();
         }
     };
-    let name = form.app_name();
+    let name = form.app_name().await;
     let started_ms = crate::access::now_ms();
     let (tx, rx) = tokio::sync::oneshot::channel();
     {

@@ -121,13 +121,14 @@ pub(super) async fn app(
     sse(stream(console, who, TICK, move |tick| {
         let (c, w, name) = (c.clone(), w.clone(), name.clone());
         async move {
-            let d = AppData::load(&c, &w, &name).await?;
+            let with_queues = tick % 2 == 0;
+            let d = AppData::load(&c, &w, &name, with_queues).await?;
             let mut parts = vec![
                 ("summary", summary(&d.status).into_string()),
                 ("workers", workers_view(&d.zones, &d.workers).into_string()),
                 ("events", events_view(&d.events).into_string()),
             ];
-            if tick % 2 == 0 {
+            if with_queues {
                 parts.push((
                     "queues",
                     queues_view(&name, d.queues.as_ref()).into_string(),

@@ -11,7 +11,8 @@
 //! - [`session`]: sessions, cookies, CSRF tokens;
 //! - [`calls`]: the in-process API calls;
 //! - [`view`]: the page shell and shared pieces; [`assets`]: the static files;
-//! - [`apps`]: the apps list, an app's page and its forms;
+//! - [`apps`]: the apps list and an app's live parts; [`app`]: an app's
+//!   page and its forms; [`dead_letters`]: a queue's dead letters;
 //! - [`deploy`]: the deploy dialog and its progress;
 //! - [`zones`]: the zones (admin);
 //! - [`live`]: the live updates; [`samples`]: queue depths over time.
@@ -31,9 +32,11 @@ use serde::Deserialize;
 
 use crate::api::Api;
 
+mod app;
 mod apps;
 mod assets;
 mod calls;
+mod dead_letters;
 mod deploy;
 mod live;
 mod samples;
@@ -126,20 +129,20 @@ impl Console {
             .route("/console/sign-out", post(sign_out))
             .route("/console/apps", get(apps::list))
             .route("/console/apps/live", get(live::apps))
-            .route("/console/apps/{name}", get(apps::show))
+            .route("/console/apps/{name}", get(app::show))
             .route("/console/apps/{name}/live", get(live::app))
-            .route("/console/apps/{name}/scale", post(apps::scale))
-            .route("/console/apps/{name}/restart", post(apps::restart))
-            .route("/console/apps/{name}/delete", post(apps::delete))
-            .route("/console/apps/{name}/properties", post(apps::properties))
-            .route("/console/apps/{name}/rollback", post(apps::rollback))
+            .route("/console/apps/{name}/scale", post(app::scale))
+            .route("/console/apps/{name}/restart", post(app::restart))
+            .route("/console/apps/{name}/delete", post(app::delete))
+            .route("/console/apps/{name}/properties", post(app::properties))
+            .route("/console/apps/{name}/rollback", post(app::rollback))
             .route(
                 "/console/apps/{name}/queues/{queue}",
-                get(apps::dead_letters).post(apps::reveal),
+                get(dead_letters::show).post(dead_letters::reveal),
             )
             .route(
                 "/console/apps/{name}/queues/{queue}/redrive",
-                post(apps::redrive),
+                post(dead_letters::redrive),
             )
             .route("/console/deploy", get(deploy::dialog).post(deploy::submit))
             .route("/console/apps/{name}/progress", get(deploy::progress))
@@ -170,9 +173,10 @@ impl Console {
 /// refused before any handler sees it.
 async fn guard(request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let authority = request.uri().authority().map(|a| a.as_str().to_string());
     if request.method() != Method::GET
         && request.method() != Method::HEAD
-        && !same_origin(request.headers())
+        && !same_origin(request.headers(), authority.as_deref())
     {
         return (StatusCode::FORBIDDEN, "cross-origin request refused").into_response();
     }
@@ -206,10 +210,14 @@ async fn guard(request: Request, next: Next) -> Response {
 }
 
 /// Whether a request's `Origin` (or, lacking it, `Referer`) is the host it
-/// was sent to; a request that names neither (a form posted by an older
-/// browser, a script) is let through to the CSRF token's check.
-fn same_origin(headers: &axum::http::HeaderMap) -> bool {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+/// was sent to (its `Host`, or over HTTP/2 its `:authority`); a request
+/// that names neither (a form posted by an older browser, a script) is let
+/// through to the CSRF token's check.
+fn same_origin(headers: &axum::http::HeaderMap, authority: Option<&str>) -> bool {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(authority);
     let origin = headers
         .get(header::ORIGIN)
         .or_else(|| headers.get(header::REFERER))
@@ -250,6 +258,22 @@ impl FromRequestParts<Console> for Signed {
 fn after(console: &Console, who: &Session, to: &str, flash: Flash) -> Response {
     console.sessions.flash(&who.id, flash);
     Redirect::to(to).into_response()
+}
+
+/// The outcome of a form that asked the API for something: back to the
+/// app's page with what happened, or to the sign-in page if the key was revoked.
+fn done<T>(
+    console: &Console,
+    who: &Session,
+    to: &str,
+    r: Result<T, Refused>,
+    what: impl FnOnce(T) -> String,
+) -> Response {
+    match r {
+        Ok(v) => after(console, who, to, Flash::Done(what(v))),
+        Err(e) if e.signed_out() => refused_page(console, who, e),
+        Err(e) => after(console, who, to, Flash::Refused(e.message)),
+    }
 }
 
 /// The answer to a form whose CSRF token is wrong.

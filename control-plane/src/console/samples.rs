@@ -1,5 +1,5 @@
 //! Queue depths over the last 15 minutes, for the app page's chart: every
-//! [`EVERY`] the depth of each persistent queue of each app, kept in memory
+//! [`EVERY`] the backlog and dead letters of each persistent queue of each app, kept in memory
 //! per app instance for [`KEPT`] samples. Transient queues live in the
 //! workers and are not sampled.
 
@@ -19,7 +19,8 @@ pub const KEPT: usize = 180;
 pub struct Sample {
     /// Unix milliseconds.
     pub at_ms: u64,
-    /// Each queue's depth: messages waiting.
+    /// Each queue's backlog (messages waiting and in flight), and its
+    /// dead letters as `{queue} (dead letters)`.
     pub depths: BTreeMap<String, u64>,
 }
 
@@ -81,7 +82,14 @@ impl Samples {
                         depths: counts
                             .queues
                             .into_iter()
-                            .map(|q| (q.name, q.depth.unwrap_or(0)))
+                            .flat_map(|q| {
+                                let backlog = q.depth.unwrap_or(0) + q.in_flight.unwrap_or(0);
+                                let dead = (
+                                    format!("{} (dead letters)", q.name),
+                                    q.dlq_depth.unwrap_or(0),
+                                );
+                                [(q.name, backlog), dead]
+                            })
                             .collect(),
                     },
                 ),

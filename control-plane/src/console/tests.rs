@@ -72,14 +72,15 @@ fn app_written_text_is_escaped_everywhere_it_shows() {
 }
 
 #[test]
-fn chart_data_cannot_close_its_script_element() {
-    let samples = vec![Sample {
-        at_ms: 1_000,
-        depths: BTreeMap::from([("</script><script>alert(1)</script>".to_string(), 3)]),
-    }];
+fn chart_data_cannot_leave_its_attribute() {
+    let sample = |at_ms| Sample {
+        at_ms,
+        depths: BTreeMap::from([(HOSTILE.to_string(), 3)]),
+    };
+    let samples = vec![sample(1_000), sample(6_000)];
     let html = chart_view(&samples).into_string();
-    assert_eq!(html.matches("</script>").count(), 1, "{html}");
-    assert!(html.contains("\\u003c/script\\u003e"), "{html}");
+    assert_escaped(&html);
+    assert!(!html.contains("\"'>"), "{html}");
 }
 
 #[test]
@@ -87,6 +88,10 @@ fn a_carriage_return_in_a_live_fragment_does_not_break_the_stream() {
     // SSE cannot carry a CR: it is sent as a character reference, never a panic.
     let e = super::live::event("events", "line one\rline two\r\nthree");
     drop(e);
+}
+
+fn same_origin_h(h: &HeaderMap) -> bool {
+    same_origin(h, None)
 }
 
 #[test]
@@ -99,24 +104,29 @@ fn forms_from_another_origin_are_refused() {
         h
     };
     let host = (header::HOST, "127.0.0.1:8000");
-    assert!(same_origin(&headers(std::slice::from_ref(&host))));
-    assert!(same_origin(&headers(&[
+    assert!(same_origin_h(&headers(std::slice::from_ref(&host))));
+    assert!(same_origin_h(&headers(&[
         host.clone(),
         (header::ORIGIN, "http://127.0.0.1:8000")
     ])));
-    assert!(!same_origin(&headers(&[
+    assert!(!same_origin_h(&headers(&[
         host.clone(),
         (header::ORIGIN, "http://evil.example")
     ])));
-    assert!(!same_origin(&headers(&[
+    assert!(!same_origin_h(&headers(&[
         host.clone(),
         (header::ORIGIN, "http://127.0.0.1:8000.evil.example")
     ])));
-    assert!(!same_origin(&headers(&[
+    assert!(!same_origin_h(&headers(&[
         host.clone(),
         (header::REFERER, "https://evil.example/127.0.0.1:8000")
     ])));
-    assert!(!same_origin(&headers(&[host, (header::ORIGIN, "null")])));
+    assert!(!same_origin_h(&headers(&[host, (header::ORIGIN, "null")])));
+    // Over HTTP/2 the host is the request's authority.
+    let h2 = headers(&[(header::ORIGIN, "http://127.0.0.1:8000")]);
+    assert!(same_origin(&h2, Some("127.0.0.1:8000")));
+    assert!(!same_origin(&h2, Some("127.0.0.1:9000")));
+    assert!(!same_origin(&h2, None));
 }
 
 fn cookie_headers(id: &str) -> HeaderMap {
@@ -176,6 +186,13 @@ fn cookies_are_http_only_strict_and_secure_under_tls() {
     assert!(!plain.contains("Secure"));
     let (_, tls) = session::set_cookie("c", "v", Duration::from_secs(60), true);
     assert!(tls.ends_with("; Secure"));
+}
+
+#[test]
+fn any_time_shows_without_a_panic() {
+    for ms in [0, 1_796_115_174_652, u64::MAX] {
+        assert!(super::view::time(ms).into_string().contains("<time"));
+    }
 }
 
 #[test]

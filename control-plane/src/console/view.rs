@@ -116,9 +116,13 @@ pub fn badge(state: &str) -> Markup {
     html! { span class={ "badge state-" (state) } { (state) } }
 }
 
-/// Unix milliseconds as RFC 3339, in a `<time>`.
+/// The last millisecond of year 9999, the latest time RFC 3339 writes.
+const LATEST_MS: u64 = 253_402_300_799_999;
+
+/// Unix milliseconds as RFC 3339, in a `<time>` (a time past year 9999,
+/// which only a broken clock or a hostile record holds, shows as that).
 pub fn time(ms: u64) -> Markup {
-    let at = crate::access::rfc3339(ms);
+    let at = crate::access::rfc3339(ms.min(LATEST_MS));
     html! { time datetime=(at) { (at.replace('T', " ").trim_end_matches('Z')) " UTC" } }
 }
 
