@@ -74,6 +74,36 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// An API answer: its JSON body (`null` when empty) when `status` is a
+/// success, else the refusal's type and message (the fabric's error body),
+/// or why the body could not be read.
+pub(crate) fn decode_answer<T: DeserializeOwned>(
+    status: reqwest::StatusCode,
+    bytes: &[u8],
+) -> Result<T, (String, String)> {
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        return Err((
+            v["error"].as_str().unwrap_or("HTTP").to_string(),
+            v["message"].as_str().map_or_else(
+                || format!("the control plane answered {status}"),
+                str::to_string,
+            ),
+        ));
+    }
+    let bytes = if bytes.is_empty() {
+        &b"null"[..]
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        (
+            "DECODE".to_string(),
+            format!("unexpected answer from the control plane: {e}"),
+        )
+    })
+}
+
 impl Client {
     /// A client of the control plane at `url` using `key`.
     pub fn new(url: &str, key: &str) -> Self {
@@ -104,26 +134,10 @@ impl Client {
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(unreachable)?;
-        if !status.is_success() {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(ClientError::Api {
-                status,
-                kind: v["error"].as_str().unwrap_or("HTTP").to_string(),
-                message: v["message"].as_str().map_or_else(
-                    || format!("the control plane answered {status}"),
-                    str::to_string,
-                ),
-            });
-        }
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Api {
+        decode_answer(status, &bytes).map_err(|(kind, message)| ClientError::Api {
             status,
-            kind: "DECODE".into(),
-            message: format!("unexpected answer from the control plane: {e}"),
+            kind,
+            message,
         })
     }
 

@@ -2,7 +2,6 @@
 //! properties and history) and the forms on it: scale, restart, delete,
 //! properties, rollback.
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
@@ -14,7 +13,7 @@ use super::apps::{
 use super::calls::Refused;
 use super::session::{Flash, Session};
 use super::view::{self, Section, badge, csrf};
-use super::{Console, CsrfOnly, Signed, after, csrf_ok, done, forged, refused_page};
+use super::{Console, Nothing, Posted, Signed, after, done, refused_page};
 use crate::model::{AppStatus, Configuration, Outcome, WorkerInfo};
 
 /// What the logs filter form sends.
@@ -266,7 +265,6 @@ pub(super) async fn show(
 
 #[derive(Deserialize)]
 pub(super) struct ScaleForm {
-    csrf: String,
     workers: String,
     size: String,
 }
@@ -274,13 +272,9 @@ pub(super) struct ScaleForm {
 /// `POST /console/apps/{name}/scale`.
 pub(super) async fn scale(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path(name): Path<String>,
-    Form(f): Form<ScaleForm>,
+    Posted(who, f): Posted<ScaleForm>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
     let to = app_path(&name);
     let (Ok(workers), Ok(size)) = (
         f.workers.trim().parse::<u32>(),
@@ -315,13 +309,9 @@ pub(super) async fn scale(
 /// `POST /console/apps/{name}/restart`.
 pub(super) async fn restart(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path(name): Path<String>,
-    Form(f): Form<CsrfOnly>,
+    Posted(who, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
     let r = console
         .post::<AppStatus>(&who.key, &api_path(&name, "/restart"), &())
         .await;
@@ -335,20 +325,15 @@ pub(super) async fn restart(
 
 #[derive(Deserialize)]
 pub(super) struct DeleteForm {
-    csrf: String,
     confirm: String,
 }
 
 /// `POST /console/apps/{name}/delete`: only with the app's name typed.
 pub(super) async fn delete(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path(name): Path<String>,
-    Form(f): Form<DeleteForm>,
+    Posted(who, f): Posted<DeleteForm>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
     if f.confirm.trim() != name {
         return after(
             &console,
@@ -379,7 +364,6 @@ pub(super) async fn delete(
 
 #[derive(Deserialize)]
 pub(super) struct PropertyForm {
-    csrf: String,
     action: String,
     name: String,
     #[serde(default)]
@@ -391,13 +375,9 @@ pub(super) struct PropertyForm {
 /// `POST /console/apps/{name}/properties`: set or remove one property.
 pub(super) async fn properties(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path(name): Path<String>,
-    Form(f): Form<PropertyForm>,
+    Posted(who, f): Posted<PropertyForm>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
     let mut req = crate::model::PropertiesRequest::default();
     let what = match f.action.as_str() {
         "unset" => {
@@ -432,34 +412,28 @@ pub(super) async fn properties(
 
 #[derive(Deserialize)]
 pub(super) struct RollbackForm {
-    csrf: String,
-    to: u64,
+    to: String,
 }
 
 /// `POST /console/apps/{name}/rollback`.
 pub(super) async fn rollback(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path(name): Path<String>,
-    Form(f): Form<RollbackForm>,
+    Posted(who, f): Posted<RollbackForm>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
-    let req = crate::model::RollbackRequest { to: Some(f.to) };
+    let to = app_path(&name) + "#history";
+    let Ok(number) = f.to.trim().parse::<u64>() else {
+        let refused = Flash::Refused(format!("no configuration numbered {:?}", f.to));
+        return after(&console, &who, &to, refused);
+    };
+    let req = crate::model::RollbackRequest { to: Some(number) };
     let r = console
         .post::<AppStatus>(&who.key, &api_path(&name, "/rollback"), &req)
         .await;
-    done(
-        &console,
-        &who,
-        &format!("{}#history", app_path(&name)),
-        r,
-        |s| {
-            format!(
-                "rolled back to configuration #{}; {} serves it as v{}",
-                f.to, s.app.name, s.app.version
-            )
-        },
-    )
+    done(&console, &who, &to, r, |s| {
+        format!(
+            "rolled back to configuration #{number}; {} serves it as v{}",
+            s.app.name, s.app.version
+        )
+    })
 }

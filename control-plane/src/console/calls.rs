@@ -69,22 +69,8 @@ impl Console {
         let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
             .await
             .map_err(|e| failed(&e))?;
-        if !status.is_success() {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(Refused {
-                status,
-                message: v["message"].as_str().map_or_else(
-                    || format!("the control plane answered {status}"),
-                    str::to_string,
-                ),
-            });
-        }
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes).map_err(|e| failed(&e))
+        crate::client::decode_answer(status, &bytes)
+            .map_err(|(_, message)| Refused { status, message })
     }
 
     /// `GET path` as the holder of `key`.

@@ -1,7 +1,6 @@
 //! A persistent queue's dead letters: shown (an encrypted queue's bodies
 //! only when asked for, one at a time) and redriven to their queue.
 
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::html;
@@ -11,7 +10,7 @@ use super::apps::{api_path, app_path};
 use super::calls::{Refused, segment};
 use super::session::{Flash, Session};
 use super::view::{self, Section, csrf};
-use super::{Console, CsrfOnly, Signed, csrf_ok, done, forged, refused_page};
+use super::{Console, Nothing, Posted, Signed, done, refused_page};
 use crate::model::DeadLetter;
 
 fn dead_letters_page(
@@ -94,7 +93,6 @@ pub(super) async fn show(
 
 #[derive(Deserialize)]
 pub(super) struct RevealForm {
-    csrf: String,
     reveal: String,
 }
 
@@ -103,13 +101,10 @@ pub(super) struct RevealForm {
 /// its plaintext never sits in a URL).
 pub(super) async fn reveal(
     State(console): State<Console>,
-    Signed(who, flash): Signed,
     Path((name, queue)): Path<(String, String)>,
-    Form(f): Form<RevealForm>,
+    Posted(who, f): Posted<RevealForm>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
+    let flash = None;
     let query = serde_urlencoded::to_string([("reveal", f.reveal.as_str())]).unwrap_or_default();
     let letters = console
         .get(
@@ -126,13 +121,9 @@ pub(super) async fn reveal(
 /// `POST /console/apps/{name}/queues/{queue}/redrive`.
 pub(super) async fn redrive(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path((name, queue)): Path<(String, String)>,
-    Form(f): Form<CsrfOnly>,
+    Posted(who, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
     let r = console
         .post::<crate::model::Redriven>(
             &who.key,

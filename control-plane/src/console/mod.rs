@@ -412,22 +412,51 @@ async fn sign_in(
         .into_response()
 }
 
-/// A form that carries nothing but its CSRF token.
+/// A form with no fields but its CSRF token.
 #[derive(Deserialize)]
-struct CsrfOnly {
+struct Nothing {}
+
+/// What a state-changing form sends: its CSRF token beside its fields.
+#[derive(Deserialize)]
+struct WithCsrf<F> {
     csrf: String,
+    #[serde(flatten)]
+    form: F,
+}
+
+/// A form posted by a signed-in session with the session's CSRF token:
+/// the session and the form's fields. Every state-changing form but the
+/// sign-in and the deploy upload (which check theirs themselves) is read
+/// through it, so none can forget the check: a wrong token is 403 before
+/// the handler runs.
+pub(super) struct Posted<F>(Session, F);
+
+impl<F: serde::de::DeserializeOwned + Send> axum::extract::FromRequest<Console> for Posted<F> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, console: &Console) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Signed(who, _) = Signed::from_request_parts(&mut parts, console).await?;
+        let request = Request::from_parts(parts, body);
+        let Form(sent) = Form::<WithCsrf<F>>::from_request(request, console)
+            .await
+            .map_err(|e| {
+                let page = view::problem(Some(&who), "Form refused", &e.body_text());
+                (StatusCode::BAD_REQUEST, page).into_response()
+            })?;
+        if !csrf_ok(&who, &sent.csrf) {
+            return Err(forged());
+        }
+        Ok(Posted(who, sent.form))
+    }
 }
 
 /// `POST /console/sign-out`.
 async fn sign_out(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     parts: Parts,
-    Form(form): Form<CsrfOnly>,
+    Posted(who, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    if !csrf_ok(&who, &form.csrf) {
-        return forged();
-    }
     console.sessions.end(&who.id);
     let (name, cookie) = session::set_cookie(
         session::COOKIE_NAME,

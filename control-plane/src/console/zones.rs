@@ -1,7 +1,6 @@
 //! The zones (admin): each zone's state and the workers in it, with the
 //! fail and restore drill.
 
-use axum::Form;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
@@ -10,7 +9,7 @@ use super::apps::state_word;
 use super::calls::{Refused, segment};
 use super::session::{Flash, Session};
 use super::view::{self, Section, badge, csrf};
-use super::{Console, CsrfOnly, Signed, after, csrf_ok, forged, refused_page};
+use super::{Console, Nothing, Posted, Signed, after, refused_page};
 use crate::model::{AppStatus, AzStatus, WorkerInfo};
 
 /// Every zone and every worker in it, as the admin sees them.
@@ -88,13 +87,9 @@ pub(super) async fn page(State(console): State<Console>, Signed(who, flash): Sig
 /// `POST /console/azs/{az}/{action}`: `fail` or `restore`.
 pub(super) async fn act(
     State(console): State<Console>,
-    Signed(who, _): Signed,
     Path((az, action)): Path<(String, String)>,
-    Form(f): Form<CsrfOnly>,
+    Posted(who, Nothing {}): Posted<Nothing>,
 ) -> Response {
-    if !csrf_ok(&who, &f.csrf) {
-        return forged();
-    }
     let path = format!("/v1/azs/{}/{}", segment(&az), segment(&action));
     match console.post::<Vec<AzStatus>>(&who.key, &path, &()).await {
         Ok(_) => after(
