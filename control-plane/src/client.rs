@@ -212,6 +212,19 @@ impl Client {
         .await
     }
 
+    /// Sets an app's scaling policy, or turns autoscaling off (`None`).
+    pub async fn autoscale(
+        &self,
+        name: &str,
+        policy: Option<&crate::model::ScalePolicy>,
+    ) -> Result<AppStatus, ClientError> {
+        let path = format!("/v1/apps/{name}/autoscale");
+        match policy {
+            Some(p) => self.call(Method::PUT, &path, Some(p)).await,
+            None => self.call::<(), _>(Method::DELETE, &path, None).await,
+        }
+    }
+
     /// Removes an app.
     pub async fn delete(&self, name: &str) -> Result<Deleted, ClientError> {
         let answer: Option<serde_json::Value> = self

@@ -8,6 +8,7 @@
 
 pub mod access;
 mod api;
+pub mod autoscale;
 pub mod client;
 pub mod console;
 pub mod events;
@@ -112,6 +113,8 @@ pub struct Settings {
     pub kubernetes: scheduler::kubernetes::KubernetesSettings,
     /// The web console's settings (sessions, cookies).
     pub console: console::ConsoleSettings,
+    /// How apps with a scaling policy are measured and scaled.
+    pub autoscale: autoscale::AutoscaleSettings,
 }
 
 /// Which scheduler runs the workers.
@@ -150,6 +153,7 @@ impl Default for Settings {
             log_retention: logs::Retention::default(),
             kubernetes: Default::default(),
             console: Default::default(),
+            autoscale: Default::default(),
         }
     }
 }
@@ -347,6 +351,13 @@ pub async fn run(
         "Changed registry records not yet persisted (above 0 for long: the registry's store is unreachable)",
         registry.unpersisted_metric(),
     );
+    {
+        let (api, settings, sd) = (api.clone(), config.settings.autoscale, shutdown.clone());
+        shutdown.spawn("autoscaler", async move {
+            autoscale::run(api, settings, sd).await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
     let api_routes = api::router(api.clone());
     let console =
         console::Console::start(api_routes.clone(), api, config.settings.console, &shutdown);

@@ -199,6 +199,77 @@ pub struct AppRecord {
     /// and shown everywhere else as [`MASK`].
     #[serde(default, skip_serializing_if = "Properties::is_empty")]
     pub secure_properties: Properties,
+    /// How the app scales by itself, when it does (`fabric apps autoscale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<ScalePolicy>,
+}
+
+/// How an app scales by itself: the worker count the busiest signal asks
+/// for, within `min` and `max`. At least one signal is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScalePolicy {
+    /// Workers at least (1 to 8).
+    pub min: u32,
+    /// Workers at most (`min` to 8).
+    pub max: u32,
+    /// Messages of backlog (waiting and in flight, over the app's persistent
+    /// queues) per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_backlog: Option<u32>,
+    /// CPU per worker, in percent of its size's vCores (1 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// HTTP requests in flight per worker, in percent of its size's
+    /// concurrency ceiling (1 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+impl ScalePolicy {
+    /// Whether the policy can be followed: bounds in order, at least one
+    /// signal, targets in range; the reason when not.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=8).contains(&self.min) || !(self.min..=8).contains(&self.max) {
+            return Err(format!(
+                "autoscaling needs 1 <= min <= max <= 8, not min {} and max {}",
+                self.min, self.max
+            ));
+        }
+        if self.queue_backlog.is_none() && self.cpu.is_none() && self.concurrency.is_none() {
+            return Err(
+                "autoscaling needs a signal: a queue backlog, a CPU or a concurrency target".into(),
+            );
+        }
+        if self.queue_backlog == Some(0) {
+            return Err("the queue backlog target is messages per worker, at least 1".into());
+        }
+        for (what, target) in [("CPU", self.cpu), ("concurrency", self.concurrency)] {
+            if let Some(t) = target
+                && !(1..=100).contains(&t)
+            {
+                return Err(format!(
+                    "the {what} target is a percentage, 1 to 100, not {t}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A policy, for a person: "1 to 4 workers on queue backlog 20 per worker, CPU 70%".
+pub fn describe_policy(p: &ScalePolicy) -> String {
+    let mut on = Vec::new();
+    if let Some(t) = p.queue_backlog {
+        on.push(format!("queue backlog {t} per worker"));
+    }
+    if let Some(t) = p.cpu {
+        on.push(format!("CPU {t}%"));
+    }
+    if let Some(t) = p.concurrency {
+        on.push(format!("concurrency {t}%"));
+    }
+    format!("{} to {} workers on {}", p.min, p.max, on.join(", "))
 }
 
 /// App properties: names to values.
@@ -324,6 +395,7 @@ impl AppRecord {
             encrypt_queues,
             properties: Properties::new(),
             secure_properties: Properties::new(),
+            autoscale: None,
         })
     }
 
@@ -591,6 +663,7 @@ mod tests {
             encrypt_queues: true,
             properties: props(&[("greeting", "hi")]),
             secure_properties: props(&[("pw", "s3cr3t")]),
+            autoscale: None,
         };
         let config = Configuration::of(&record, 1, "deploy", "t", Outcome::Deployed);
         assert_eq!(

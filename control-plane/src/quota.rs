@@ -144,6 +144,7 @@ mod tests {
             encrypt_queues: true,
             properties: Default::default(),
             secure_properties: Default::default(),
+            autoscale: None,
         }
     }
 

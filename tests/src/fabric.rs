@@ -186,7 +186,18 @@ impl Fabric {
         what: &str,
         pred: impl Fn(&[serde_json::Value]) -> bool,
     ) -> Vec<serde_json::Value> {
-        crate::until_sync(what, START, || {
+        self.wait_workers_within(app, what, START, pred)
+    }
+
+    /// [`Fabric::wait_workers`], for at most `within`.
+    pub fn wait_workers_within(
+        &self,
+        app: &str,
+        what: &str,
+        within: std::time::Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        crate::until_sync(what, within, || {
             let w = self.workers(app);
             if pred(&w) { Ok(w) } else { Err(w) }
         })

@@ -1,11 +1,16 @@
-//! The worker's Prometheus metrics: requests, flow latency, errors, messages.
+//! The worker's Prometheus metrics: requests, flow latency, errors,
+//! messages, HTTP requests in flight and CPU time (what the control
+//! plane's autoscaler reads).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -52,7 +57,39 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     messages: Family<MessageLabels, Counter>,
+    in_flight: Gauge,
     registry: Arc<Registry>,
+}
+
+/// The process's CPU time (user and system), read at each scrape.
+#[derive(Debug)]
+struct CpuTime;
+
+impl Collector for CpuTime {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let Ok(usage) = getrusage(UsageWho::RUSAGE_SELF) else {
+            return Ok(());
+        };
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        let cpu = ConstCounter::new(secs(usage.user_time()) + secs(usage.system_time()));
+        let metric = encoder.encode_descriptor(
+            "worker_cpu_seconds",
+            "CPU time the worker has used, user and system",
+            None,
+            cpu.metric_type(),
+        )?;
+        cpu.encode(metric)
+    }
+}
+
+/// An HTTP request in flight, counted until it is dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Metrics {
@@ -85,13 +122,27 @@ impl Metrics {
             "Queue messages handled, by outcome",
             messages.clone(),
         );
+        let in_flight = Gauge::default();
+        registry.register(
+            "worker_http_in_flight",
+            "HTTP requests holding a slot under the worker's concurrency ceiling",
+            in_flight.clone(),
+        );
+        registry.register_collector(Box::new(CpuTime));
         Metrics {
             latency,
             errors,
             requests,
             messages,
+            in_flight,
             registry: Arc::new(registry),
         }
+    }
+
+    /// Counts an HTTP request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     /// The registry, for `/metrics`.

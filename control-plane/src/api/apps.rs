@@ -7,7 +7,7 @@ impl Api {
     /// Checks that `tenant` may run `wanted` (workers, size) as app `name`
     /// beside its other apps, within its quota, and claims it while the
     /// change is in flight (see [`crate::quota`]). The admin has no quota.
-    pub(super) fn claim_quota(
+    pub(crate) fn claim_quota(
         &self,
         tenant: &str,
         name: &str,
@@ -91,6 +91,8 @@ impl Api {
                 .as_ref()
                 .map(|a| a.properties.clone())
                 .unwrap_or_default(),
+            // And its scaling policy.
+            autoscale: kept.as_ref().and_then(|a| a.autoscale.clone()),
             secure_properties: kept.map(|a| a.secure_properties).unwrap_or_default(),
         };
         let record = super::configurations::with_properties(
@@ -257,6 +259,19 @@ pub(super) async fn scale_app(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let app = api.owned(&tenant, &name)?;
+    if let Some(p) = &app.autoscale
+        && !(p.min..=p.max).contains(&req.workers)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CONFLICT",
+            format!(
+                "{name} scales by itself between {} and {} workers; change those bounds with \
+                 `fabric apps autoscale` or turn autoscaling off first",
+                p.min, p.max
+            ),
+        ));
+    }
     let _claim = api.claim_quota(
         &app.tenant,
         &name,

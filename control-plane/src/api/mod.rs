@@ -28,6 +28,7 @@ use crate::registry::Registry;
 use crate::supervisor::{DeployError, Supervisor};
 
 mod apps;
+mod autoscale;
 mod configurations;
 mod fabric;
 mod keys;
@@ -108,6 +109,10 @@ pub(crate) fn router(api: Api) -> Router {
             "/v1/apps/{name}/properties",
             axum::routing::patch(set_properties),
         )
+        .route(
+            "/v1/apps/{name}/autoscale",
+            axum::routing::put(autoscale::set).delete(autoscale::off),
+        )
         .route("/v1/apps/{name}/history", get(history))
         .route("/v1/apps/{name}/logs", get(apps::logs))
         .route("/v1/apps/{name}/rollback", post(rollback))
@@ -159,7 +164,7 @@ impl Api {
         }
     }
 
-    fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn app_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.deploying
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -36,6 +36,7 @@ fn record(name: &str) -> AppRecord {
         instance: "k2m9p4q1x7".into(),
         properties: Default::default(),
         secure_properties: Default::default(),
+        autoscale: None,
     }
 }
 

@@ -235,6 +235,28 @@ impl Supervisor {
         Ok(record)
     }
 
+    /// Sets `name`'s scaling policy (`None`: off), persisted; its workers
+    /// are left as they are.
+    pub async fn set_autoscale(
+        &self,
+        name: &str,
+        policy: Option<crate::model::ScalePolicy>,
+    ) -> Result<AppRecord, DeployError> {
+        let record = {
+            let mut st = lock(&self.inner.state);
+            let Some(run) = st.apps.get_mut(name) else {
+                return Err(DeployError::NotReady(format!("no app named {name}")));
+            };
+            run.record.autoscale = policy.clone();
+            if let Some(pending) = &mut run.pending {
+                pending.autoscale = policy;
+            }
+            run.record.clone()
+        };
+        self.inner.registry.put_app(&record).await?;
+        Ok(record)
+    }
+
     /// Starts deleting `record`: marks it for purging in the registry (the
     /// app is gone from every list at once, its name stays taken), then
     /// drains and stops its workers. The purge itself is the caller's

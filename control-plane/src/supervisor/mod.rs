@@ -245,6 +245,22 @@ impl Supervisor {
         self.inner.registry.app(name).map(|r| (r, ready))
     }
 
+    /// The ready workers of `name`'s running version: each one's handle
+    /// (what names it across its restarts: a new process is a new handle)
+    /// and where it serves `/metrics`.
+    pub fn ready_ops(&self, name: &str) -> Vec<(String, std::net::SocketAddr)> {
+        let st = lock(&self.inner.state);
+        let Some(run) = st.apps.get(name) else {
+            return Vec::new();
+        };
+        run.slots
+            .iter()
+            .filter(|s| s.version == run.record.version && s.state == WorkerState::Ready)
+            .filter_map(|s| s.running.as_ref())
+            .map(|w| (w.handle.clone(), w.ops_address))
+            .collect()
+    }
+
     /// Every worker of `name`.
     pub fn workers(&self, name: &str) -> Vec<WorkerInfo> {
         let st = lock(&self.inner.state);

@@ -109,6 +109,33 @@ pub enum AppsCommand {
         #[arg(long)]
         size: Option<f64>,
     },
+    /// Let an app scale by itself between --min and --max workers, to the
+    /// count the busiest of its signals asks for (at least one target), or
+    /// turn that off (--off).
+    Autoscale {
+        /// The app.
+        name: String,
+        /// Workers at least (1 to 8).
+        #[arg(long, required_unless_present = "off")]
+        min: Option<u32>,
+        /// Workers at most (min to 8).
+        #[arg(long, required_unless_present = "off")]
+        max: Option<u32>,
+        /// Messages of backlog (waiting and in flight, over the app's
+        /// persistent queues) per worker.
+        #[arg(long)]
+        queue_backlog: Option<u32>,
+        /// CPU per worker, in percent of its size's vCores.
+        #[arg(long)]
+        cpu: Option<u32>,
+        /// HTTP requests in flight per worker, in percent of its size's
+        /// concurrency ceiling.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Turn autoscaling off: the app keeps the workers it runs.
+        #[arg(long, conflicts_with_all = ["min", "max", "queue_backlog", "cpu", "concurrency"])]
+        off: bool,
+    },
     /// Restart an app's workers: a side-by-side redeploy of the same version's
     /// settings, so no request fails.
     Restart {
@@ -263,7 +290,44 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
         }
         AppsCommand::Show { name } => {
             let app = client.app(&name).await.map_err(fail)?;
+            let policy = app.app.autoscale.clone();
             print(target.output, &vec![app], app_rows);
+            if let (Some(p), Output::Table) = (policy, target.output) {
+                println!("autoscaling: {}", control_plane::model::describe_policy(&p));
+            }
+        }
+        AppsCommand::Autoscale {
+            name,
+            min,
+            max,
+            queue_backlog,
+            cpu,
+            concurrency,
+            off,
+        } => {
+            let policy = (!off).then(|| control_plane::model::ScalePolicy {
+                min: min.unwrap_or(1),
+                max: max.unwrap_or(1),
+                queue_backlog,
+                cpu,
+                concurrency,
+            });
+            if let Some(p) = &policy {
+                p.check().map_err(|e| (exit::USAGE, e))?;
+            }
+            let app = client
+                .autoscale(&name, policy.as_ref())
+                .await
+                .map_err(fail)?;
+            print(target.output, &vec![app.clone()], app_rows);
+            if target.output == Output::Table {
+                match &app.app.autoscale {
+                    Some(p) => {
+                        println!("autoscaling: {}", control_plane::model::describe_policy(p))
+                    }
+                    None => println!("autoscaling: off"),
+                }
+            }
         }
         AppsCommand::Scale {
             name,

@@ -188,6 +188,7 @@ async fn serve(
         .await
         .map_err(|_| overloaded())?
         .map_err(|_| overloaded())?;
+    let _counted = route.engine.metrics().in_flight();
     let _own = match &route.own {
         // queued-async: wait for the flow's own bound; the wait is the back-pressure.
         Some(sem) => Some(sem.acquire().await.map_err(|_| overloaded())?),

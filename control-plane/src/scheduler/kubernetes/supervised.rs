@@ -107,6 +107,7 @@ fn record(version_manifest: &str, workers: u32) -> AppRecord {
         encrypt_queues: true,
         properties: Default::default(),
         secure_properties: Default::default(),
+        autoscale: None,
     }
 }
 
