@@ -71,12 +71,18 @@ impl LocalFabric {
     /// Starts the release `fabric` beside this bench (`how_to_build` says how
     /// to make it when missing) and waits until it serves.
     pub fn start(how_to_build: &str) -> Self {
+        Self::start_env(how_to_build, &[])
+    }
+
+    /// [`LocalFabric::start`] with extra environment (settings as `FABRIC_*`).
+    pub fn start_env(how_to_build: &str, env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         let data = tempfile::tempdir().expect("temp dir");
         let mut process = std::process::Command::new(fabric_binary(how_to_build))
             .args(["up", "--proxy-port", "0", "--data-dir"])
             .arg(data.path())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -325,6 +325,33 @@ async fn forms_need_the_session_token_and_this_origin() {
         page.contains("workers must be 1 to 8"),
         "the API's refusal is shown: {page}"
     );
+    // Autoscaling, set and turned off from the app's page.
+    let (_, _, page) = s
+        .post(
+            "/console/apps/hello/autoscale",
+            &[("action", "set"), ("min", "3"), ("max", "2"), ("cpu", "70")],
+        )
+        .await;
+    assert!(
+        page.contains("autoscaling needs 1 &lt;= min &lt;= max"),
+        "{page}"
+    );
+    let (_, to, page) = s
+        .post(
+            "/console/apps/hello/autoscale",
+            &[("action", "set"), ("min", "1"), ("max", "2"), ("cpu", "70")],
+        )
+        .await;
+    assert_eq!(to.as_deref(), Some("/console/apps/hello#autoscaling"));
+    assert!(
+        page.contains("hello scales by itself: 1 to 2 workers on CPU 70%"),
+        "{page}"
+    );
+    assert!(page.contains("data-autoscale=\"on\""), "{page}");
+    let (_, _, page) = s
+        .post("/console/apps/hello/autoscale", &[("action", "off")])
+        .await;
+    assert!(page.contains("hello no longer scales by itself"), "{page}");
     let (_, _, page) = s
         .post("/console/apps/hello/delete", &[("confirm", "hell")])
         .await;

@@ -44,6 +44,8 @@ impl Default for AutoscaleSettings {
 
 /// How long a worker's `/metrics` may take to answer.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most of a worker's `/metrics` read (a worker's is a few KiB).
+const MAX_METRICS: usize = 1 << 20;
 
 /// The autoscaler's memory between periods.
 struct Autoscaler {
@@ -204,12 +206,24 @@ impl Autoscaler {
         (s, workers.into_iter().map(|(h, _)| h).collect())
     }
 
-    /// A worker's reading; nothing when it does not answer.
+    /// A worker's reading, from at most [`MAX_METRICS`] bytes of its
+    /// `/metrics`; nothing when it does not answer.
     async fn scrape(&self, ops: SocketAddr) -> Reading {
-        match self.http.get(format!("http://{ops}/metrics")).send().await {
-            Ok(r) if r.status().is_success() => reading(&r.text().await.unwrap_or_default()),
-            _ => Reading::default(),
+        let Ok(mut r) = self.http.get(format!("http://{ops}/metrics")).send().await else {
+            return Reading::default();
+        };
+        if !r.status().is_success() {
+            return Reading::default();
         }
+        let mut text = Vec::new();
+        while let Ok(Some(chunk)) = r.chunk().await {
+            text.extend_from_slice(&chunk);
+            if text.len() > MAX_METRICS {
+                text.truncate(MAX_METRICS);
+                break;
+            }
+        }
+        reading(&String::from_utf8_lossy(&text))
     }
 }
 

@@ -192,6 +192,37 @@ fn actions_view(who: &Session, s: &AppStatus) -> Markup {
     }
 }
 
+fn autoscale_view(who: &Session, s: &AppStatus) -> Markup {
+    let path = format!("{}/autoscale", app_path(&s.app.name));
+    let p = s.app.autoscale.clone();
+    let target = |t: Option<u32>| t.map(|t| t.to_string()).unwrap_or_default();
+    html! {
+        p data-autoscale=(if p.is_some() { "on" } else { "off" }) {
+            @match &p {
+                Some(p) => { "Scales by itself: " (crate::model::describe_policy(p)) ". Each change is an event below." }
+                None => { "Off: the app runs the workers it is given." }
+            }
+        }
+        form.inline method="post" action=(path) {
+            (csrf(who))
+            input type="hidden" name="action" value="set";
+            label { "Min " input type="number" name="min" min="1" max="8" required value=(p.as_ref().map_or(1, |p| p.min)); }
+            label { "Max " input type="number" name="max" min="1" max="8" required value=(p.as_ref().map_or(s.app.workers.max(2), |p| p.max)); }
+            label { "Backlog per worker " input type="number" name="queue_backlog" min="1" placeholder="messages" value=(target(p.as_ref().and_then(|p| p.queue_backlog))); }
+            label { "CPU % " input type="number" name="cpu" min="1" max="100" value=(target(p.as_ref().and_then(|p| p.cpu))); }
+            label { "Concurrency % " input type="number" name="concurrency" min="1" max="100" value=(target(p.as_ref().and_then(|p| p.concurrency))); }
+            button type="submit" { @if p.is_some() { "Change" } @else { "Turn on" } }
+        }
+        @if p.is_some() {
+            form.inline method="post" action=(path) {
+                (csrf(who))
+                input type="hidden" name="action" value="off";
+                button type="submit" { "Turn off" }
+            }
+        }
+    }
+}
+
 /// A select of the worker sizes, `current` chosen.
 pub(super) fn size_select(name: &str, current: f64) -> Markup {
     html! {
@@ -247,6 +278,10 @@ pub(super) async fn show(
         section #logs {
             h2 { "Logs" }
             (logs_view(&name, &filter, lines, &data.workers))
+        }
+        section #autoscaling {
+            h2 { "Autoscaling" }
+            (autoscale_view(&who, s))
         }
         section #properties {
             h2 { "Properties" }
@@ -435,5 +470,73 @@ pub(super) async fn rollback(
             "rolled back to configuration #{number}; {} serves it as v{}",
             s.app.name, s.app.version
         )
+    })
+}
+
+#[derive(Deserialize)]
+pub(super) struct AutoscaleForm {
+    action: String,
+    #[serde(default)]
+    min: String,
+    #[serde(default)]
+    max: String,
+    #[serde(default)]
+    queue_backlog: String,
+    #[serde(default)]
+    cpu: String,
+    #[serde(default)]
+    concurrency: String,
+}
+
+/// `POST /console/apps/{name}/autoscale`: set the app's scaling policy, or
+/// turn it off.
+pub(super) async fn autoscale(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+    Posted(who, f): Posted<AutoscaleForm>,
+) -> Response {
+    let to = app_path(&name) + "#autoscaling";
+    let path = api_path(&name, "/autoscale");
+    if f.action == "off" {
+        let r = console
+            .call::<AppStatus>(&who.key, axum::http::Method::DELETE, &path, None::<&()>)
+            .await;
+        return done(&console, &who, &to, r, |s| {
+            format!("{} no longer scales by itself", s.app.name)
+        });
+    }
+    let number = |field: &str, v: &str| -> Result<Option<u32>, String> {
+        match v.trim() {
+            "" => Ok(None),
+            v => v
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{field} must be a whole number, not {v:?}")),
+        }
+    };
+    let policy = (|| {
+        Ok::<_, String>(crate::model::ScalePolicy {
+            min: number("min", &f.min)?.unwrap_or(0),
+            max: number("max", &f.max)?.unwrap_or(0),
+            queue_backlog: number("the backlog target", &f.queue_backlog)?,
+            cpu: number("the CPU target", &f.cpu)?,
+            concurrency: number("the concurrency target", &f.concurrency)?,
+        })
+    })();
+    let policy = match policy {
+        Ok(p) => p,
+        Err(e) => return after(&console, &who, &to, Flash::Refused(e)),
+    };
+    let r = console
+        .call::<AppStatus>(&who.key, axum::http::Method::PUT, &path, Some(&policy))
+        .await;
+    done(&console, &who, &to, r, |s| {
+        let how = s
+            .app
+            .autoscale
+            .as_ref()
+            .map(crate::model::describe_policy)
+            .unwrap_or_default();
+        format!("{} scales by itself: {how}", s.app.name)
     })
 }
