@@ -43,7 +43,21 @@ pub struct WorkerRoute {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppRoutes {
-    /// The app's workers.
+    /// The app's workers (of its serving version; their direct URLs).
+    pub workers: Vec<WorkerRoute>,
+    /// A canary: a new version's workers, given a share of the app's
+    /// requests (not of its direct URLs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryRoutes>,
+}
+
+/// A canary version of an app and its share of the app's requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRoutes {
+    /// The percentage of the app's requests it takes (1 to 99).
+    pub weight: u8,
+    /// Its workers.
     pub workers: Vec<WorkerRoute>,
 }
 
@@ -124,29 +138,48 @@ impl RouteTable {
                     "an app name is lower-case letters, digits and '-'".into(),
                 ));
             }
-            if spec.workers.len() > MAX_WORKERS {
+            let canary = spec.canary.as_ref();
+            if let Some(c) = canary
+                && !(1..=99).contains(&c.weight)
+            {
+                return Err(invalid(format!(
+                    "a canary's weight is 1 to 99 percent, not {}",
+                    c.weight
+                )));
+            }
+            let canary_workers = canary.map_or(&[][..], |c| &c.workers[..]);
+            if spec.workers.len() + canary_workers.len() > MAX_WORKERS {
                 return Err(invalid(format!("more than {MAX_WORKERS} workers")));
             }
-            let mut seen = std::collections::BTreeSet::new();
-            for w in &spec.workers {
-                if !seen.insert(w.index) {
-                    return Err(invalid(format!("worker index {} appears twice", w.index)));
-                }
-                for (field, value) in [("address", Some(&w.address)), ("health", w.health.as_ref())]
-                {
-                    if let Some(value) = value
-                        && !host_port(value)
-                    {
-                        return Err(invalid(format!(
-                            "worker {}: {field} {value:?} is not host:port",
-                            w.index
-                        )));
-                    }
-                }
-            }
+            check_workers(&spec.workers, &invalid)?;
+            check_workers(canary_workers, &invalid)?;
         }
         Ok(())
     }
+}
+
+/// Checks one group of workers: each index once, addresses `host:port`.
+fn check_workers(
+    workers: &[WorkerRoute],
+    invalid: &impl Fn(String) -> RouteError,
+) -> Result<(), RouteError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for w in workers {
+        if !seen.insert(w.index) {
+            return Err(invalid(format!("worker index {} appears twice", w.index)));
+        }
+        for (field, value) in [("address", Some(&w.address)), ("health", w.health.as_ref())] {
+            if let Some(value) = value
+                && !host_port(value)
+            {
+                return Err(invalid(format!(
+                    "worker {}: {field} {value:?} is not host:port",
+                    w.index
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `s` is `host:port`, as a URI authority.
@@ -187,6 +220,7 @@ mod tests {
                         worker(1, WorkerState::Ready),
                         worker(2, WorkerState::Draining),
                     ],
+                    canary: None,
                 },
             )]),
         }
@@ -224,5 +258,40 @@ mod tests {
         let spec = t.apps.remove("orders").unwrap();
         t.apps.insert("Orders".into(), spec);
         assert!(t.validate().is_err());
+    }
+
+    #[test]
+    fn a_canary_has_a_weight_of_1_to_99_and_its_own_indexes() {
+        let with = |weight: u8, indexes: &[u32]| {
+            let mut t = table();
+            let workers = indexes
+                .iter()
+                .map(|&index| WorkerRoute {
+                    index,
+                    address: format!("127.0.1.{index}:8081"),
+                    state: WorkerState::Ready,
+                    health: None,
+                })
+                .collect();
+            t.apps.get_mut("orders").unwrap().canary = Some(CanaryRoutes { weight, workers });
+            t
+        };
+        // Its indexes may repeat the app's own (its workers have no direct URL).
+        with(10, &[1, 2]).validate().unwrap();
+        with(99, &[1]).validate().unwrap();
+        for bad in [with(0, &[1]), with(100, &[1]), with(10, &[1, 1])] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let crowded: Vec<u32> = (0..63).collect();
+        assert!(
+            with(10, &crowded)
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("more than 64")
+        );
+        let text = serde_json::to_string(&with(10, &[1])).unwrap();
+        assert!(text.contains(r#""canary":{"weight":10"#), "{text}");
+        assert!(!serde_json::to_string(&table()).unwrap().contains("canary"));
     }
 }

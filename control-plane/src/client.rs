@@ -212,6 +212,18 @@ impl Client {
         .await
     }
 
+    /// Makes an app's canary its serving version.
+    pub async fn promote(&self, name: &str) -> Result<AppStatus, ClientError> {
+        let path = format!("/v1/apps/{name}/promote");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    /// Retires an app's canary.
+    pub async fn abort_canary(&self, name: &str) -> Result<AppStatus, ClientError> {
+        let path = format!("/v1/apps/{name}/abort");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
     /// Sets an app's scaling policy, or turns autoscaling off (`None`).
     pub async fn autoscale(
         &self,

@@ -9,6 +9,7 @@
 pub mod access;
 mod api;
 pub mod autoscale;
+pub mod canary;
 pub mod client;
 pub mod console;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod scheduler;
 pub mod supervisor;
 pub mod webhook;
 mod worker_env;
+mod worker_metrics;
 
 pub use worker_env::render_kubernetes;
 
@@ -115,6 +117,8 @@ pub struct Settings {
     pub console: console::ConsoleSettings,
     /// How apps with a scaling policy are measured and scaled.
     pub autoscale: autoscale::AutoscaleSettings,
+    /// How canaries are judged (and aborted when they fail more).
+    pub canary: canary::CanarySettings,
 }
 
 /// Which scheduler runs the workers.
@@ -154,6 +158,7 @@ impl Default for Settings {
             kubernetes: Default::default(),
             console: Default::default(),
             autoscale: Default::default(),
+            canary: Default::default(),
         }
     }
 }
@@ -355,6 +360,13 @@ pub async fn run(
         let (api, settings, sd) = (api.clone(), config.settings.autoscale, shutdown.clone());
         shutdown.spawn("autoscaler", async move {
             autoscale::run(api, settings, sd).await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
+    {
+        let (api, settings, sd) = (api.clone(), config.settings.canary, shutdown.clone());
+        shutdown.spawn("canary-judge", async move {
+            canary::run(api, settings, sd).await;
             Ok::<_, std::convert::Infallible>(())
         });
     }

@@ -27,6 +27,10 @@ pub struct DeployRequest {
     /// Secure properties to set (over those the app has).
     #[serde(default, skip_serializing_if = "Properties::is_empty")]
     pub secure_properties: Properties,
+    /// Deploy as a canary taking this percentage (1 to 99) of the app's
+    /// requests beside its serving version, until promoted or aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u8>,
 }
 
 /// A change of an app's properties: a new configuration, deployed side by side.
@@ -452,6 +456,21 @@ pub struct AppStatus {
     pub ready: u32,
     /// The app's URL through the load balancer.
     pub url: String,
+    /// A canary running beside the serving version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// A canary as an app's status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Its version.
+    pub version: u64,
+    /// The percentage of the app's requests it takes.
+    pub weight: u8,
+    /// Its workers that are ready.
+    pub ready: u32,
 }
 
 /// A worker's state.

@@ -73,6 +73,7 @@ async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<
         encrypt_queues: true,
         properties: Default::default(),
         secure_properties: Default::default(),
+        canary: None,
     };
     let hello = client.deploy(&deploy(HELLO, 0.1, false)).await?;
     let orders = client.deploy(&deploy(ORDERS, 0.2, true)).await?;

@@ -42,19 +42,43 @@ impl Tried {
 /// does): health is a guess, and a guess that every worker is bad is more
 /// often wrong than a worker the control plane calls ready. None when no
 /// untried worker is ready.
+///
+/// With a canary, the request goes to the canary's workers with its weight's
+/// chance and to the app's own otherwise; when the chosen group has no
+/// worker to take it, the other group does.
 pub fn pick(app: &AppRoute, policy: Balance, tried: &Tried) -> Option<Arc<Endpoint>> {
+    let Some(canary) = &app.canary else {
+        return pick_from(app, &app.workers, policy, tried);
+    };
+    let to_canary = rand::rng().random_range(0..100u8) < canary.weight;
+    let (first, then) = if to_canary {
+        (&canary.workers, &app.workers)
+    } else {
+        (&app.workers, &canary.workers)
+    };
+    pick_from(app, first, policy, tried).or_else(|| pick_from(app, then, policy, tried))
+}
+
+fn pick_from(
+    app: &AppRoute,
+    workers: &[Arc<Endpoint>],
+    policy: Balance,
+    tried: &Tried,
+) -> Option<Arc<Endpoint>> {
     let healthy = |w: &Endpoint| w.available();
     let ready = |w: &Endpoint| w.state == WorkerState::Ready;
-    choose(app, policy, tried, healthy).or_else(|| choose(app, policy, tried, ready))
+    choose(app, workers, policy, tried, healthy)
+        .or_else(|| choose(app, workers, policy, tried, ready))
 }
 
 fn choose(
     app: &AppRoute,
+    workers: &[Arc<Endpoint>],
     policy: Balance,
     tried: &Tried,
     fit: impl Fn(&Endpoint) -> bool,
 ) -> Option<Arc<Endpoint>> {
-    let candidates = || app.workers.iter().filter(|w| !tried.has(w) && fit(w));
+    let candidates = || workers.iter().filter(|w| !tried.has(w) && fit(w));
     let n = candidates().count();
     let nth = |k: usize| candidates().nth(k).cloned();
     match n {
@@ -168,6 +192,63 @@ mod tests {
                 &*pick(&new, Balance::P2c, &tried).unwrap().address,
                 "127.0.0.1:3"
             );
+        }
+    }
+
+    /// App `a` with two workers and a canary of one, taking `weight`%.
+    fn with_canary(weight: u8) -> Arc<AppRoute> {
+        let routes = Routes::new(Metrics::default());
+        let spec: RouteTable = serde_json::from_value(serde_json::json!({"apps": {"a": {
+            "workers": [
+                {"index": 1, "address": "127.0.0.1:1001", "state": "ready"},
+                {"index": 2, "address": "127.0.0.1:1002", "state": "ready"}],
+            "canary": {"weight": weight, "workers": [
+                {"index": 1, "address": "127.0.0.1:2001", "state": "ready"}]}}}}))
+        .unwrap();
+        routes.replace(spec).unwrap();
+        routes.load().apps["a"].clone()
+    }
+
+    fn to_canary(a: &AppRoute, n: usize) -> usize {
+        (0..n)
+            .filter(|_| {
+                let w = pick(a, Balance::P2c, &Tried::default()).unwrap();
+                w.address.ends_with(":2001")
+            })
+            .count()
+    }
+
+    #[test]
+    fn a_canary_takes_its_weight_of_the_requests() {
+        let a = with_canary(10);
+        assert_eq!(a.ready, 3);
+        let n = to_canary(&a, 10_000);
+        assert!((800..=1200).contains(&n), "{n} of 10000 to a 10% canary");
+        // Direct URLs are the app's own workers': the canary has none.
+        assert!(a.workers.iter().all(|w| !w.address.ends_with(":2001")));
+    }
+
+    #[test]
+    fn a_group_with_no_worker_to_take_a_request_leaves_it_to_the_other() {
+        let a = with_canary(90);
+        a.canary.as_ref().unwrap().workers[0]
+            .health
+            .eject(std::time::Duration::from_secs(60));
+        // The canary's only worker is ejected but ready: panic mode within
+        // the group picks it still; tried, the app's own take the request.
+        let mut tried = Tried::default();
+        tried.add(&a.canary.as_ref().unwrap().workers[0]);
+        for _ in 0..50 {
+            let w = pick(&a, Balance::P2c, &tried).unwrap();
+            assert!(!w.address.ends_with(":2001"));
+        }
+        let a = with_canary(1);
+        let mut tried = Tried::default();
+        tried.add(&a.workers[0]);
+        tried.add(&a.workers[1]);
+        for _ in 0..20 {
+            let w = pick(&a, Balance::P2c, &tried).unwrap();
+            assert!(w.address.ends_with(":2001"), "only the canary is left");
         }
     }
 }

@@ -41,7 +41,7 @@ pub async fn probe_loop(
         let workers: HashMap<&str, (&str, &Arc<Health>)> = table
             .apps
             .values()
-            .flat_map(|a| a.workers.iter())
+            .flat_map(|a| a.endpoints())
             .map(|w| (&*w.address, (&*w.probe, &w.health)))
             .collect();
         let probes = workers.into_iter().map(|(addr, (probe, health))| {

@@ -309,8 +309,7 @@ impl Proxy {
             // benign race (a pooled connection closing) must not turn into
             // 503s for `eject_for`; a truly dead one still fails its probes.
             let others = current
-                .workers
-                .iter()
+                .endpoints()
                 .any(|w| !Arc::ptr_eq(w, &ep) && w.available());
             if err.ejects() && others && ep.health.eject(self.settings.eject_for) {
                 app.metrics.ejections.inc();

@@ -13,7 +13,7 @@ use crate::endpoint::{Endpoint, Health};
 use crate::metrics::{AppMetrics, Metrics};
 use crate::share::Share;
 pub use common::routes::{
-    AppRoutes, MAX_WORKERS, RouteError, RouteTable, WorkerRoute, WorkerState,
+    AppRoutes, CanaryRoutes, MAX_WORKERS, RouteError, RouteTable, WorkerRoute, WorkerState,
 };
 
 /// One app's live route: its workers, in index order, with their counters.
@@ -31,6 +31,26 @@ pub struct AppRoute {
     pub ready: usize,
     /// Its requests in flight through the proxy (kept across swaps).
     pub share: Arc<Share>,
+    /// A canary version's workers and their share of the app's requests.
+    pub canary: Option<Canary>,
+}
+
+/// A canary version's live route.
+#[derive(Debug)]
+pub struct Canary {
+    /// The percentage of the app's requests it takes (1 to 99).
+    pub weight: u8,
+    /// Its workers, in index order.
+    pub workers: Vec<Arc<Endpoint>>,
+}
+
+impl AppRoute {
+    /// Every endpoint of the app: its workers, then its canary's.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.workers
+            .iter()
+            .chain(self.canary.iter().flat_map(|c| c.workers.iter()))
+    }
 }
 
 /// The compiled table requests read: one `Arc` load per request.
@@ -116,42 +136,52 @@ impl Routes {
         let mut kept = Kept::default();
         let mut apps = HashMap::new();
         for (name, app) in &spec.apps {
-            let mut workers: Vec<Arc<Endpoint>> = app
-                .workers
-                .iter()
-                .map(|w| {
-                    let h = old
-                        .health
-                        .get(&w.address)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Health::new()));
-                    kept.health.insert(w.address.clone(), h.clone());
-                    Arc::new(Endpoint {
-                        app: name.clone(),
-                        index: w.index,
-                        address: w.address.as_str().into(),
-                        probe: w.health.as_deref().unwrap_or(&w.address).into(),
-                        state: w.state,
-                        health: h,
+            let mut compile = |list: &[WorkerRoute]| -> Vec<Arc<Endpoint>> {
+                let mut workers: Vec<Arc<Endpoint>> = list
+                    .iter()
+                    .map(|w| {
+                        let h = old
+                            .health
+                            .get(&w.address)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Health::new()));
+                        kept.health.insert(w.address.clone(), h.clone());
+                        Arc::new(Endpoint {
+                            app: name.clone(),
+                            index: w.index,
+                            address: w.address.as_str().into(),
+                            probe: w.health.as_deref().unwrap_or(&w.address).into(),
+                            state: w.state,
+                            health: h,
+                        })
                     })
-                })
-                .collect();
-            workers.sort_by_key(|w| w.index);
+                    .collect();
+                workers.sort_by_key(|w| w.index);
+                workers
+            };
+            let workers = compile(&app.workers);
+            let canary = app.canary.as_ref().map(|c| Canary {
+                weight: c.weight,
+                workers: compile(&c.workers),
+            });
             let share = old.shares.get(name).cloned().unwrap_or_default();
             kept.shares.insert(name.clone(), share.clone());
+            let ready = app
+                .workers
+                .iter()
+                .chain(app.canary.iter().flat_map(|c| c.workers.iter()))
+                .filter(|w| w.state == WorkerState::Ready)
+                .count();
             apps.insert(
                 name.clone(),
                 Arc::new(AppRoute {
                     name: name.clone(),
-                    ready: app
-                        .workers
-                        .iter()
-                        .filter(|w| w.state == WorkerState::Ready)
-                        .count(),
+                    ready,
                     workers,
                     next: AtomicUsize::new(0),
                     metrics: self.metrics.app(name),
                     share,
+                    canary,
                 }),
             );
         }

@@ -325,6 +325,33 @@ async fn forms_need_the_session_token_and_this_origin() {
         page.contains("workers must be 1 to 8"),
         "the API's refusal is shown: {page}"
     );
+    // A canary, shown on the app's page and aborted there.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let v2 = dir.path().join("hello.yaml");
+    std::fs::write(&v2, std::fs::read_to_string(HELLO).unwrap()).expect("a manifest");
+    deploy(
+        &fabric,
+        &acme,
+        &[
+            v2.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--size",
+            "0.1",
+            "--canary",
+            "20",
+        ],
+    );
+    let (_, page) = s.get("/console/apps/hello").await;
+    assert!(page.contains("data-canary=\"2\""), "{page}");
+    assert!(page.contains("takes 20%"), "{page}");
+    let (_, to, page) = s.post("/console/apps/hello/abort", &[]).await;
+    assert_eq!(to.as_deref(), Some("/console/apps/hello"));
+    assert!(page.contains("the canary is retired"), "{page}");
+    assert!(!page.contains("data-canary"), "{page}");
+    let (_, _, page) = s.post("/console/apps/hello/promote", &[]).await;
+    assert!(page.contains("hello has no canary"), "{page}");
+
     // Autoscaling, set and turned off from the app's page.
     let (_, _, page) = s
         .post(

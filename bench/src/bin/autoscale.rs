@@ -99,6 +99,7 @@ async fn run(
             encrypt_queues: true,
             properties: Default::default(),
             secure_properties: Default::default(),
+            canary: None,
         })
         .await
         .expect("the app deploys");

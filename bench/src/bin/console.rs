@@ -98,6 +98,7 @@ async fn main() {
             encrypt_queues: true,
             properties: Default::default(),
             secure_properties: Default::default(),
+            canary: None,
         })
         .await
         .expect("a demo app deploys");

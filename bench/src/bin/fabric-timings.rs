@@ -38,6 +38,7 @@ async fn main() {
             encrypt_queues: false,
             properties: Default::default(),
             secure_properties: Default::default(),
+            canary: None,
         };
         let started = Instant::now();
         let app = client.deploy(&req).await.expect("deploy");

@@ -142,6 +142,7 @@ async fn main() {
                 encrypt_queues: false,
                 properties: Default::default(),
                 secure_properties: Default::default(),
+                canary: None,
             };
             let started = Instant::now();
             client.deploy(&req).await.expect("deploy");

@@ -184,6 +184,23 @@ pub(super) async fn deploy(
     }
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
+    api.no_canary(&name)?;
+    let canary = req.canary;
+    if let Some(weight) = canary {
+        // Checked before anything is reserved: a canary needs a serving version.
+        if !(1..=99).contains(&weight) {
+            return Err(bad(format!(
+                "a canary takes 1 to 99 percent of the requests, not {weight}"
+            )));
+        }
+        if api.registry.app(&name).is_none_or(|a| a.version == 0) {
+            return Err(bad(format!(
+                "a canary runs beside a serving version, and {name} has none yet: deploy it first"
+            )));
+        }
+        let (record, _, _claim) = api.reserve(&tenant, &name, req).await?;
+        return api.deploy_canary(record, weight).await.map(Json);
+    }
     let (record, first, _claim) = api.reserve(&tenant, &name, req).await?;
     match api
         .deploy_configuration(&tenant, record.clone(), "deploy")
@@ -259,6 +276,7 @@ pub(super) async fn scale_app(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let app = api.owned(&tenant, &name)?;
+    api.no_canary(&name)?;
     if let Some(p) = &app.autoscale
         && !(p.min..=p.max).contains(&req.workers)
     {
@@ -305,6 +323,7 @@ pub(super) async fn restart_app(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let app = api.owned(&tenant, &name)?;
+    api.no_canary(&name)?;
     let record = api.deploy_configuration(&tenant, app, "restart").await?;
     Ok(Json(api.status(record)))
 }

@@ -15,7 +15,6 @@ impl Api {
         record: AppRecord,
         change: &str,
     ) -> ApiResult<AppRecord> {
-        let name = record.name.clone();
         let result = self.supervisor.deploy(record.clone()).await;
         let (shown, outcome) = match &result {
             Ok(deployed) => (deployed, Outcome::Deployed),
@@ -26,16 +25,29 @@ impl Api {
                 },
             ),
         };
+        self.remember(tenant, shown, change, outcome).await;
+        Ok(result?)
+    }
+
+    /// Records `record` as the app's next configuration, made by `tenant`
+    /// through `change`, ended as `outcome`.
+    pub(super) async fn remember(
+        &self,
+        tenant: &str,
+        record: &AppRecord,
+        change: &str,
+        outcome: Outcome,
+    ) {
+        let name = &record.name;
         let number = self
             .registry
-            .history(&name)
+            .history(name)
             .last()
             .map_or(1, |c| c.number + 1);
-        let config = Configuration::of(shown, number, change, tenant, outcome);
-        if let Err(e) = self.registry.add_configuration(&name, config).await {
+        let config = Configuration::of(record, number, change, tenant, outcome);
+        if let Err(e) = self.registry.add_configuration(name, config).await {
             tracing::warn!(app = %name, error = %e, "could not record a configuration");
         }
-        Ok(result?)
     }
 }
 
@@ -77,6 +89,7 @@ pub(super) async fn set_properties(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let app = api.owned(&tenant, &name)?;
+    api.no_canary(&name)?;
     if let Some(missing) = req
         .unset
         .iter()
@@ -121,6 +134,7 @@ pub(super) async fn rollback(
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
     let app = api.owned(&tenant, &name)?;
+    api.no_canary(&name)?;
     let kept = api.registry.history(&name);
     let serving = kept
         .iter()

@@ -29,6 +29,7 @@ use crate::supervisor::{DeployError, Supervisor};
 
 mod apps;
 mod autoscale;
+mod canary;
 mod configurations;
 mod fabric;
 mod keys;
@@ -101,6 +102,8 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/v1/apps/{name}", get(show_app).delete(delete_app))
         .route("/v1/apps/{name}/scale", post(scale_app))
         .route("/v1/apps/{name}/restart", post(restart_app))
+        .route("/v1/apps/{name}/promote", post(canary::promote))
+        .route("/v1/apps/{name}/abort", post(canary::abort))
         .route("/v1/apps/{name}/workers", get(workers))
         .route("/v1/apps/{name}/queues", get(queues))
         .route("/v1/apps/{name}/queues/{queue}/dlq", get(dead_letters))
@@ -160,6 +163,7 @@ impl Api {
         AppStatus {
             url: self.supervisor.url(&app.name),
             ready,
+            canary: self.canary_status(&app.name),
             app: app.masked(),
         }
     }

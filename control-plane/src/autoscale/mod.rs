@@ -7,7 +7,6 @@
 //! change the quota refused, is an event with its reason.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,11 +41,6 @@ impl Default for AutoscaleSettings {
     }
 }
 
-/// How long a worker's `/metrics` may take to answer.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The most of a worker's `/metrics` read (a worker's is a few KiB).
-const MAX_METRICS: usize = 1 << 20;
-
 /// The autoscaler's memory between periods.
 struct Autoscaler {
     api: Api,
@@ -69,10 +63,7 @@ pub(crate) async fn run(
     let mut a = Autoscaler {
         api,
         settings,
-        http: reqwest::Client::builder()
-            .timeout(SCRAPE_TIMEOUT)
-            .build()
-            .unwrap_or_default(),
+        http: crate::worker_metrics::client(),
         stabilizers: HashMap::new(),
         cpu: HashMap::new(),
         busy: Arc::default(),
@@ -95,18 +86,10 @@ struct Reading {
 
 /// The autoscaler's metrics in a worker's `/metrics` text.
 fn reading(text: &str) -> Reading {
-    let value = |name: &str| {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (metric, v) = l.split_once(' ')?;
-                (metric == name).then(|| v.trim().parse::<f64>().ok())?
-            })
-            .filter(|v| v.is_finite() && *v >= 0.0)
-    };
+    use crate::worker_metrics::value;
     Reading {
-        cpu_seconds: value("fabric_worker_cpu_seconds_total"),
-        in_flight: value("fabric_worker_http_in_flight"),
+        cpu_seconds: value(text, "fabric_worker_cpu_seconds_total"),
+        in_flight: value(text, "fabric_worker_http_in_flight"),
     }
 }
 
@@ -131,7 +114,10 @@ impl Autoscaler {
             let Some(policy) = app.autoscale.clone() else {
                 continue;
             };
-            if busy(&self.busy).contains(&app.name) {
+            // A canary is promoted or aborted before the app scales again.
+            if busy(&self.busy).contains(&app.name)
+                || self.api.supervisor.canary(&app.name).is_some()
+            {
                 continue;
             }
             let (signals, seen) = self.signals(&app, &policy).await;
@@ -182,8 +168,11 @@ impl Autoscaler {
             return (s, Vec::new());
         };
         let workers = self.api.supervisor.ready_ops(&app.name);
-        let readings =
-            futures::future::join_all(workers.iter().map(|(_, ops)| self.scrape(*ops))).await;
+        let http = &self.http;
+        let readings = futures::future::join_all(workers.iter().map(|(_, ops)| async move {
+            reading(&crate::worker_metrics::scrape(http, *ops).await)
+        }))
+        .await;
         let now = Instant::now();
         let (mut cpu, mut flight) = (Vec::new(), Vec::new());
         for ((handle, _), r) in workers.iter().zip(readings) {
@@ -204,26 +193,6 @@ impl Autoscaler {
         s.cpu = mean(&cpu);
         s.concurrency = mean(&flight);
         (s, workers.into_iter().map(|(h, _)| h).collect())
-    }
-
-    /// A worker's reading, from at most [`MAX_METRICS`] bytes of its
-    /// `/metrics`; nothing when it does not answer.
-    async fn scrape(&self, ops: SocketAddr) -> Reading {
-        let Ok(mut r) = self.http.get(format!("http://{ops}/metrics")).send().await else {
-            return Reading::default();
-        };
-        if !r.status().is_success() {
-            return Reading::default();
-        }
-        let mut text = Vec::new();
-        while let Ok(Some(chunk)) = r.chunk().await {
-            text.extend_from_slice(&chunk);
-            if text.len() > MAX_METRICS {
-                text.truncate(MAX_METRICS);
-                break;
-            }
-        }
-        reading(&String::from_utf8_lossy(&text))
     }
 }
 

@@ -175,6 +175,16 @@ fn actions_view(who: &Session, s: &AppStatus) -> Markup {
                 label { "Size " (size_select("size", s.app.size)) }
                 button type="submit" { "Scale" }
             }
+            @if let Some(c) = &s.canary {
+                form.inline method="post" action={ (path) "/promote" } {
+                    (csrf(who))
+                    button.primary type="submit" { "Promote v" (c.version) }
+                }
+                form.inline method="post" action={ (path) "/abort" } {
+                    (csrf(who))
+                    button type="submit" { "Abort v" (c.version) }
+                }
+            }
             form.inline method="post" action={ (path) "/restart" } {
                 (csrf(who))
                 button type="submit" { "Restart" }
@@ -538,5 +548,39 @@ pub(super) async fn autoscale(
             .map(crate::model::describe_policy)
             .unwrap_or_default();
         format!("{} scales by itself: {how}", s.app.name)
+    })
+}
+
+/// `POST /console/apps/{name}/promote`: the canary takes every request.
+pub(super) async fn promote(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+    Posted(who, Nothing {}): Posted<Nothing>,
+) -> Response {
+    let r = console
+        .post::<AppStatus>(&who.key, &api_path(&name, "/promote"), &())
+        .await;
+    done(&console, &who, &app_path(&name), r, |s| {
+        format!(
+            "{} v{} is promoted: it takes every request",
+            s.app.name, s.app.version
+        )
+    })
+}
+
+/// `POST /console/apps/{name}/abort`: the canary is retired.
+pub(super) async fn abort(
+    State(console): State<Console>,
+    Path(name): Path<String>,
+    Posted(who, Nothing {}): Posted<Nothing>,
+) -> Response {
+    let r = console
+        .post::<AppStatus>(&who.key, &api_path(&name, "/abort"), &())
+        .await;
+    done(&console, &who, &app_path(&name), r, |s| {
+        format!(
+            "the canary is retired; {} v{} takes every request",
+            s.app.name, s.app.version
+        )
     })
 }

@@ -140,6 +140,9 @@ pub(super) fn summary(s: &AppStatus) -> Markup {
             div { dt { "Workers ready" } dd data-ready { (s.ready) " / " (s.app.workers) } }
             div { dt { "Size" } dd { (view::size(s.app.size)) } }
             div { dt { "Queues" } dd { @if s.app.persistent_queues { "persistent" @if s.app.encrypt_queues { ", sealed at rest" } } @else { "transient" } } }
+            @if let Some(c) = &s.canary {
+                div data-canary=(c.version) { dt { "Canary" } dd { (badge("canary")) " v" (c.version) " takes " (c.weight) "% (" (c.ready) " ready)" } }
+            }
             div { dt { "Autoscaling" } dd { @match &s.app.autoscale { Some(p) => { (p.min) "–" (p.max) " workers" } None => { "off" } } } }
             div { dt { "URL" } dd { a href=(s.url) { (s.url) } } }
         }

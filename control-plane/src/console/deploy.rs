@@ -77,6 +77,7 @@ struct DeployForm {
     size: String,
     persistent: bool,
     encrypt: bool,
+    canary: String,
 }
 
 impl DeployForm {
@@ -96,6 +97,7 @@ impl DeployForm {
                 "size" => f.size = text,
                 "persistent" => f.persistent = true,
                 "encrypt" => f.encrypt = true,
+                "canary" => f.canary = text.trim().to_string(),
                 _ => {}
             }
         }
@@ -118,6 +120,12 @@ impl DeployForm {
         if self.manifest.trim().is_empty() {
             return Err("choose a manifest file or paste one".into());
         }
+        let canary = match self.canary.as_str() {
+            "" => None,
+            c => Some(c.parse::<u8>().map_err(|_| {
+                format!("a canary takes 1 to 99 percent of the requests, not {c:?}")
+            })?),
+        };
         Ok(DeployRequest {
             name: (!self.name.is_empty()).then(|| self.name.clone()),
             manifest: self.manifest.clone(),
@@ -127,6 +135,7 @@ impl DeployForm {
             encrypt_queues: self.encrypt,
             properties: Default::default(),
             secure_properties: Default::default(),
+            canary,
         })
     }
 
@@ -210,6 +219,7 @@ fn dialog_page(
                 label { "Size" (size_select("size", size)) }
                 label.check { input type="checkbox" name="persistent" value="on" checked[form.persistent]; " Persistent queues (shared by the app's workers, kept in the queue service)" }
                 label.check { input type="checkbox" name="encrypt" value="on" checked[form.encrypt]; " Seal queue messages at rest" }
+                label { "Canary %" input type="number" name="canary" min="1" max="99" value=(form.canary) placeholder="all at once"; }
             }
             button.primary type="submit" { "Deploy" }
         }

@@ -137,6 +137,8 @@ impl Console {
             .route("/console/apps/{name}/properties", post(app::properties))
             .route("/console/apps/{name}/rollback", post(app::rollback))
             .route("/console/apps/{name}/autoscale", post(app::autoscale))
+            .route("/console/apps/{name}/promote", post(app::promote))
+            .route("/console/apps/{name}/abort", post(app::abort))
             .route(
                 "/console/apps/{name}/queues/{queue}",
                 get(dead_letters::show).post(dead_letters::reveal),

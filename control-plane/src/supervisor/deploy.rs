@@ -6,7 +6,111 @@ impl Supervisor {
     /// Deploys `record` side by side: the new version's workers start and turn
     /// ready, routes switch in one step, the old workers drain and stop. A new
     /// version that never turns ready is removed and the old one keeps serving.
-    pub async fn deploy(&self, mut record: AppRecord) -> Result<AppRecord, DeployError> {
+    pub async fn deploy(&self, record: AppRecord) -> Result<AppRecord, DeployError> {
+        let record = self.launch_version(record).await?;
+        let (name, version) = (record.name.clone(), record.version);
+        self.inner.registry.put_app(&record).await?;
+        self.switch(&record).await;
+        self.inner.events.emit(
+            Some(&name),
+            "deploy.done",
+            format!("{name} v{version} is serving"),
+        );
+        Ok(record)
+    }
+
+    /// Deploys `record` as a canary beside the serving version: its workers
+    /// start and turn ready, then take `weight` percent of the app's
+    /// requests (its direct URLs stay the serving version's) until
+    /// [`Supervisor::promote`] or [`Supervisor::abort_canary`]. The app's
+    /// record stays the serving version's until it is promoted.
+    pub async fn deploy_canary(
+        &self,
+        record: AppRecord,
+        weight: u8,
+    ) -> Result<AppRecord, DeployError> {
+        let record = self.launch_version(record).await?;
+        let (name, version) = (record.name.clone(), record.version);
+        let serving = {
+            let mut st = lock(&self.inner.state);
+            let Some(run) = st.apps.get_mut(&name) else {
+                return Err(DeployError::NotReady(format!("no app named {name}")));
+            };
+            run.canary = Some(weight);
+            run.record.version
+        };
+        self.publish_routes();
+        self.inner.events.emit(
+            Some(&name),
+            "canary.started",
+            format!("{name} v{version} takes {weight}% of the requests beside v{serving}"),
+        );
+        Ok(record)
+    }
+
+    /// The canary of `name`, if one runs: its record and weight.
+    pub fn canary(&self, name: &str) -> Option<(AppRecord, u8)> {
+        let st = lock(&self.inner.state);
+        let run = st.apps.get(name)?;
+        Some((run.pending.clone()?, run.canary?))
+    }
+
+    /// Makes `name`'s canary the serving version: it takes every request,
+    /// the version it ran beside drains and stops.
+    pub async fn promote(&self, name: &str) -> Result<AppRecord, DeployError> {
+        let record = {
+            let mut st = lock(&self.inner.state);
+            let run = st.apps.get_mut(name).filter(|r| r.canary.is_some());
+            let Some(run) = run else {
+                return Err(DeployError::NotReady(format!("{name} has no canary")));
+            };
+            run.canary = None;
+            run.pending.clone()
+        };
+        let Some(record) = record else {
+            return Err(DeployError::NotReady(format!("{name} has no canary")));
+        };
+        self.inner.registry.put_app(&record).await?;
+        self.switch(&record).await;
+        self.inner.events.emit(
+            Some(name),
+            "canary.promoted",
+            format!(
+                "{name} v{} is promoted: it takes every request",
+                record.version
+            ),
+        );
+        Ok(record)
+    }
+
+    /// Retires `name`'s canary, because `reason`: its workers drain and
+    /// stop; the serving version takes every request again.
+    pub async fn abort_canary(&self, name: &str, reason: &str) -> Result<AppRecord, DeployError> {
+        let (version, serving) = {
+            let mut st = lock(&self.inner.state);
+            let run = st.apps.get_mut(name).filter(|r| r.canary.is_some());
+            let Some(run) = run else {
+                return Err(DeployError::NotReady(format!("{name} has no canary")));
+            };
+            run.canary = None;
+            let version = run.pending.as_ref().map(|p| p.version);
+            (version, run.record.clone())
+        };
+        if let Some(version) = version {
+            self.remove_version(name, version).await;
+            self.inner.events.emit(
+                Some(name),
+                "canary.aborted",
+                format!("{name} v{version} canary is retired: {reason}"),
+            );
+        }
+        Ok(serving)
+    }
+
+    /// Starts `record` as a new version beside what runs and waits until
+    /// every one of its workers is ready; one that never is, is removed
+    /// (what ran goes on) and its failure is the error.
+    async fn launch_version(&self, mut record: AppRecord) -> Result<AppRecord, DeployError> {
         let name = record.name.clone();
         let version = {
             let st = lock(&self.inner.state);
@@ -35,6 +139,7 @@ impl Supervisor {
                 record: record.clone(),
                 pending: None,
                 slots: Vec::new(),
+                canary: None,
             });
             run.pending = Some(record.clone());
             let mut taken = Vec::new();
@@ -50,16 +155,7 @@ impl Supervisor {
         };
         self.start(launches);
         match self.wait_ready(&name, version).await {
-            Ok(()) => {
-                self.inner.registry.put_app(&record).await?;
-                self.switch(&record).await;
-                self.inner.events.emit(
-                    Some(&name),
-                    "deploy.done",
-                    format!("{name} v{version} is serving"),
-                );
-                Ok(record)
-            }
+            Ok(()) => Ok(record),
             Err(reason) => {
                 let spec = self.spec(&record, version, 1, "");
                 let tail = self
@@ -124,6 +220,7 @@ impl Supervisor {
             };
             run.record = record.clone();
             run.pending = None;
+            run.canary = None;
             for s in run.slots.iter_mut().filter(|s| s.version != record.version) {
                 s.state = WorkerState::Draining;
             }
@@ -152,6 +249,7 @@ impl Supervisor {
             run.slots = keep;
             if run.pending.as_ref().is_some_and(|p| p.version == version) {
                 run.pending = None;
+                run.canary = None;
             }
             if run.slots.is_empty() && self.inner.registry.app(name).is_none() {
                 st.apps.remove(name);

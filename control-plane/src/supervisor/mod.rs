@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::backoff::Backoff;
-use common::routes::{AppRoutes, RouteTable, WorkerRoute, WorkerState as RouteState};
+use common::routes::{AppRoutes, CanaryRoutes, RouteTable, WorkerRoute, WorkerState as RouteState};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -104,6 +104,9 @@ struct AppRun {
     /// workers restart with their own version's settings, not the old one's.
     pending: Option<AppRecord>,
     slots: Vec<Slot>,
+    /// While `pending`'s version serves as a canary: the percentage of the
+    /// app's requests it takes.
+    canary: Option<u8>,
 }
 
 struct State {
@@ -249,15 +252,37 @@ impl Supervisor {
     /// (what names it across its restarts: a new process is a new handle)
     /// and where it serves `/metrics`.
     pub fn ready_ops(&self, name: &str) -> Vec<(String, std::net::SocketAddr)> {
+        let serving = self.app(name).map(|(r, _)| r.version);
+        self.ready_ops_by_version(name)
+            .into_iter()
+            .filter(|(v, _, _)| Some(*v) == serving)
+            .map(|(_, handle, ops)| (handle, ops))
+            .collect()
+    }
+
+    /// The ready workers of every version of `name` (a canary's too): each
+    /// one's version, handle and `/metrics` address.
+    pub fn ready_ops_by_version(&self, name: &str) -> Vec<(u64, String, std::net::SocketAddr)> {
         let st = lock(&self.inner.state);
         let Some(run) = st.apps.get(name) else {
             return Vec::new();
         };
         run.slots
             .iter()
-            .filter(|s| s.version == run.record.version && s.state == WorkerState::Ready)
-            .filter_map(|s| s.running.as_ref())
-            .map(|w| (w.handle.clone(), w.ops_address))
+            .filter(|s| s.state == WorkerState::Ready)
+            .filter_map(|s| Some((s.version, s.running.as_ref()?)))
+            .map(|(v, w)| (v, w.handle.clone(), w.ops_address))
+            .collect()
+    }
+
+    /// The apps running a canary: each one's name, serving version and
+    /// canary version.
+    pub fn canaries(&self) -> Vec<(String, u64, u64)> {
+        let st = lock(&self.inner.state);
+        st.apps
+            .iter()
+            .filter(|(_, r)| r.canary.is_some())
+            .filter_map(|(n, r)| Some((n.clone(), r.record.version, r.pending.as_ref()?.version)))
             .collect()
     }
 

@@ -102,6 +102,7 @@ impl Supervisor {
                     AppRun {
                         record,
                         pending: None,
+                        canary: None,
                         slots,
                     },
                 );

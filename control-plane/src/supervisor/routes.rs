@@ -49,25 +49,41 @@ impl Supervisor {
         let st = lock(&self.inner.state);
         let mut apps = BTreeMap::new();
         for (name, run) in &st.apps {
+            let route = |s: &Slot, state| {
+                let r = s.running.as_ref()?;
+                Some(WorkerRoute {
+                    index: s.index,
+                    address: r.address.to_string(),
+                    health: Some(r.ops_address.to_string()),
+                    state,
+                })
+            };
             let workers = run
                 .slots
                 .iter()
-                .filter_map(|s| {
-                    let r = s.running.as_ref()?;
-                    let state = match s.state {
-                        WorkerState::Ready if s.version == run.record.version => RouteState::Ready,
-                        WorkerState::Draining => RouteState::Draining,
-                        _ => return None,
-                    };
-                    Some(WorkerRoute {
-                        index: s.index,
-                        address: r.address.to_string(),
-                        health: Some(r.ops_address.to_string()),
-                        state,
-                    })
+                .filter_map(|s| match s.state {
+                    WorkerState::Ready if s.version == run.record.version => {
+                        route(s, RouteState::Ready)
+                    }
+                    WorkerState::Draining => route(s, RouteState::Draining),
+                    _ => None,
                 })
                 .collect();
-            apps.insert(name.clone(), AppRoutes { workers });
+            // A canary's ready workers, with its share of the requests.
+            let canary = match (run.canary, &run.pending) {
+                (Some(weight), Some(p)) => Some(CanaryRoutes {
+                    weight,
+                    workers: run
+                        .slots
+                        .iter()
+                        .filter(|s| s.version == p.version && s.state == WorkerState::Ready)
+                        .filter_map(|s| route(s, RouteState::Ready))
+                        .collect(),
+                })
+                .filter(|c| !c.workers.is_empty()),
+                _ => None,
+            };
+            apps.insert(name.clone(), AppRoutes { workers, canary });
         }
         drop(st);
         self.inner.routes.send_if_modified(|table| {

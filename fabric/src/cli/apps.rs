@@ -56,6 +56,11 @@ pub enum AppsCommand {
         /// A secure property, `name=value`: write-only, shown as `********`.
         #[arg(long = "secure-property", value_name = "NAME=VALUE")]
         secure_properties: Vec<String>,
+        /// Deploy as a canary beside the serving version, taking this
+        /// percentage of the app's requests (1 to 99) until `apps promote`
+        /// or `apps abort`.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
     },
     /// Set properties (`name=value`): a new configuration, deployed side by side.
     Set {
@@ -108,6 +113,17 @@ pub enum AppsCommand {
         /// A new worker size.
         #[arg(long)]
         size: Option<f64>,
+    },
+    /// Make an app's canary its serving version: it takes every request,
+    /// and the version it ran beside drains and stops.
+    Promote {
+        /// The app.
+        name: String,
+    },
+    /// Retire an app's canary: the serving version takes every request again.
+    Abort {
+        /// The app.
+        name: String,
     },
     /// Let an app scale by itself between --min and --max workers, to the
     /// count the busiest of its signals asks for (at least one target), or
@@ -246,6 +262,7 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
             properties,
             properties_file,
             secure_properties,
+            canary,
             ..
         } => {
             let manifest = checked_manifest(&file)?;
@@ -265,6 +282,7 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
                 properties: set,
                 secure_properties: crate::properties::parse_pairs(&secure_properties)
                     .map_err(usage)?,
+                canary,
             };
             let progress = progress(&client, target.output);
             let result = client.deploy(&req).await;
@@ -290,11 +308,25 @@ async fn apps_inner(target: &Target, command: AppsCommand) -> Result<(), (u8, St
         }
         AppsCommand::Show { name } => {
             let app = client.app(&name).await.map_err(fail)?;
-            let policy = app.app.autoscale.clone();
+            let (policy, canary) = (app.app.autoscale.clone(), app.canary.clone());
             print(target.output, &vec![app], app_rows);
             if let (Some(p), Output::Table) = (policy, target.output) {
                 println!("autoscaling: {}", control_plane::model::describe_policy(&p));
             }
+            if let (Some(c), Output::Table) = (canary, target.output) {
+                println!(
+                    "canary: v{} takes {}% of the requests ({} workers ready); `fabric apps promote {name}` or `abort {name}`",
+                    c.version, c.weight, c.ready
+                );
+            }
+        }
+        AppsCommand::Promote { name } => {
+            let app = client.promote(&name).await.map_err(fail)?;
+            print(target.output, &vec![app], app_rows);
+        }
+        AppsCommand::Abort { name } => {
+            let app = client.abort_canary(&name).await.map_err(fail)?;
+            print(target.output, &vec![app], app_rows);
         }
         AppsCommand::Autoscale {
             name,

@@ -153,6 +153,7 @@ async fn deploy_orders(fabric: &mut Fabric) {
             encrypt_queues: true,
             properties: Default::default(),
             secure_properties: Default::default(),
+            canary: None,
         })
         .await
         .expect("orders deploys");
