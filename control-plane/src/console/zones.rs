@@ -40,7 +40,7 @@ pub(super) fn zones_view(who: &Session, zones: &[AzStatus], workers: &[WorkerInf
                 @let here: Vec<&WorkerInfo> = workers.iter().filter(|w| w.az == z.name).collect();
                 section.zone data-zone=(z.name) {
                     h3 { "Zone " (z.name) " " (badge(if z.up { "up" } else { "down" })) }
-                    p.muted { (here.len()) " workers" }
+                    p.muted { (here.len()) @if here.len() == 1 { " worker" } @else { " workers" } }
                     ul.plain {
                         @for w in &here { li { (w.id) " " (badge(state_word(w.state))) } }
                     }
