@@ -247,10 +247,7 @@ pub(super) async fn delete_app(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     let tenant = api.tenant(&headers)?;
-    // Read under the app's lock: a deploy that was in flight has landed.
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let record = api.owned(&tenant, &name)?;
+    let (record, _held) = api.owned_locked(&tenant, &name).await?;
     if api.delete_and_purge(&record).await? {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -273,9 +270,7 @@ pub(super) async fn scale_app(
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
     check_workers(req.workers)?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let app = api.owned(&tenant, &name)?;
+    let (app, _held) = api.owned_locked(&tenant, &name).await?;
     api.no_canary(&name)?;
     if let Some(p) = &app.autoscale
         && !(p.min..=p.max).contains(&req.workers)
@@ -320,9 +315,7 @@ pub(super) async fn restart_app(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let app = api.owned(&tenant, &name)?;
+    let (app, _held) = api.owned_locked(&tenant, &name).await?;
     api.no_canary(&name)?;
     let record = api.deploy_configuration(&tenant, app, "restart").await?;
     Ok(Json(api.status(record)))

@@ -14,9 +14,7 @@ pub(super) async fn set(
     let tenant = api.tenant(&headers)?;
     let Json(policy) = body.map_err(|e| bad(e.body_text()))?;
     policy.check().map_err(bad)?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let app = api.owned(&tenant, &name)?;
+    let (app, _held) = api.owned_locked(&tenant, &name).await?;
     if policy.queue_backlog.is_some() && !app.persistent_queues {
         return Err(bad(format!(
             "{name} has transient queues, which live in each worker: a queue backlog target needs persistent queues"
@@ -44,9 +42,7 @@ pub(super) async fn off(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let app = api.owned(&tenant, &name)?;
+    let (app, _held) = api.owned_locked(&tenant, &name).await?;
     let record = api.supervisor.set_autoscale(&name, None).await?;
     if app.autoscale.is_some() {
         api.supervisor.events().emit(

@@ -61,9 +61,7 @@ pub(super) async fn promote(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    api.owned(&tenant, &name)?;
+    let (_, _held) = api.owned_locked(&tenant, &name).await?;
     let record = api.supervisor.promote(&name).await.map_err(no_canary)?;
     api.remember(&tenant, &record, "promote canary", Outcome::Deployed)
         .await;
@@ -77,9 +75,7 @@ pub(super) async fn abort(
     Path(name): Path<String>,
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    api.owned(&tenant, &name)?;
+    let (_, _held) = api.owned_locked(&tenant, &name).await?;
     let record = api
         .supervisor
         .abort_canary(&name, &format!("aborted by {tenant}"))

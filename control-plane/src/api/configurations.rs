@@ -86,9 +86,7 @@ pub(super) async fn set_properties(
     if req.set.is_empty() && req.set_secure.is_empty() && req.unset.is_empty() {
         return Err(bad("nothing to set or unset"));
     }
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let app = api.owned(&tenant, &name)?;
+    let (app, _held) = api.owned_locked(&tenant, &name).await?;
     api.no_canary(&name)?;
     if let Some(missing) = req
         .unset
@@ -131,9 +129,7 @@ pub(super) async fn rollback(
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
     let Json(req) = body.map_err(|e| bad(e.body_text()))?;
-    let lock = api.app_lock(&name);
-    let _held = lock.lock().await;
-    let app = api.owned(&tenant, &name)?;
+    let (app, _held) = api.owned_locked(&tenant, &name).await?;
     api.no_canary(&name)?;
     let kept = api.registry.history(&name);
     let serving = kept

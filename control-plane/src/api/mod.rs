@@ -158,6 +158,18 @@ impl Api {
         }
     }
 
+    /// The app, if the tenant may see it, read under the app's lock, which
+    /// the returned guard holds: a change in flight has landed, and no
+    /// other starts until the guard is dropped.
+    async fn owned_locked(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> ApiResult<(AppRecord, tokio::sync::OwnedMutexGuard<()>)> {
+        let held = self.app_lock(name).lock_owned().await;
+        Ok((self.owned(tenant, name)?, held))
+    }
+
     fn status(&self, app: AppRecord) -> AppStatus {
         let ready = self.supervisor.app(&app.name).map_or(0, |(_, r)| r);
         AppStatus {
