@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub mod report;
+
 /// Latency samples of one measured run.
 #[derive(Debug, Default, Clone)]
 pub struct Latencies(Vec<Duration>);

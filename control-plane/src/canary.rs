@@ -132,7 +132,10 @@ pub(crate) async fn run(api: Api, settings: CanarySettings, shutdown: common::sh
                 continue;
             };
             if let Some(reason) = verdict(&settings, c, v) {
-                abort(&api, &name, canary, &reason).await;
+                // On a task of its own: waiting for one app's lock holds up
+                // no other app's judgement.
+                let api = api.clone();
+                tokio::spawn(async move { abort(&api, &name, canary, &reason).await });
             }
         }
         tokio::select! {

@@ -169,3 +169,41 @@ async fn a_failing_canary_is_aborted_by_itself_and_the_serving_version_fails_not
             .all(|(s, b)| *s == 200 && b.contains("v1"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_counts_against_the_quota_beside_the_serving_version() {
+    let f = Fabric::start_env(&[("FABRIC_TENANT_QUOTA__WORKERS", "3")]);
+    let acme = f.tenant("acme").await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let as_acme = |extra: &[&str], manifest: &str| {
+        let file = dir.path().join(format!("q{}.yaml", extra.len()));
+        std::fs::write(&file, manifest).expect("the manifest");
+        let mut args = vec![
+            "apps",
+            "deploy",
+            file.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--size",
+            "0.1",
+        ];
+        args.extend_from_slice(extra);
+        f.cli_env(&args, &[("FABRIC_TOKEN", &acme)])
+    };
+    let run = as_acme(&[], &answering("v1"));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // Two serving workers and two canary workers would be four, past three.
+    let run = as_acme(&["--canary", "10"], &answering("v2"));
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("tenant acme would run 4 workers"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        f.cli(&["apps", "show", "shop"])
+            .stdout
+            .lines()
+            .all(|l| !l.starts_with("canary:"))
+    );
+}

@@ -296,33 +296,3 @@ fn flows_cannot_set_framing_or_connection_headers() {
     let fine = "flows:\n  - name: f\n    source: { http: { method: GET, path: /x } }\n    steps:\n      - respond: { status: 200, headers: { x-trace: '\"1\"', set-cookie: '\"a=b\"' } }\n";
     manifest::load(fine).unwrap();
 }
-
-#[test]
-fn a_manifests_name_is_read_alone_within_the_same_bounds() {
-    use workers::manifest::name_of;
-    assert_eq!(name_of("name: shop\nflows: []\n"), Some("shop".into()));
-    assert_eq!(name_of("flows: []\n"), None);
-    assert_eq!(name_of("name: [unclosed\n"), None);
-    // Aliases that would expand past the loader's bound: refused, not expanded.
-    let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
-    for level in 1..12 {
-        let list = format!("*{}", (b'a' + level - 1) as char);
-        bomb.push_str(&format!(
-            "{}: &{} [{}]\n",
-            (b'a' + level) as char,
-            (b'a' + level) as char,
-            vec![list; 10].join(", ")
-        ));
-    }
-    bomb.push_str("name: after-the-bomb\n");
-    // Read at once either way: refused, or the aliases skipped unexpanded.
-    let read = name_of(&bomb);
-    assert!(
-        read.is_none() || read.as_deref() == Some("after-the-bomb"),
-        "{read:?}"
-    );
-    assert_eq!(
-        name_of(&"#".repeat(workers::manifest::MAX_MANIFEST_BYTES + 1)),
-        None
-    );
-}

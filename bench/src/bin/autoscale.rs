@@ -180,6 +180,51 @@ async fn main() {
         scaled.drained,
         scaled.drained / fixed.drained
     );
+    fabric_bench::report::Report {
+        name: "autoscale".into(),
+        title: format!(
+            "A backlog of {BACKLOG} messages, {} ms of work each, one at a time per worker (size 0.1), \
+             on an app autoscaled from 1 to {MAX} workers at 20 messages per worker (the default 5 s \
+             period), beside the same backlog on one fixed worker in the same run; seconds from the \
+             backlog's arrival.",
+            DELAY.as_millis()
+        ),
+        header: ["", "first added worker serving", "all workers serving", "backlog drained"]
+            .map(String::from)
+            .to_vec(),
+        rows: vec![
+            vec![
+                "one fixed worker (reference)".into(),
+                "—".into(),
+                "—".into(),
+                format!("{:.1} s", fixed.drained),
+            ],
+            vec![
+                format!("autoscaled 1 to {MAX}"),
+                s(scaled.first_added),
+                s(scaled.wanted),
+                format!("{:.1} s ({:.2}×)", scaled.drained, scaled.drained / fixed.drained),
+            ],
+        ],
+        chart: fabric_bench::report::Chart {
+            y_label: "seconds".into(),
+            categories: ["first added worker serving", "all workers serving", "backlog drained"]
+                .map(String::from)
+                .to_vec(),
+            series: vec![
+                (
+                    "autoscaled".into(),
+                    vec![
+                        scaled.first_added.unwrap_or(f64::NAN),
+                        scaled.wanted.unwrap_or(f64::NAN),
+                        scaled.drained,
+                    ],
+                ),
+                ("one fixed worker".into(), vec![f64::NAN, f64::NAN, fixed.drained]),
+            ],
+        },
+    }
+    .write();
     println!(
         "\n{}",
         bench_line(

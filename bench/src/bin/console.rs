@@ -161,6 +161,31 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut fields = Vec::new();
+    let mut report = fabric_bench::report::Report {
+        name: "console".into(),
+        title: format!(
+            "The web console's pages: 200 requests each, one after another, on a 2-core machine; \
+             the reference is `GET /v1/apps/orders` (JSON) in the same run, client p50 {ref_p50:.2} ms. \
+             Assets: {:.1} KB, {:.1} KB gzipped, loaded once.",
+            assets as f64 / 1024.0,
+            gzipped as f64 / 1024.0
+        ),
+        header: [
+            "page",
+            "HTML",
+            "HTML + gzipped assets",
+            "server p50",
+            "server p99",
+            "client p50",
+            "client p99",
+            "client p50 ÷ reference",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Default::default()
+    };
+    report.chart.y_label = "ms".into();
+    let (mut server, mut client) = (Vec::new(), Vec::new());
     for (name, path) in [
         ("sign-in", "/console/sign-in"),
         ("apps", "/console/apps"),
@@ -182,7 +207,27 @@ async fn main() {
             p50 / ref_p50
         );
         fields.push((name, m.server.percentile_ms(50.0)));
+        report.rows.push(vec![
+            name.to_string(),
+            format!("{:.1} KB", m.bytes as f64 / 1024.0),
+            format!("{:.1} KB", (m.bytes + gzipped) as f64 / 1024.0),
+            format!("{:.2} ms", m.server.percentile_ms(50.0)),
+            format!("{:.2} ms", m.server.percentile_ms(99.0)),
+            format!("{p50:.2} ms"),
+            format!("{:.2} ms", m.client.percentile_ms(99.0)),
+            format!("{:.2}×", p50 / ref_p50),
+        ]);
+        report.chart.categories.push(name.to_string());
+        server.push(m.server.percentile_ms(50.0));
+        client.push(p50);
     }
+    let reference = vec![ref_p50; client.len()];
+    report.chart.series = vec![
+        ("server p50".into(), server),
+        ("client p50".into(), client),
+        ("reference (API answer) client p50".into(), reference),
+    ];
+    report.write();
     let mut line: Vec<(&str, f64)> = vec![
         ("assets_kb", assets as f64 / 1024.0),
         ("assets_gzip_kb", gzipped as f64 / 1024.0),

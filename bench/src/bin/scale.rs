@@ -197,6 +197,54 @@ async fn main() {
         steps.push(step);
     }
     drop(fabric);
+    let fmt = |v: f64| format!("{v:.0}");
+    fabric_bench::report::Report {
+        name: "scale".into(),
+        title:
+            "What one fabric costs as apps grow: apps of one worker each (size 0.1) on a 2-core \
+                machine; each figure beside the first count's, the reference of the same run."
+                .into(),
+        header: [
+            "apps",
+            "deploy to routable",
+            "route table",
+            "fabric up RSS",
+            "CPU at rest",
+            "req/s over all apps",
+            "req/s to one app",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: steps
+            .iter()
+            .map(|s| {
+                vec![
+                    s.apps.to_string(),
+                    format!("{:.3} s", s.deploy_to_routable_s),
+                    format!("{} B", s.route_table_bytes),
+                    format!("{:.1} MB", s.rss_mb),
+                    format!("{:.2}%", s.rest_cpu_pct),
+                    fmt(s.req_per_s),
+                    fmt(s.one_app_req_per_s),
+                ]
+            })
+            .collect(),
+        chart: fabric_bench::report::Chart {
+            y_label: "requests per second".into(),
+            categories: steps.iter().map(|s| format!("{} apps", s.apps)).collect(),
+            series: vec![
+                (
+                    "over all apps".into(),
+                    steps.iter().map(|s| s.req_per_s).collect(),
+                ),
+                (
+                    "to one app".into(),
+                    steps.iter().map(|s| s.one_app_req_per_s).collect(),
+                ),
+            ],
+        },
+    }
+    .write();
     for s in &steps {
         let apps = s.apps.to_string();
         println!(

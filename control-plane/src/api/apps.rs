@@ -16,7 +16,13 @@ impl Api {
         if tenant == ADMIN {
             return Ok(None);
         }
-        let (apps, purges) = (self.registry.apps(), self.registry.purges());
+        let apps: Vec<AppRecord> = self
+            .registry
+            .apps()
+            .into_iter()
+            .map(|a| self.counting_canary(a))
+            .collect();
+        let purges = self.registry.purges();
         self.claims
             .claim(self.quota, (tenant, name), wanted, &apps, &purges)
             .map(Some)
@@ -27,6 +33,19 @@ impl Api {
                     format!("tenant {tenant} would run {what}"),
                 )
             })
+    }
+
+    /// `app` as the quota counts it: with a running canary, its workers and
+    /// vCores on top of the app's own, for as long as it runs.
+    fn counting_canary(&self, app: AppRecord) -> AppRecord {
+        match self.supervisor.canary(&app.name) {
+            Some((canary, _)) => AppRecord {
+                workers: app.workers + canary.workers,
+                size: combined_size(&app, canary.workers, canary.size),
+                ..app
+            },
+            None => app,
+        }
     }
 
     /// The record to deploy as `name` for `tenant`: the app's own (same
@@ -58,7 +77,15 @@ impl Api {
             .as_ref()
             .map_or(tenant, |a| a.tenant.as_str())
             .to_string();
-        let claim = self.claim_quota(&owner, name, (req.workers, req.size))?;
+        // A canary runs beside the app's serving workers: both are counted.
+        let wanted = match (&existing, req.canary) {
+            (Some(serving), Some(_)) => (
+                serving.workers + req.workers,
+                combined_size(serving, req.workers, req.size),
+            ),
+            _ => (req.workers, req.size),
+        };
+        let claim = self.claim_quota(&owner, name, wanted)?;
         let (instance, version, kept) = match &existing {
             Some(a) => (a.instance.clone(), a.version, Some(a.clone())),
             None => {
@@ -145,6 +172,16 @@ impl Api {
     }
 }
 
+/// The size that makes `app`'s workers plus `workers` more of `size` count
+/// their vCores exactly: the quota counts workers × size.
+fn combined_size(app: &AppRecord, workers: u32, size: f64) -> f64 {
+    let all = app.workers + workers;
+    if all == 0 {
+        return size;
+    }
+    (f64::from(app.workers) * app.size + f64::from(workers) * size) / f64::from(all)
+}
+
 /// How long a delete waits for its purge before answering 202 (the purge
 /// goes on in the background).
 const PURGE_WAIT: Duration = Duration::from_secs(20);
@@ -184,7 +221,15 @@ pub(super) async fn deploy(
     }
     let lock = api.app_lock(&name);
     let _held = lock.lock().await;
-    api.no_canary(&name)?;
+    // Another tenant's app is neither described nor changed here: the
+    // reservation below refuses its name.
+    if api
+        .registry
+        .app(&name)
+        .is_none_or(|a| a.tenant == tenant || tenant == ADMIN)
+    {
+        api.no_canary(&name)?;
+    }
     let canary = req.canary;
     if let Some(weight) = canary {
         // Checked before anything is reserved: a canary needs a serving version.
@@ -193,7 +238,18 @@ pub(super) async fn deploy(
                 "a canary takes 1 to 99 percent of the requests, not {weight}"
             )));
         }
-        if api.registry.app(&name).is_none_or(|a| a.version == 0) {
+        let serving = api.registry.app(&name);
+        if serving
+            .as_ref()
+            .is_some_and(|a| a.tenant != tenant && tenant != ADMIN)
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                format!("app name {name} is taken"),
+            ));
+        }
+        if serving.is_none_or(|a| a.version == 0) {
             return Err(bad(format!(
                 "a canary runs beside a serving version, and {name} has none yet: deploy it first"
             )));

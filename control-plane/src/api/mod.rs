@@ -166,6 +166,9 @@ impl Api {
         tenant: &str,
         name: &str,
     ) -> ApiResult<(AppRecord, tokio::sync::OwnedMutexGuard<()>)> {
+        // Checked first, so that no lock is made for a name the caller may
+        // not touch; checked again under the lock, for what landed meanwhile.
+        self.owned(tenant, name)?;
         let held = self.app_lock(name).lock_owned().await;
         Ok((self.owned(tenant, name)?, held))
     }

@@ -52,6 +52,8 @@ struct Autoscaler {
     cpu: HashMap<String, (Instant, f64)>,
     /// Apps a change is being made to.
     busy: Arc<Mutex<HashSet<String>>>,
+    /// Apps whose last wanted change the quota refused (told once).
+    capped: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Runs the autoscaler until `shutdown`.
@@ -67,6 +69,7 @@ pub(crate) async fn run(
         stabilizers: HashMap::new(),
         cpu: HashMap::new(),
         busy: Arc::default(),
+        capped: Arc::default(),
     };
     loop {
         a.period().await;
@@ -132,9 +135,9 @@ impl Autoscaler {
             );
             if let Some(change) = change {
                 busy(&self.busy).insert(app.name.clone());
-                let (api, set) = (self.api.clone(), self.busy.clone());
+                let (api, set, capped) = (self.api.clone(), self.busy.clone(), self.capped.clone());
                 tokio::spawn(async move {
-                    apply(&api, &app, change).await;
+                    apply(&api, &app, change, &capped).await;
                     busy(&set).remove(&app.name);
                 });
             }
@@ -199,7 +202,7 @@ impl Autoscaler {
 /// Makes `change` to `app` as `apps scale` would, under the app's lock,
 /// unless the app changed meanwhile (deleted, redeployed, rescaled, its
 /// policy turned off); a scale-up past the tenant's quota is not made.
-async fn apply(api: &Api, app: &AppRecord, change: Change) {
+async fn apply(api: &Api, app: &AppRecord, change: Change, capped: &Mutex<HashSet<String>>) {
     let name = app.name.as_str();
     let lock = api.app_lock(name);
     let _held = lock.lock().await;
@@ -209,11 +212,19 @@ async fn apply(api: &Api, app: &AppRecord, change: Change) {
     if now.app_id() != app.app_id() || now.workers != app.workers || now.autoscale.is_none() {
         return;
     }
+    // A version being deployed, or a canary, is let finish first.
+    if api.supervisor.changing(name) {
+        return;
+    }
     let (from, to) = (now.workers, change.workers);
     let events = api.supervisor.events();
     let _claim = match api.claim_quota(&now.tenant, name, (to, now.size)) {
         Ok(claim) => claim,
         Err(e) => {
+            // Said once, not every period, until a change is made again.
+            if !busy(capped).insert(app.app_id()) {
+                return;
+            }
             events.emit(
                 Some(name),
                 "autoscale.capped",
@@ -225,6 +236,7 @@ async fn apply(api: &Api, app: &AppRecord, change: Change) {
             return;
         }
     };
+    busy(capped).remove(&app.app_id());
     let (kind, way) = if to > from {
         ("autoscale.up", "up")
     } else {

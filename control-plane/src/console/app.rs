@@ -468,7 +468,7 @@ pub(super) async fn rollback(
 ) -> Response {
     let to = app_path(&name) + "#history";
     let Ok(number) = f.to.trim().parse::<u64>() else {
-        let refused = Flash::Refused(format!("no configuration numbered {:?}", f.to));
+        let refused = Flash::Refused("the configuration to roll back to is a number".into());
         return after(&console, &who, &to, refused);
     };
     let req = crate::model::RollbackRequest { to: Some(number) };
@@ -521,7 +521,7 @@ pub(super) async fn autoscale(
             v => v
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("{field} must be a whole number, not {v:?}")),
+                .map_err(|_| format!("{field} must be a whole number")),
         }
     };
     let policy = (|| {

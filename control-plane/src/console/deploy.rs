@@ -29,6 +29,8 @@ const REFUSAL_WAIT: Duration = Duration::from_millis(1500);
 
 /// Deploys kept for their progress page.
 const KEPT: usize = 1000;
+/// Deploys kept per tenant: its own oldest goes first.
+const KEPT_PER_TENANT: usize = 20;
 
 /// How a deploy the console started went.
 #[derive(Debug, Clone)]
@@ -46,6 +48,18 @@ pub struct Deploys(Mutex<HashMap<(String, String), Progress>>);
 impl Deploys {
     fn set(&self, tenant: &str, name: &str, progress: Progress) {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.to_string(), name.to_string());
+        let own = all.keys().filter(|(t, _)| t == tenant).count();
+        if !all.contains_key(&key)
+            && own >= KEPT_PER_TENANT
+            && let Some(oldest) = all
+                .iter()
+                .filter(|((t, _), _)| t == tenant)
+                .min_by_key(|(_, p)| p.started_ms)
+                .map(|(k, _)| k.clone())
+        {
+            all.remove(&oldest);
+        }
         if all.len() >= KEPT
             && let Some(oldest) = all
                 .iter()
@@ -139,16 +153,12 @@ impl DeployForm {
         })
     }
 
-    /// The app's name: the one given, else the manifest's own `name:`.
-    async fn app_name(&self) -> Option<String> {
-        if !self.name.is_empty() {
-            return Some(self.name.clone());
-        }
-        let manifest = self.manifest.clone();
-        tokio::task::spawn_blocking(move || workers::manifest::name_of(&manifest))
-            .await
-            .ok()
-            .flatten()
+    /// The app's name when one was given and it is a valid one: the
+    /// progress page's name. (Without it, the dialog waits for the API's
+    /// answer: the manifest is read only by the API, under its bounds.)
+    fn app_name(&self) -> Option<String> {
+        (!self.name.is_empty() && common::app::validate_app_name(&self.name).is_ok())
+            .then(|| self.name.clone())
     }
 }
 
@@ -165,7 +175,7 @@ fn marked_manifest(manifest: &str, at: (usize, usize)) -> Markup {
     let (line, column) = at;
     let lines: Vec<&str> = manifest.lines().collect();
     let first = line.saturating_sub(4).max(1);
-    let last = (line + 3).min(lines.len());
+    let last = line.saturating_add(3).min(lines.len());
     html! {
         ol.manifest start=(first) aria-label="The manifest around the refused line" {
             @for n in first..=last {
@@ -269,7 +279,7 @@ pub(super) async fn submit(
                 .into_response();
         }
     };
-    let name = form.app_name().await;
+    let name = form.app_name();
     let started_ms = crate::access::now_ms();
     let (tx, rx) = tokio::sync::oneshot::channel();
     {

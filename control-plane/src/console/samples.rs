@@ -13,6 +13,9 @@ use crate::api::Api;
 pub const EVERY: Duration = Duration::from_secs(5);
 /// Samples kept per app: 15 minutes' worth.
 pub const KEPT: usize = 180;
+/// Queues charted per app (the first by name): what a sample holds stays
+/// small whatever a manifest declares.
+pub const CHARTED: usize = 8;
 
 /// One sample of an app's queues.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,18 +82,22 @@ impl Samples {
                     &app.app_id(),
                     Sample {
                         at_ms: crate::access::now_ms(),
-                        depths: counts
-                            .queues
-                            .into_iter()
-                            .flat_map(|q| {
-                                let backlog = q.depth.unwrap_or(0) + q.in_flight.unwrap_or(0);
-                                let dead = (
-                                    format!("{} (dead letters)", q.name),
-                                    q.dlq_depth.unwrap_or(0),
-                                );
-                                [(q.name, backlog), dead]
-                            })
-                            .collect(),
+                        depths: {
+                            let mut queues = counts.queues;
+                            queues.sort_by(|a, b| a.name.cmp(&b.name));
+                            queues
+                        }
+                        .into_iter()
+                        .take(CHARTED)
+                        .flat_map(|q| {
+                            let backlog = q.depth.unwrap_or(0) + q.in_flight.unwrap_or(0);
+                            let dead = (
+                                format!("{} (dead letters)", q.name),
+                                q.dlq_depth.unwrap_or(0),
+                            );
+                            [(q.name, backlog), dead]
+                        })
+                        .collect(),
                     },
                 ),
                 Err(e) => {

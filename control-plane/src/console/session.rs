@@ -36,6 +36,11 @@ impl Default for Lifetimes {
 
 /// The most sessions held at once; a sign-in beyond it ends the oldest.
 pub const MAX_SESSIONS: usize = 10_000;
+/// The most sessions one tenant holds at once; its sign-in beyond it ends
+/// its own least recently used one (never another tenant's).
+pub const MAX_SESSIONS_PER_TENANT: usize = 50;
+/// The longest one-shot message kept, in characters.
+pub const MAX_FLASH: usize = 300;
 
 /// A message shown once, on the next page.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +164,16 @@ impl Sessions {
         };
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|_, s| self.live(s, now));
+        let own = all.values().filter(|s| s.tenant == session.tenant).count();
+        if own >= MAX_SESSIONS_PER_TENANT
+            && let Some(oldest) = all
+                .values()
+                .filter(|s| s.tenant == session.tenant)
+                .min_by_key(|s| s.seen)
+                .map(|s| s.id.clone())
+        {
+            all.remove(&oldest);
+        }
         if all.len() >= MAX_SESSIONS
             && let Some(oldest) = all.values().min_by_key(|s| s.seen).map(|s| s.id.clone())
         {
@@ -202,8 +217,17 @@ impl Sessions {
         }
     }
 
-    /// Leaves `flash` for session `id`'s next page.
+    /// Leaves `flash` for session `id`'s next page, cut to [`MAX_FLASH`]
+    /// characters (it may quote what a form sent).
     pub fn flash(&self, id: &str, flash: Flash) {
+        let cut = |m: String| match m.char_indices().nth(MAX_FLASH) {
+            Some((at, _)) => format!("{}…", &m[..at]),
+            None => m,
+        };
+        let flash = match flash {
+            Flash::Done(m) => Flash::Done(cut(m)),
+            Flash::Refused(m) => Flash::Refused(cut(m)),
+        };
         if let Some(s) = self
             .all
             .lock()

@@ -160,6 +160,35 @@ fn a_session_is_found_by_its_cookie_and_ends() {
 }
 
 #[test]
+fn a_tenant_holds_few_sessions_and_short_messages() {
+    let sessions = Sessions::new(Lifetimes::default());
+    let other = sessions.start("k2".into(), "globex".into());
+    let first = sessions.start("k".into(), "acme".into());
+    for _ in 1..session::MAX_SESSIONS_PER_TENANT {
+        sessions.start("k".into(), "acme".into());
+    }
+    sessions.start("k".into(), "acme".into());
+    assert!(
+        sessions.find(&cookie_headers(&first.id)).is_none(),
+        "past its bound, a tenant's own oldest session ends"
+    );
+    assert!(
+        sessions.find(&cookie_headers(&other.id)).is_some(),
+        "never another tenant's"
+    );
+    sessions.flash(&other.id, session::Flash::Refused("x".repeat(1 << 20)));
+    let (_, flash) = sessions.find(&cookie_headers(&other.id)).unwrap();
+    let Some(session::Flash::Refused(m)) = flash else {
+        panic!("a message")
+    };
+    assert_eq!(
+        m.chars().count(),
+        session::MAX_FLASH + 1,
+        "cut, with an ellipsis"
+    );
+}
+
+#[test]
 fn sessions_expire() {
     let idle = Sessions::new(Lifetimes {
         absolute: Duration::from_secs(3600),

@@ -48,6 +48,12 @@ impl Supervisor {
         Ok(record)
     }
 
+    /// Whether a version of `name` is being deployed or runs as a canary.
+    pub fn changing(&self, name: &str) -> bool {
+        let st = lock(&self.inner.state);
+        st.apps.get(name).is_some_and(|r| r.pending.is_some())
+    }
+
     /// The canary of `name`, if one runs: its record and weight.
     pub fn canary(&self, name: &str) -> Option<(AppRecord, u8)> {
         let st = lock(&self.inner.state);
@@ -64,12 +70,12 @@ impl Supervisor {
             let Some(run) = run else {
                 return Err(DeployError::NotReady(format!("{name} has no canary")));
             };
-            run.canary = None;
             run.pending.clone()
         };
         let Some(record) = record else {
             return Err(DeployError::NotReady(format!("{name} has no canary")));
         };
+        // The canary stays one until its record is the app's.
         self.inner.registry.put_app(&record).await?;
         self.switch(&record).await;
         self.inner.events.emit(
@@ -309,12 +315,14 @@ impl Supervisor {
                 run.slots.push(slot);
                 launches.push(launch);
             }
-            for s in run.slots.iter_mut().filter(|s| s.index > workers) {
+            // Only the serving version's: a version being deployed or run
+            // as a canary keeps its workers.
+            let extra = |s: &Slot| s.version == version && s.index > workers;
+            for s in run.slots.iter_mut().filter(|s| extra(s)) {
                 s.state = WorkerState::Draining;
             }
-            let (extra, keep): (Vec<Slot>, Vec<Slot>) = std::mem::take(&mut run.slots)
-                .into_iter()
-                .partition(|s| s.index > workers);
+            let (extra, keep): (Vec<Slot>, Vec<Slot>) =
+                std::mem::take(&mut run.slots).into_iter().partition(extra);
             run.slots = keep;
             (run.record.clone(), extra, launches)
         };

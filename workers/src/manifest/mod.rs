@@ -102,27 +102,6 @@ pub fn load(yaml: &str) -> Result<App, ManifestError> {
     })
 }
 
-/// The manifest's own `name:`, read without checking the rest (so a deploy
-/// can be named before it is checked), under the same bounds as [`load`]:
-/// `None` when it has none, or is too large or not YAML. Blocks (a thread
-/// of its own, as [`load`]).
-pub fn name_of(yaml: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        name: Option<String>,
-    }
-    if yaml.len() > MAX_MANIFEST_BYTES {
-        return None;
-    }
-    crate::expr::bounds::isolated(|| {
-        serde_saphyr::from_str_with_options::<Named>(yaml, yaml_options())
-            .ok()
-            .and_then(|n| n.name)
-    })
-    .ok()
-    .flatten()
-}
-
 /// How manifests are read: aliases bounded (no "billion laughs").
 fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
