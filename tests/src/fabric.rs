@@ -122,6 +122,36 @@ impl Fabric {
         cmd.output().expect("run fabric").into()
     }
 
+    /// `fabric apps deploy` of `manifest` (written to a file of its own)
+    /// with `--workers` and `--size 0.1` and `extra` arguments, as the
+    /// holder of `key` (the local admin when `None`).
+    pub fn deploy_text(
+        &self,
+        manifest: &str,
+        workers: u32,
+        extra: &[&str],
+        key: Option<&str>,
+    ) -> Run {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("app.yaml");
+        std::fs::write(&file, manifest).expect("the manifest");
+        let workers = workers.to_string();
+        let mut args = vec![
+            "apps",
+            "deploy",
+            file.to_str().unwrap_or_default(),
+            "--workers",
+            &workers,
+            "--size",
+            "0.1",
+        ];
+        args.extend_from_slice(extra);
+        match key {
+            Some(key) => self.cli_env(&args, &[("FABRIC_TOKEN", key)]),
+            None => self.cli(&args),
+        }
+    }
+
     /// The URL `fabric up` printed for `component` (`queue-svc`,
     /// `objectstore-svc`, `lb-proxy`'s admin port).
     pub fn component_url(&self, component: &str) -> String {

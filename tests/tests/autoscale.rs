@@ -20,20 +20,8 @@ const ENV: &[(&str, &str)] = &[
 /// How long a scale may take here.
 const SCALED: Duration = Duration::from_secs(60);
 
-fn deploy(f: &Fabric, dir: &std::path::Path, name: &str, manifest: &str, extra: &[&str]) {
-    let file = dir.join(format!("{name}.yaml"));
-    std::fs::write(&file, manifest).expect("the manifest");
-    let mut args = vec![
-        "apps",
-        "deploy",
-        file.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--size",
-        "0.1",
-    ];
-    args.extend_from_slice(extra);
-    let run = f.cli(&args);
+fn deploy(f: &Fabric, manifest: &str, extra: &[&str]) {
+    let run = f.deploy_text(manifest, 1, extra, None);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
 
@@ -72,8 +60,7 @@ flows:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_scales_an_app_to_its_max_over_the_zones_and_back_to_its_min() {
     let f = Fabric::start_env(ENV);
-    let dir = tempfile::tempdir().expect("a temp dir");
-    deploy(&f, dir.path(), "busy", BUSY, &["--persistent-queues"]);
+    deploy(&f, BUSY, &["--persistent-queues"]);
     autoscale(
         &f,
         &["busy", "--min", "1", "--max", "3", "--queue-backlog", "10"],
@@ -164,9 +151,8 @@ fn load(f: &Fabric, app: &str, path: &str, clients: usize, stop: Arc<AtomicBool>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_scales_an_app_up() {
     let f = Fabric::start_env(ENV);
-    let dir = tempfile::tempdir().expect("a temp dir");
     let burn = "name: burn\nflows:\n  - name: burn\n    source: { http: { method: GET, path: /burn } }\n    steps:\n      - set-payload: '[range(100000)] | length'\n";
-    deploy(&f, dir.path(), "burn", burn, &[]);
+    deploy(&f, burn, &[]);
     autoscale(&f, &["burn", "--min", "1", "--max", "2", "--cpu", "50"]);
     let stop = Arc::new(AtomicBool::new(false));
     load(&f, "burn", "/burn", 4, stop.clone());
@@ -194,11 +180,10 @@ async fn requests_in_flight_scale_an_app_up() {
     tokio::spawn(async move { axum::serve(slow, app).await });
     let env: Vec<(&str, &str)> = [ENV, &[("FABRIC_EGRESS_ALLOW", "[127.0.0.0/8]")]].concat();
     let f = Fabric::start_env(&env);
-    let dir = tempfile::tempdir().expect("a temp dir");
     let wait = format!(
         "name: wait\nflows:\n  - name: wait\n    source: {{ http: {{ method: GET, path: /wait }} }}\n    steps:\n      - http-request: {{ method: GET, url: '\"http://{slow_addr}/\"' }}\n"
     );
-    deploy(&f, dir.path(), "wait", &wait, &[]);
+    deploy(&f, &wait, &[]);
     // A 0.1-vCore worker takes 16 requests at once: 12 in flight is 75%.
     autoscale(
         &f,

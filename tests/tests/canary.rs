@@ -15,25 +15,8 @@ fn answering(body: &str) -> String {
 
 const BROKEN: &str = "name: shop\nflows:\n  - name: hello\n    source: { http: { method: GET, path: /hello } }\n    steps:\n      - raise-error: { type: \"APP:BROKEN\", message: '\"broken\"' }\n";
 
-fn deploy(
-    f: &Fabric,
-    dir: &std::path::Path,
-    manifest: &str,
-    extra: &[&str],
-) -> fabric_tests::fabric::Run {
-    let file = dir.join(format!("m{}.yaml", extra.len()));
-    std::fs::write(&file, manifest).expect("the manifest");
-    let mut args = vec![
-        "apps",
-        "deploy",
-        file.to_str().unwrap(),
-        "--workers",
-        "2",
-        "--size",
-        "0.1",
-    ];
-    args.extend_from_slice(extra);
-    f.cli(&args)
+fn deploy(f: &Fabric, manifest: &str, extra: &[&str]) -> fabric_tests::fabric::Run {
+    f.deploy_text(manifest, 2, extra, None)
 }
 
 /// `n` requests to `host`'s `/hello`, 16 at a time: each answer's status and body.
@@ -59,10 +42,9 @@ async fn requests(f: &Fabric, host: &str, n: usize) -> Vec<(u16, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_percent_canary_takes_a_tenth_of_the_requests_and_is_promoted() {
     let f = Fabric::start();
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let run = deploy(&f, dir.path(), &answering("v1"), &[]);
+    let run = deploy(&f, &answering("v1"), &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let run = deploy(&f, dir.path(), &answering("v2"), &["--canary", "10"]);
+    let run = deploy(&f, &answering("v2"), &["--canary", "10"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let shown = f.cli(&["apps", "show", "shop"]);
     assert!(
@@ -120,10 +102,9 @@ async fn a_failing_canary_is_aborted_by_itself_and_the_serving_version_fails_not
         ("FABRIC_CANARY__WINDOW", "5s"),
         ("FABRIC_CANARY__MIN_REQUESTS", "10"),
     ]);
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let run = deploy(&f, dir.path(), &answering("v1"), &[]);
+    let run = deploy(&f, &answering("v1"), &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let run = deploy(&f, dir.path(), BROKEN, &["--canary", "50"]);
+    let run = deploy(&f, BROKEN, &["--canary", "50"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 
     let mut seen = Vec::new();
@@ -174,22 +155,7 @@ async fn a_failing_canary_is_aborted_by_itself_and_the_serving_version_fails_not
 async fn a_canary_counts_against_the_quota_beside_the_serving_version() {
     let f = Fabric::start_env(&[("FABRIC_TENANT_QUOTA__WORKERS", "3")]);
     let acme = f.tenant("acme").await;
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let as_acme = |extra: &[&str], manifest: &str| {
-        let file = dir.path().join(format!("q{}.yaml", extra.len()));
-        std::fs::write(&file, manifest).expect("the manifest");
-        let mut args = vec![
-            "apps",
-            "deploy",
-            file.to_str().unwrap(),
-            "--workers",
-            "2",
-            "--size",
-            "0.1",
-        ];
-        args.extend_from_slice(extra);
-        f.cli_env(&args, &[("FABRIC_TOKEN", &acme)])
-    };
+    let as_acme = |extra: &[&str], manifest: &str| f.deploy_text(manifest, 2, extra, Some(&acme));
     let run = as_acme(&[], &answering("v1"));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     // Two serving workers and two canary workers would be four, past three.
