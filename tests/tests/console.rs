@@ -98,6 +98,8 @@ async fn a_tenant_runs_an_app_from_the_console() {
         .send_keys(&file.display().to_string())
         .await
         .expect("choose the file");
+    // Named in the dialog: its progress shows while the API deploys it.
+    b.type_into("input[name=name]", "shop").await;
     b.find("select[name=workers]")
         .await
         .select_by_value("2")
