@@ -137,6 +137,23 @@ impl Browser {
         crate::until(what, WAIT, async || self.has(css).await.then_some(())).await
     }
 
+    /// Waits until an element `css` matches holds `needle` (a new page's
+    /// message, not the one the page before had), and returns its text.
+    pub async fn wait_text(&self, what: &str, css: &str, needle: &str) -> String {
+        crate::until(what, WAIT, async || {
+            let text = match self.all(css).await.into_iter().next() {
+                Some(el) => el.text().await.unwrap_or_default(),
+                None => String::new(),
+            };
+            if text.contains(needle) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        })
+        .await
+    }
+
     /// The text of the element `css` matches, waiting for it.
     pub async fn text(&self, css: &str) -> String {
         self.find(css).await.text().await.unwrap_or_default()

@@ -180,19 +180,18 @@ async fn a_tenant_runs_an_app_from_the_console() {
     b.type_into("#properties form.inline input[name=value]", "hello")
         .await;
     b.click("#properties form.inline button[type=submit]").await;
-    b.wait_for("the property set", "p.flash.done").await;
-    assert!(
-        b.text("p.flash.done")
-            .await
-            .contains("property greeting set")
-    );
+    b.wait_text("the property set", "p.flash.done", "property greeting set")
+        .await;
     b.wait_for("the property listed", "tr[data-property=greeting]")
         .await;
     b.click("tr[data-configuration='1'] button[type=submit]")
         .await;
-    b.wait_for("the rollback done", "p.flash.done").await;
-    let said = b.text("p.flash.done").await;
-    assert!(said.contains("rolled back to configuration #1"), "{said}");
+    b.wait_text(
+        "the rollback done",
+        "p.flash.done",
+        "rolled back to configuration #1",
+    )
+    .await;
     assert!(
         !b.has("tr[data-property=greeting]").await,
         "configuration #1 had no property"
@@ -216,12 +215,12 @@ async fn a_tenant_runs_an_app_from_the_console() {
     assert_eq!(b.all("pre.body").await.len(), 1, "only the one asked for");
     b.screenshot(&shots, "dead-letters").await;
     b.click("form[action$='/redrive'] button").await;
-    b.wait_for("the redrive done", "p.flash.done").await;
-    assert!(
-        b.text("p.flash.done")
-            .await
-            .contains("5 dead letters moved back")
-    );
+    b.wait_text(
+        "the redrive done",
+        "p.flash.done",
+        "5 dead letters moved back",
+    )
+    .await;
 
     // A bad manifest is refused, its line shown.
     b.open(&format!("{}/console/deploy", fabric.url())).await;
@@ -314,7 +313,8 @@ async fn another_tenant_cannot_reach_an_app_from_the_console() {
     // The zone drill: zone a fails, its worker comes up elsewhere; restored.
     b.click("section.zone[data-zone=a] form button[type=submit]")
         .await;
-    b.wait_for("the drill done", "p.flash.done").await;
+    b.wait_text("the drill done", "p.flash.done", "zone a: fail done")
+        .await;
     b.find("section.zone[data-zone=a] .badge.state-down").await;
     fabric.wait_workers("acme-hello", "acme-hello's workers out of zone a", |ws| {
         fabric_tests::fabric::ready(ws, 2) && ws.iter().all(|w| w["az"] != "a")
