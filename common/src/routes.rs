@@ -158,14 +158,16 @@ impl RouteTable {
     }
 }
 
-/// Checks one group of workers: each index once, addresses `host:port`.
+/// Checks one group of workers: each index once among the ready ones and
+/// once among the draining ones (a version being replaced drains beside
+/// its successor, whose worker n is ready), addresses `host:port`.
 fn check_workers(
     workers: &[WorkerRoute],
     invalid: &impl Fn(String) -> RouteError,
 ) -> Result<(), RouteError> {
     let mut seen = std::collections::BTreeSet::new();
     for w in workers {
-        if !seen.insert(w.index) {
+        if !seen.insert((w.index, w.state == WorkerState::Ready)) {
             return Err(invalid(format!("worker index {} appears twice", w.index)));
         }
         for (field, value) in [("address", Some(&w.address)), ("health", w.health.as_ref())] {
@@ -249,7 +251,9 @@ mod tests {
     #[test]
     fn impossible_tables_are_invalid() {
         let mut t = table();
-        t.apps.get_mut("orders").unwrap().workers[1].index = 1;
+        let orders = t.apps.get_mut("orders").unwrap();
+        orders.workers[1].index = 1;
+        orders.workers[1].state = WorkerState::Ready;
         assert!(t.validate().unwrap_err().to_string().contains("twice"));
         let mut t = table();
         t.apps.get_mut("orders").unwrap().workers[0].address = "nowhere".into();
@@ -258,6 +262,17 @@ mod tests {
         let spec = t.apps.remove("orders").unwrap();
         t.apps.insert("Orders".into(), spec);
         assert!(t.validate().is_err());
+    }
+
+    #[test]
+    fn a_draining_worker_may_share_its_index_with_its_ready_successor() {
+        let mut t = table();
+        let workers = &mut t.apps.get_mut("orders").unwrap().workers;
+        workers[1].index = 1;
+        t.validate().unwrap();
+        let mut twice = t.clone();
+        twice.apps.get_mut("orders").unwrap().workers[1].state = WorkerState::Ready;
+        assert!(twice.validate().unwrap_err().to_string().contains("twice"));
     }
 
     #[test]

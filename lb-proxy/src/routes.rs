@@ -156,7 +156,9 @@ impl Routes {
                         })
                     })
                     .collect();
-                workers.sort_by_key(|w| w.index);
+                // Worker n's ready one first: a direct URL reaches the
+                // successor of a draining worker of the same index.
+                workers.sort_by_key(|w| (w.index, w.state != WorkerState::Ready));
                 workers
             };
             let workers = compile(&app.workers);
@@ -263,6 +265,25 @@ mod tests {
             assert!(r.replace(spec).is_err(), "{bad}");
         }
         assert_eq!(r.load().spec.version, 2, "a refused table changes nothing");
+    }
+
+    #[test]
+    fn during_a_switch_worker_n_is_its_ready_successor_first() {
+        // The old version's worker 1 drains beside the new version's.
+        let r = table(
+            r#"{"apps":{"a":{"workers":[
+                {"index":1,"address":"127.0.0.1:1","state":"draining"},
+                {"index":1,"address":"127.0.0.1:2","state":"ready"}]}}}"#,
+        );
+        let t = r.load();
+        let a = &t.apps["a"];
+        assert_eq!(a.ready, 1);
+        let first = a.workers.iter().find(|w| w.index == 1).unwrap();
+        assert_eq!(&*first.address, "127.0.0.1:2");
+        assert!(matches!(
+            t.resolve("a-1.fabric.localhost", "fabric.localhost"),
+            Some(Target::Worker(_, 1))
+        ));
     }
 
     #[test]
