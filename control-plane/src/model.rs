@@ -33,6 +33,24 @@ pub struct DeployRequest {
     pub canary: Option<u8>,
 }
 
+impl DeployRequest {
+    /// A deploy of `manifest` on `workers` of `size`, named by the manifest,
+    /// with transient queues and nothing else set (change fields with `..`).
+    pub fn of(manifest: impl Into<String>, workers: u32, size: f64) -> Self {
+        DeployRequest {
+            name: None,
+            manifest: manifest.into(),
+            workers,
+            size,
+            persistent_queues: false,
+            encrypt_queues: true,
+            properties: Properties::new(),
+            secure_properties: Properties::new(),
+            canary: None,
+        }
+    }
+}
+
 /// A change of an app's properties: a new configuration, deployed side by side.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -65,15 +65,8 @@ const ORDERS: &str = include_str!("../../examples/orders.yaml");
 async fn deploy_demo(url: &str, key: &str, proxy: SocketAddr) -> anyhow::Result<()> {
     let client = control_plane::client::Client::new(url, key);
     let deploy = |manifest: &str, size, persistent_queues| control_plane::model::DeployRequest {
-        name: None,
-        manifest: manifest.to_string(),
-        workers: 2,
-        size,
         persistent_queues,
-        encrypt_queues: true,
-        properties: Default::default(),
-        secure_properties: Default::default(),
-        canary: None,
+        ..control_plane::model::DeployRequest::of(manifest, 2, size)
     };
     let hello = client.deploy(&deploy(HELLO, 0.1, false)).await?;
     let orders = client.deploy(&deploy(ORDERS, 0.2, true)).await?;

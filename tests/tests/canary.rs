@@ -173,3 +173,55 @@ async fn a_canary_counts_against_the_quota_beside_the_serving_version() {
             .all(|l| !l.starts_with("canary:"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_of_no_app_or_of_a_weight_out_of_range_is_refused_with_nothing_started() {
+    let f = Fabric::start();
+    let client = control_plane::client::Client::new(&f.url(), &f.admin_key());
+    let canary = |weight| control_plane::model::DeployRequest {
+        canary: Some(weight),
+        ..control_plane::model::DeployRequest::of(answering("v1"), 1, 0.1)
+    };
+    let refused = client
+        .deploy(&canary(10))
+        .await
+        .expect_err("no serving version");
+    assert!(refused.to_string().contains("deploy it first"), "{refused}");
+    assert!(
+        f.cli(&["apps", "show", "shop"]).code != Some(0),
+        "nothing was reserved"
+    );
+    let run = deploy(&f, &answering("v1"), &[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for weight in [0, 100, u8::MAX] {
+        let refused = client
+            .deploy(&canary(weight))
+            .await
+            .expect_err("out of range");
+        assert!(
+            refused.to_string().contains("1 to 99 percent"),
+            "{weight}: {refused}"
+        );
+    }
+    // A weight that is not a percentage at all is a bad request, not a panic.
+    let http = reqwest::Client::new();
+    for body in [
+        serde_json::json!({"manifest": answering("v2"), "workers": 1, "size": 0.1, "canary": 1000}),
+        serde_json::json!({"manifest": answering("v2"), "workers": 1, "size": 0.1, "canary": -1}),
+        serde_json::json!({"manifest": answering("v2"), "workers": 1, "size": 0.1, "canary": "10"}),
+    ] {
+        let r = http
+            .post(format!("{}/v1/apps", f.url()))
+            .bearer_auth(f.admin_key())
+            .json(&body)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    let ws = f.workers("shop");
+    assert!(
+        ready(&ws, 2) && ws.iter().all(|w| w["version"] == 1),
+        "v1 alone serves: {ws:?}"
+    );
+}

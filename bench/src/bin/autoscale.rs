@@ -91,15 +91,8 @@ async fn run(
     let client = fabric.client();
     client
         .deploy(&DeployRequest {
-            name: None,
-            manifest: manifest(app, delay),
-            workers: 1,
-            size: 0.1,
             persistent_queues: true,
-            encrypt_queues: true,
-            properties: Default::default(),
-            secure_properties: Default::default(),
-            canary: None,
+            ..DeployRequest::of(manifest(app, delay), 1, 0.1)
         })
         .await
         .expect("the app deploys");

@@ -90,15 +90,8 @@ async fn main() {
     let api = fabric.client();
     for (manifest, persistent) in [(HELLO, false), (ORDERS, true)] {
         api.deploy(&DeployRequest {
-            name: None,
-            manifest: manifest.to_string(),
-            workers: 2,
-            size: 0.1,
             persistent_queues: persistent,
-            encrypt_queues: true,
-            properties: Default::default(),
-            secure_properties: Default::default(),
-            canary: None,
+            ..DeployRequest::of(manifest, 2, 0.1)
         })
         .await
         .expect("a demo app deploys");

@@ -31,14 +31,8 @@ async fn main() {
         let name = format!("bench-{round}");
         let req = DeployRequest {
             name: Some(name.clone()),
-            manifest: APP.to_string(),
-            workers: 2,
-            size: 0.1,
-            persistent_queues: false,
             encrypt_queues: false,
-            properties: Default::default(),
-            secure_properties: Default::default(),
-            canary: None,
+            ..DeployRequest::of(APP, 2, 0.1)
         };
         let started = Instant::now();
         let app = client.deploy(&req).await.expect("deploy");

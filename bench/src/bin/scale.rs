@@ -135,14 +135,8 @@ async fn main() {
             let name = format!("scale-{deployed}");
             let req = DeployRequest {
                 name: Some(name.clone()),
-                manifest: APP.to_string(),
-                workers: 1,
-                size: 0.1,
-                persistent_queues: false,
                 encrypt_queues: false,
-                properties: Default::default(),
-                secure_properties: Default::default(),
-                canary: None,
+                ..DeployRequest::of(APP, 1, 0.1)
             };
             let started = Instant::now();
             client.deploy(&req).await.expect("deploy");

@@ -62,7 +62,11 @@ pub(super) async fn promote(
 ) -> ApiResult<Json<AppStatus>> {
     let tenant = api.tenant(&headers)?;
     let (_, _held) = api.owned_locked(&tenant, &name).await?;
-    let record = api.supervisor.promote(&name).await.map_err(no_canary)?;
+    let record = api
+        .supervisor
+        .promote(&name)
+        .await
+        .map_err(conflict_without_canary)?;
     api.remember(&tenant, &record, "promote canary", Outcome::Deployed)
         .await;
     Ok(Json(api.status(record)))
@@ -80,12 +84,12 @@ pub(super) async fn abort(
         .supervisor
         .abort_canary(&name, &format!("aborted by {tenant}"))
         .await
-        .map_err(no_canary)?;
+        .map_err(conflict_without_canary)?;
     Ok(Json(api.status(record)))
 }
 
 /// A promote or abort of an app with no canary: 409.
-fn no_canary(e: DeployError) -> ApiError {
+fn conflict_without_canary(e: DeployError) -> ApiError {
     match e {
         DeployError::NotReady(m) => ApiError::new(StatusCode::CONFLICT, "CONFLICT", m),
         other => internal(other),

@@ -145,15 +145,8 @@ async fn deploy_orders(fabric: &mut Fabric) {
     let deployed = fabric
         .client()
         .deploy(&DeployRequest {
-            name: None,
-            manifest: MANIFEST.to_string(),
-            workers: 3,
-            size: 0.2,
             persistent_queues: true,
-            encrypt_queues: true,
-            properties: Default::default(),
-            secure_properties: Default::default(),
-            canary: None,
+            ..DeployRequest::of(MANIFEST, 3, 0.2)
         })
         .await
         .expect("orders deploys");
