@@ -7,6 +7,7 @@ pub mod app;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod backoff;
+pub mod coalesce;
 pub mod config;
 pub mod envelope;
 #[cfg(feature = "embedded")]

@@ -2,14 +2,13 @@
 //! publishes into batches, and a consumer whose leases keep their lock alive.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::coalesce::{Batching, Coalescer};
 use futures::Stream;
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::api::{
     AckRequest, AckResponse, LeaseResponse, LeasedMessage, MAX_BATCH, NewMessage, PublishRequest,
@@ -313,43 +312,47 @@ impl Client {
     /// A publisher for `queue` that batches concurrent publishes. Must be
     /// created inside a Tokio runtime; its task ends when every clone is dropped.
     pub fn publisher(&self, queue: &str) -> Publisher {
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let (client, queue) = (self.clone(), queue.to_string());
-        tokio::spawn(coalesce(rx, move |bodies| {
-            let (client, queue) = (client.clone(), queue.clone());
-            async move {
-                let ids = client.publish_batch(&queue, bodies).await?;
-                Ok(ids.into_iter().map(Ok).collect())
-            }
-        }));
-        Publisher { tx }
+        let calls = Coalescer::start(
+            batching(move |bodies| {
+                let (client, queue) = (client.clone(), queue.clone());
+                async move {
+                    let ids = client.publish_batch(&queue, bodies).await?;
+                    Ok(ids.into_iter().map(Ok).collect())
+                }
+            }),
+            || ClientError::Transport("publisher stopped".into()),
+        );
+        Publisher { calls }
     }
 
     /// An acker that batches concurrent acks of this app's leases. Must be
     /// created inside a Tokio runtime; its task ends when every clone is dropped.
     pub fn acker(&self) -> Acker {
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let client = self.clone();
-        tokio::spawn(coalesce(rx, move |ids: Vec<String>| {
-            let client = client.clone();
-            async move {
-                let response = client.ack_batch(ids.clone()).await?;
-                Ok(ids
-                    .iter()
-                    .map(
-                        |id| match response.failed.iter().find(|f| &f.lease_id == id) {
-                            None => Ok(()),
-                            Some(f) => Err(ClientError::Api {
-                                status: 409,
-                                kind: "LEASE_LOST".into(),
-                                message: f.error.clone(),
-                            }),
-                        },
-                    )
-                    .collect())
-            }
-        }));
-        Acker { tx }
+        let calls = Coalescer::start(
+            batching(move |ids: Vec<String>| {
+                let client = client.clone();
+                async move {
+                    let response = client.ack_batch(ids.clone()).await?;
+                    Ok(ids
+                        .iter()
+                        .map(
+                            |id| match response.failed.iter().find(|f| &f.lease_id == id) {
+                                None => Ok(()),
+                                Some(f) => Err(ClientError::Api {
+                                    status: 409,
+                                    kind: "LEASE_LOST".into(),
+                                    message: f.error.clone(),
+                                }),
+                            },
+                        )
+                        .collect())
+                }
+            }),
+            || ClientError::Transport("acker stopped".into()),
+        );
+        Acker { calls }
     }
 
     /// A consumer of `queue` whose leases extend their lock while held.
@@ -363,18 +366,26 @@ impl Client {
     }
 }
 
-type Pending<I, O> = (I, oneshot::Sender<Result<O, ClientError>>);
+/// Calls of up to [`MAX_BATCH`] items, [`PUBLISH_CALLS_IN_FLIGHT`] out at once.
+fn batching<F>(call: F) -> Batching<F, fn(&ClientError) -> ClientError> {
+    Batching {
+        max: MAX_BATCH,
+        in_flight: PUBLISH_CALLS_IN_FLIGHT,
+        call,
+        share: ClientError::clone,
+    }
+}
 
 /// Publishes to one queue; concurrent publishes share calls of up to ten messages.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    tx: mpsc::Sender<Pending<String, String>>,
+    calls: Coalescer<String, String, ClientError>,
 }
 
 impl Publisher {
     /// Publishes `body` and returns its id once it is stored.
     pub async fn publish(&self, body: impl Into<String>) -> Result<String, ClientError> {
-        submit(&self.tx, body.into(), "publisher").await
+        self.calls.submit(body.into()).await
     }
 }
 
@@ -382,7 +393,7 @@ impl Publisher {
 /// of up to ten, as publishes share calls.
 #[derive(Clone, Debug)]
 pub struct Acker {
-    tx: mpsc::Sender<Pending<String, ()>>,
+    calls: Coalescer<String, (), ClientError>,
 }
 
 impl Acker {
@@ -391,77 +402,7 @@ impl Acker {
     pub async fn ack(&self, lease: Lease) -> Result<(), ClientError> {
         let id = lease.message.lease_id.clone();
         drop(lease);
-        submit(&self.tx, id, "acker").await
-    }
-}
-
-async fn submit<I, O>(
-    tx: &mpsc::Sender<Pending<I, O>>,
-    item: I,
-    what: &str,
-) -> Result<O, ClientError> {
-    let (done, result) = oneshot::channel();
-    let closed = || ClientError::Transport(format!("{what} stopped"));
-    tx.send((item, done)).await.map_err(|_| closed())?;
-    result.await.map_err(|_| closed())?
-}
-
-/// Sends items as they come, up to ten per call: what waits in the channel
-/// joins at once, and while [`PUBLISH_CALLS_IN_FLIGHT`] calls are out, the
-/// next batch keeps gathering until one returns. A lone item so waits for no
-/// timer, and a burst still shares calls. `call` answers each item in order.
-async fn coalesce<I, O, F, Fut>(mut rx: mpsc::Receiver<Pending<I, O>>, call: F)
-where
-    I: Send + 'static,
-    O: Send + 'static,
-    F: Fn(Vec<I>) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<Result<O, ClientError>>, ClientError>>
-        + Send
-        + 'static,
-{
-    let slots = Arc::new(Semaphore::new(PUBLISH_CALLS_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let permit = loop {
-            if batch.len() >= MAX_BATCH {
-                break slots.clone().acquire_owned().await;
-            }
-            tokio::select! {
-                biased;
-                permit = slots.clone().acquire_owned() => break permit,
-                next = rx.recv() => match next {
-                    Some(p) => batch.push(p),
-                    None => break slots.clone().acquire_owned().await,
-                },
-            }
-        };
-        // The semaphore is never closed; a failure here would only mean no limit.
-        let permit = permit.ok();
-        let (items, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let sent = call(items);
-        // Sent in its own task, so the next batch gathers meanwhile.
-        tokio::spawn(async move {
-            let result = sent.await;
-            drop(permit);
-            match result {
-                Ok(answers) => {
-                    for (w, answer) in waiters.into_iter().zip(answers) {
-                        let _ = w.send(answer);
-                    }
-                }
-                Err(e) => {
-                    for w in waiters {
-                        let _ = w.send(Err(e.clone()));
-                    }
-                }
-            }
-        });
+        self.calls.submit(id).await
     }
 }
 
