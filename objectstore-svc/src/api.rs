@@ -106,3 +106,67 @@ pub struct ErrorBody {
     #[serde(default)]
     pub correlation_id: Option<String>,
 }
+
+/// The most writes one `POST /v1/apps/{app}/writes` carries.
+pub const MAX_WRITES: usize = 25;
+/// The largest body of `POST /v1/apps/{app}/writes`; a larger value goes
+/// by a put of its own.
+pub const MAX_WRITES_BYTES: usize = 1024 * 1024;
+
+/// Several puts in one call (`POST /v1/apps/{app}/writes`). Each is done,
+/// and answered, on its own, as if it came alone: one failing leaves the
+/// others written. They share the call and the service's durable commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Writes {
+    /// One to [`MAX_WRITES`] puts.
+    pub writes: Vec<Write>,
+}
+
+/// One put of [`Writes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Write {
+    /// The store.
+    pub store: String,
+    /// The key.
+    pub key: String,
+    /// The value, as UTF-8 text (other bytes go by a put of their own).
+    pub value: String,
+    /// Expire the key after this long (`1d`, `500ms`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ttl: Option<Duration>,
+    /// Write only if the key has no live value (`If-None-Match: *`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_absent: bool,
+    /// Write only if the value's ETag is this one (`If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_match: Option<String>,
+}
+
+/// The answer to [`Writes`]: one outcome per write, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteOutcomes {
+    /// Each write's outcome.
+    pub outcomes: Vec<WriteOutcome>,
+}
+
+/// What one write of [`Writes`] came to: the status its own put would have
+/// answered, with the put's answer or the error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteOutcome {
+    /// 201 (created), 200 (replaced), or the refusal's status.
+    pub status: u16,
+    /// The put's answer, when it wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<PutResult>,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}

@@ -5,9 +5,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::{Method, RequestBuilder, StatusCode, Url, header};
 
-use crate::api::{CORRELATION_HEADER, EXPIRES_AT_HEADER};
+use crate::api::{CORRELATION_HEADER, EXPIRES_AT_HEADER, MAX_WRITES, Write, WriteOutcomes, Writes};
 pub use crate::api::{ErrorBody, KeyPage, Lease, LeaseRequest, ObjectInfo, PutResult, StoreStats};
 pub use crate::store::Precondition;
+use common::coalesce::{Batching, Coalescer};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,11 @@ pub enum ClientError {
     /// The base URL cannot carry paths.
     #[error("object store URL {0} cannot be a base")]
     BadUrl(String),
+    /// The call that carried this write with others did not complete (what
+    /// [`Transport`](ClientError::Transport) said, told to each of them), or
+    /// the batching task is gone.
+    #[error("object store request failed: {0}")]
+    Unreached(String),
 }
 
 impl ClientError {
@@ -52,12 +58,33 @@ impl ClientError {
     /// (any other 4xx) or a bad URL will fail again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Transport(_) => true,
+            ClientError::Transport(_) | ClientError::Unreached(_) => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
             ClientError::BadUrl(_) => false,
         }
     }
+
+    /// The same error, once for each write a failed call carried.
+    fn shared(&self) -> ClientError {
+        match self {
+            ClientError::Transport(e) => ClientError::Unreached(e.to_string()),
+            ClientError::Api { status, body } => ClientError::Api {
+                status: *status,
+                body: body.clone(),
+            },
+            ClientError::BadUrl(u) => ClientError::BadUrl(u.clone()),
+            ClientError::Unreached(e) => ClientError::Unreached(e.clone()),
+        }
+    }
 }
+
+/// Concurrent writes a [`Writer`] keeps in calls out at once; while all are
+/// busy, new writes gather into the next call.
+pub const WRITE_CALLS_IN_FLIGHT: usize = 4;
+
+/// The largest value a [`Writer`] sends with others; larger ones, and
+/// values that are not UTF-8, go by a put of their own.
+pub const MAX_SHARED_VALUE: usize = 64 * 1024;
 
 /// How long [`forget_app`] waits for its answer: purging an app scans the
 /// whole DynamoDB table.
@@ -218,6 +245,53 @@ impl Client {
         Ok(Self::send(req).await?.json().await?)
     }
 
+    /// Several puts in one call (`POST /writes`): each write's own answer,
+    /// in order, or the call's failure.
+    pub async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Result<PutResult>>> {
+        let req = self
+            .request(Method::POST, self.url(&["writes"]))
+            .json(&Writes { writes });
+        let answer: WriteOutcomes = Self::send(req).await?.json().await?;
+        Ok(answer
+            .outcomes
+            .into_iter()
+            .map(|o| match (o.written, o.error) {
+                (Some(w), _) => Ok(w),
+                (None, error) => Err(ClientError::Api {
+                    status: o.status,
+                    body: error.unwrap_or(ErrorBody {
+                        error: "HTTP".into(),
+                        message: "no outcome given".into(),
+                        correlation_id: None,
+                    }),
+                }),
+            })
+            .collect())
+    }
+
+    /// A writer whose concurrent puts share `POST /writes` calls of up to
+    /// [`MAX_WRITES`]. Must be created inside a Tokio runtime; its task ends
+    /// when every clone is dropped.
+    pub fn writer(&self) -> Writer {
+        let client = self.clone();
+        let calls = Coalescer::start(
+            Batching {
+                max: MAX_WRITES,
+                in_flight: WRITE_CALLS_IN_FLIGHT,
+                call: move |writes| {
+                    let client = client.clone();
+                    async move { client.write_all(writes).await }
+                },
+                share: ClientError::shared,
+            },
+            || ClientError::Unreached("the object store writer stopped".into()),
+        );
+        Writer {
+            client: self.clone(),
+            calls,
+        }
+    }
+
     /// Writes `value` only if `key` has no live value; false when it has one.
     pub async fn put_if_absent(
         &self,
@@ -329,5 +403,47 @@ fn with_precondition(req: RequestBuilder, pre: &Precondition) -> RequestBuilder 
         Precondition::None => req,
         Precondition::IfAbsent => req.header(header::IF_NONE_MATCH, "*"),
         Precondition::IfMatch(etag) => req.header(header::IF_MATCH, format!("\"{etag}\"")),
+    }
+}
+
+/// Puts of one app whose concurrent calls share `POST /writes` calls: each
+/// is done and answered as if it came alone, and all of a call share the
+/// service's next durable commit. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    client: Client,
+    calls: Coalescer<Write, PutResult, ClientError>,
+}
+
+impl Writer {
+    /// Writes `value` under `key` as [`Client::put`] does, with whatever
+    /// other writes are waiting.
+    pub async fn put(
+        &self,
+        store: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+        options: &PutOptions,
+    ) -> Result<PutResult> {
+        let value: Bytes = value.into();
+        let text = match std::str::from_utf8(&value) {
+            Ok(text) if value.len() <= MAX_SHARED_VALUE => text.to_string(),
+            _ => return self.client.put(store, key, value, options).await,
+        };
+        let (if_absent, if_match) = match &options.precondition {
+            Precondition::None => (false, None),
+            Precondition::IfAbsent => (true, None),
+            Precondition::IfMatch(etag) => (false, Some(etag.clone())),
+        };
+        self.calls
+            .submit(Write {
+                store: store.to_string(),
+                key: key.to_string(),
+                value: text,
+                ttl: options.ttl,
+                if_absent,
+                if_match,
+            })
+            .await
     }
 }

@@ -57,9 +57,17 @@ pub fn from_bytes(e: BytesRejection) -> ApiError {
     }
 }
 
-/// A JSON body that does not parse.
+/// A JSON body that does not parse, or is over its route's limit (413).
 pub fn from_json(e: JsonRejection) -> ApiError {
-    bad_request(e.body_text())
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_LARGE",
+            format!("the body is over this call's limit: {}", e.body_text()),
+        )
+    } else {
+        bad_request(e.body_text())
+    }
 }
 
 /// A query string that does not parse.

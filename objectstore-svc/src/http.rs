@@ -15,7 +15,10 @@ use common::token::{Scope, TokenKey};
 use common::tombstone::Tombstones;
 use serde::Deserialize;
 
-use crate::api::{CORRELATION_HEADER, EXPIRES_AT_HEADER, LeaseRequest, MAX_PAGE, MAX_VALUE_BYTES};
+use crate::api::{
+    CORRELATION_HEADER, EXPIRES_AT_HEADER, ErrorBody, LeaseRequest, MAX_PAGE, MAX_VALUE_BYTES,
+    MAX_WRITES, MAX_WRITES_BYTES, Write, WriteOutcome, WriteOutcomes, Writes,
+};
 use crate::error::{bad_request, from_bytes, from_json, from_path, from_query, no_route};
 use crate::metrics::Metrics;
 use crate::store::{ObjectStore, Precondition};
@@ -48,6 +51,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/apps/{app}/stores/{store}/keys/{*key}",
             get(get_key).put(put_key).delete(delete_key),
+        )
+        .route(
+            "/v1/apps/{app}/writes",
+            post(write_all).layer(DefaultBodyLimit::max(MAX_WRITES_BYTES)),
         )
         .route(
             "/v1/apps/{app}/leases/{name}",
@@ -99,8 +106,13 @@ fn quoted(etag: &str) -> HeaderValue {
 fn etag_of(name: &str, value: &HeaderValue) -> Result<String, ApiError> {
     let text = value
         .to_str()
-        .map_err(|_| bad_request(format!("{name} is not ASCII")))?
-        .trim();
+        .map_err(|_| bad_request(format!("{name} is not ASCII")))?;
+    etag_in(name, text)
+}
+
+/// One ETag (`"abc"`, or bare `abc`) from a condition's text.
+fn etag_in(name: &str, text: &str) -> Result<String, ApiError> {
+    let text = text.trim();
     let bare = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
@@ -216,6 +228,66 @@ async fn put_key(
             .into_response())
     })
     .await
+}
+
+/// Several puts in one call, each done and answered as if it came alone;
+/// they share the backend's next durable commit.
+async fn write_all(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<Writes>, JsonRejection>,
+) -> Response {
+    op(&s, "writes", &headers, async {
+        let Path(app) = path.map_err(from_path)?;
+        let _admitted = s
+            .tombstones
+            .authorize(&s.tokens, &headers, &app, Scope::Worker)?;
+        let Json(Writes { writes }) = body.map_err(from_json)?;
+        if writes.is_empty() || writes.len() > MAX_WRITES {
+            return Err(bad_request(format!(
+                "send 1 to {MAX_WRITES} writes, not {}",
+                writes.len()
+            )));
+        }
+        let outcomes =
+            futures::future::join_all(writes.iter().map(|w| write_one(&s, &app, w))).await;
+        Ok(Json(WriteOutcomes { outcomes }).into_response())
+    })
+    .await
+}
+
+async fn write_one(s: &ApiState, app: &str, w: &Write) -> WriteOutcome {
+    let pre = match (w.if_absent, &w.if_match) {
+        (true, Some(_)) => Err(bad_request("send ifMatch or ifAbsent, not both")),
+        (true, None) => Ok(Precondition::IfAbsent),
+        (false, Some(etag)) => etag_in("ifMatch", etag).map(Precondition::IfMatch),
+        (false, None) => Ok(Precondition::None),
+    };
+    let written = match pre {
+        Ok(pre) => s
+            .store
+            .put(app, &w.store, &w.key, w.value.as_bytes(), w.ttl, pre)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(written) => WriteOutcome {
+            status: if written.created { 201 } else { 200 },
+            written: Some(written),
+            error: None,
+        },
+        Err(e) => WriteOutcome {
+            status: e.status.as_u16(),
+            written: None,
+            error: Some(ErrorBody {
+                error: e.kind.to_string(),
+                message: e.message,
+                correlation_id: None,
+            }),
+        },
+    }
 }
 
 async fn delete_key(State(s): State<ApiState>, headers: HeaderMap, path: KeyPath) -> Response {

@@ -5,7 +5,7 @@
 //! crate's client, in a store of its own.
 //!
 //! One file per subject: [`objects`], [`leases`], [`listing`], [`refusals`],
-//! [`at_rest`] and [`forget`]; [`harness`] starts the service for each case.
+//! [`at_rest`], [`writes`] and [`forget`]; [`harness`] starts the service for each case.
 
 mod at_rest;
 mod forget;
@@ -14,6 +14,7 @@ mod leases;
 mod listing;
 mod objects;
 mod refusals;
+mod writes;
 
 use at_rest::values_are_ciphertext_at_rest;
 use harness::Harness;
@@ -26,6 +27,9 @@ use objects::{
 };
 use objectstore_svc::backend::BackendKind;
 use refusals::{apps_are_isolated_by_token, bad_input_is_refused_and_changes_nothing};
+use writes::{
+    hostile_write_batches_are_refused_whole, shared_writes_are_answered_each_as_if_alone,
+};
 
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
@@ -59,6 +63,8 @@ suite!(
     apps_are_isolated_by_token,
     bad_input_is_refused_and_changes_nothing,
     values_are_ciphertext_at_rest,
+    shared_writes_are_answered_each_as_if_alone,
+    hostile_write_batches_are_refused_whole,
 );
 
 /// Forgetting an app, on each backend; each case on a table of its own.
