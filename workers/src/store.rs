@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::shutdown::Shutdown;
-use objectstore_svc::client::{Client, ClientError, Precondition, PutOptions};
+use objectstore_svc::client::{Client, ClientError, Precondition, PutOptions, Writer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -138,6 +138,9 @@ pub enum Gathered {
 #[derive(Debug, Clone)]
 pub struct Stores {
     client: Client,
+    /// Every put goes through it, so the puts of concurrent flows (claims,
+    /// values, settlings) share calls; made on first use, inside the runtime.
+    writer: Arc<std::sync::OnceLock<Writer>>,
     claim_live: Duration,
     claim_wait: Duration,
     /// The worker's stop signal (one nothing triggers, until `stopping_on`):
@@ -150,6 +153,7 @@ impl Stores {
     pub fn new(client: Client) -> Self {
         Stores {
             client,
+            writer: Arc::default(),
             claim_live: CLAIM_LIVE,
             claim_wait: CLAIM_WAIT,
             stop: Shutdown::new(Duration::ZERO),
@@ -184,6 +188,10 @@ impl Stores {
         .map(drop)
     }
 
+    fn writer(&self) -> &Writer {
+        self.writer.get_or_init(|| self.client.writer())
+    }
+
     /// The underlying client (for leases).
     pub fn client(&self) -> &Client {
         &self.client
@@ -201,7 +209,7 @@ impl Stores {
             ttl,
             precondition: Precondition::None,
         };
-        self.client
+        self.writer()
             .put(store, key, encode(value), &options)
             .await
             .map(drop)
@@ -235,7 +243,7 @@ impl Stores {
             ttl: Some(ttl),
             precondition: Precondition::IfAbsent,
         };
-        match self.client.put(store, key, encode(value), &options).await {
+        match self.writer().put(store, key, encode(value), &options).await {
             Ok(_) => Ok(true),
             Err(e) if e.is_precondition_failed() => Ok(false),
             Err(e) => Err(store_error(e)),
@@ -280,7 +288,7 @@ impl Stores {
         let deadline = tokio::time::Instant::now() + self.claim_wait;
         loop {
             match self
-                .client
+                .writer()
                 .put(IDEMPOTENT_STORE, &key, body.clone(), &create)
                 .await
             {
@@ -340,7 +348,7 @@ impl Stores {
     ) -> Claim {
         let held = Arc::new(tokio::sync::Mutex::new(Held { etag, ended: false }));
         let heartbeat = {
-            let (client, key, held) = (self.client.clone(), key.clone(), held.clone());
+            let (client, key, held) = (self.writer().clone(), key.clone(), held.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(live / 3).await;
@@ -392,7 +400,7 @@ impl Stores {
         };
         let body = serde_json::to_vec(&record).unwrap_or_default();
         match self
-            .client
+            .writer()
             .put(IDEMPOTENT_STORE, &claim.key, body, &options)
             .await
         {
@@ -482,7 +490,11 @@ impl Stores {
                 precondition,
             };
             let body = serde_json::to_vec(&group).unwrap_or_default();
-            match self.client.put(AGGREGATE_STORE, &key, body, &options).await {
+            match self
+                .writer()
+                .put(AGGREGATE_STORE, &key, body, &options)
+                .await
+            {
                 Ok(_) if complete => return Ok(Gathered::Complete(payloads(group))),
                 Ok(_) => return Ok(Gathered::Held),
                 Err(e) if e.is_precondition_failed() => continue,

@@ -147,10 +147,12 @@ impl PersistentQueues {
             .map_err(|e| queue_error(queue, e))
     }
 
-    /// Starts one consumer of `queue` that hands each lease to `handle` on
-    /// a task of its own, at most `concurrency` at once. It leases only as
+    /// Starts the consumers of `queue`, which hand each lease to `handle` on
+    /// a task of its own, at most `concurrency` at once. They lease only as
     /// many messages as there are free slots, so nothing waits locked in
-    /// the worker while its lock runs down.
+    /// the worker while its lock runs down; but slots freed while one lease
+    /// call is out need not wait for it: [`pollers`] calls lease at once,
+    /// each for up to a batch of the free slots.
     pub(super) fn consume<H, F>(
         &self,
         queue: &str,
@@ -161,24 +163,27 @@ impl PersistentQueues {
         H: Fn(Lease) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let (queues, queue, sd) = (self.clone(), queue.to_string(), shutdown.clone());
-        shutdown.spawn("queue-consumer", async move {
-            queues.lease_for_slots(queue, concurrency, sd, handle).await;
-            Ok::<_, std::convert::Infallible>(())
-        });
+        let slots = Arc::new(Semaphore::new(concurrency));
+        for _ in 0..pollers(concurrency) {
+            let (queues, queue, sd) = (self.clone(), queue.to_string(), shutdown.clone());
+            let (slots, handle) = (slots.clone(), handle.clone());
+            shutdown.spawn("queue-consumer", async move {
+                queues.lease_for_slots(queue, slots, sd, handle).await;
+                Ok::<_, std::convert::Infallible>(())
+            });
+        }
     }
 
     async fn lease_for_slots<H, F>(
         self,
         queue: String,
-        concurrency: usize,
+        slots: Arc<Semaphore>,
         shutdown: Shutdown,
         handle: H,
     ) where
         H: Fn(Lease) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
-        let slots = Arc::new(Semaphore::new(concurrency));
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         while !shutdown.is_triggered() {
             let first = tokio::select! {
@@ -234,6 +239,20 @@ impl PersistentQueues {
     }
 }
 
+/// Most lease calls one consumer has out at once.
+const MAX_POLLERS: usize = 4;
+
+/// How many lease calls a consumer of `concurrency` slots keeps out at once:
+/// one per batch of slots, at most [`MAX_POLLERS`]. While one call is out
+/// (each is a durable write in queue-svc, a millisecond or two), the slots
+/// freed meanwhile are leased by the next; the calls out together share one
+/// commit there.
+fn pollers(concurrency: usize) -> usize {
+    concurrency
+        .div_ceil(queue_svc::api::MAX_BATCH)
+        .clamp(1, MAX_POLLERS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +268,14 @@ mod tests {
         assert_eq!(decode(&body), (json!({"a": 1}), Some("c-1".into())));
         assert_eq!(decode("{\"orderId\": 7}"), (json!({"orderId": 7}), None));
         assert_eq!(decode("plain"), (json!("plain"), None));
+    }
+
+    #[test]
+    fn a_lease_call_per_batch_of_slots_at_most_four() {
+        assert_eq!(pollers(1), 1);
+        assert_eq!(pollers(10), 1);
+        assert_eq!(pollers(11), 2);
+        assert_eq!(pollers(64), MAX_POLLERS);
+        assert_eq!(pollers(1024), MAX_POLLERS);
     }
 }
