@@ -1,15 +1,16 @@
 //! The pass-through lane for the common HTTP/1.1 request.
 //!
-//! Most requests a fabric serves are a `GET` or `HEAD` with no body, a clean
-//! head and a routable host, answered with a length-framed or chunked
-//! response. This lane serves them with each head parsed once (by httparse,
+//! Most requests a fabric serves are a `GET` or `HEAD` with no body, or a
+//! `POST`, `PUT`, `PATCH` or `DELETE` with a small body framed by
+//! `Content-Length`, with a clean head and a routable host, answered with a
+//! length-framed or chunked response. This lane serves them with each head parsed once (by httparse,
 //! the parser hyper itself uses) and passed on as bytes, on the client
 //! connection's own task, over raw pooled TCP connections to workers. The
 //! rebuilt header maps, the task and channels per upstream connection and
 //! the body wrappers of the general path are what it saves (docs/lb-proxy.md,
 //! "The pass-through lane").
 //!
-//! Anything else—another method, a body, `Expect`, `Upgrade`, forwarding
+//! Anything else—another method, a chunked or larger body, `Expect`, `Upgrade`, forwarding
 //! headers from another proxy, HTTP/1.0, HTTP/2, a head too large or
 //! malformed—is handed, with the bytes already read, to hyper, which serves
 //! that request and the rest of the connection behind the smuggling checks.
@@ -64,6 +65,10 @@ pub(crate) const CHUNK_RULES: chunked::Rules = chunked::Rules {
     // What went to the client stops at the first byte past a chunk's size.
     data_end: chunked::DataEnd::Bytes,
 };
+/// Largest request body the lane takes: it reads the body whole before a
+/// worker is chosen and sends head and body in one write. Larger bodies
+/// stream through hyper's path.
+pub(crate) const LANE_BODY: usize = 64 * 1024;
 /// Room made for each read of a response body.
 const BODY_READ: usize = 16 * 1024;
 
@@ -83,7 +88,13 @@ struct Prepared {
     head: bool,
     close: bool,
     id: HeaderValue,
+    /// The head's length in the client's bytes.
     len: usize,
+    /// The body's length (its `Content-Length`; 0 without one).
+    body: usize,
+    /// Whether the method may be sent again once it may have reached a
+    /// worker (as hyper's path decides: `GET`, `HEAD`, `PUT`, `DELETE`).
+    repeatable: bool,
 }
 
 /// Serves `io`'s requests while the lane can; `conn` is what the proxy
@@ -147,6 +158,35 @@ where
         };
         conn.served.fetch_add(1, Ordering::Relaxed);
         buf.advance(req.len);
+        if req.body > 0 {
+            // The whole body, within the idle timeout, goes after the head.
+            if buf.len() < req.body {
+                let at = tokio::time::Instant::now() + proxy.settings.idle_timeout;
+                idle.as_mut().reset(at);
+            }
+            while buf.len() < req.body {
+                buf.reserve(req.body - buf.len());
+                let read = tokio::select! {
+                    biased;
+                    r = io.read_buf(&mut buf) => r,
+                    // The body stalled: 408, as hyper's path answers it.
+                    () = &mut idle => {
+                        let stalled = ProxyError::ClientIdle {
+                            after: proxy.settings.idle_timeout,
+                        };
+                        refuse(io, &req, &stalled, true).await;
+                        let _ = io.shutdown().await;
+                        return Served::Closed;
+                    }
+                };
+                match read {
+                    Ok(n) if n > 0 => {}
+                    _ => return Served::Closed,
+                }
+            }
+            to_worker.extend_from_slice(&buf[..req.body]);
+            buf.advance(req.body);
+        }
         let close = req.close || shutdown.is_triggered();
         let answered = answer(
             proxy,
@@ -181,9 +221,10 @@ fn prepare(
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Err(ToHyper);
     };
-    let head = match method {
-        "GET" => false,
-        "HEAD" => true,
+    let (head, repeatable) = match method {
+        "GET" | "PUT" | "DELETE" => (false, true),
+        "HEAD" => (true, true),
+        "POST" | "PATCH" => (false, false),
         _ => return Err(ToHyper),
     };
     // Origin form, and a target hyper would take as it is (no fragment to
@@ -196,7 +237,7 @@ fn prepare(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let (mut host, mut close, mut id) = (None, false, None);
+    let (mut host, mut close, mut id, mut length) = (None, false, None, None);
     for h in req.headers.iter() {
         match Line::of(h.name) {
             Line::Host if host.is_none() => host = Some(h.value),
@@ -217,6 +258,10 @@ fn prepare(
                 }
                 continue;
             }
+            // One, all digits: anything else is for hyper's checks to refuse.
+            Line::Length if length.is_none() => {
+                length = Some(content_length(h.value).ok_or(ToHyper)?);
+            }
             Line::Dropped => continue,
             Line::Other => {}
             // A second Host, a body, an expectation, an upgrade, or another
@@ -224,6 +269,12 @@ fn prepare(
             _ => return Err(ToHyper),
         }
         line(out, h.name.as_bytes(), h.value);
+    }
+    // A body over the lane's size (or the proxy's limit, which hyper's path
+    // answers with 413) streams there; a HEAD with a body is odd enough too.
+    let body = length.unwrap_or(0);
+    if body > LANE_BODY as u64 || body > proxy.settings.max_body_bytes || (head && body > 0) {
+        return Err(ToHyper);
     }
     let host_value = host.ok_or(ToHyper)?;
     let name = std::str::from_utf8(host_value).map_err(|_| ToHyper)?;
@@ -263,7 +314,17 @@ fn prepare(
         close,
         id,
         len,
+        body: body as usize,
+        repeatable,
     })
+}
+
+/// A `Content-Length` value the lane takes: 1 to 19 ASCII digits.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// `HTTP/1.1 {status} {reason}` and its CRLF.
@@ -297,7 +358,9 @@ enum Line {
     Id,
     /// Hop-by-hop, or replaced by the proxy's own.
     Dropped,
-    /// Framing, expectations, upgrades, forwarding chains: hyper's path.
+    /// `Content-Length`: the body's length, passed on.
+    Length,
+    /// Other framing, expectations, upgrades, forwarding chains: hyper's path.
     NotHere,
     /// Passed on as it came.
     Other,
@@ -313,7 +376,7 @@ impl Line {
         ("x-request-id", Line::Id),
         ("x-forwarded-proto", Line::Dropped),
         ("x-forwarded-host", Line::Dropped),
-        ("content-length", Line::NotHere),
+        ("content-length", Line::Length),
         ("transfer-encoding", Line::NotHere),
         ("expect", Line::NotHere),
         ("upgrade", Line::NotHere),
@@ -426,11 +489,13 @@ where
             answer.map(|a| (a, head, body))
         }
     };
-    let ((mut answer, head, body), held) =
-        match proxy.attempts(&req.target, app, || true, send).await {
-            Ok(answered) => answered,
-            Err(e) => return refuse(io, req, &e, close).await,
-        };
+    let ((mut answer, head, body), held) = match proxy
+        .attempts(&req.target, app, || req.repeatable, send)
+        .await
+    {
+        Ok(answered) => answered,
+        Err(e) => return refuse(io, req, &e, close).await,
+    };
     *to_client = head;
     *from_worker = body;
     // Counted as its head goes out: a long stream counts from its start.
@@ -507,7 +572,7 @@ async fn exchange(
 ) -> Result<Answer, ProxyError> {
     let failed = |e: io::Error| ProxyError::Upstream {
         addr: address.to_string(),
-        body_sent: false,
+        body_sent: req.body > 0,
         source: e.into(),
     };
     // A pooled connection may turn out closed once; then a new one.
@@ -543,8 +608,9 @@ async fn exchange(
                 });
             }
             // A pooled connection the worker closed as it was taken: no
-            // fault of the worker; the request goes out on a new one.
-            Err(_) if pooled && from_worker.is_empty() => pool = false,
+            // fault of the worker; the request goes out on a new one, if
+            // it may go twice (hyper's path sends a POST once too).
+            Err(_) if pooled && from_worker.is_empty() && req.repeatable => pool = false,
             Err(e) => return Err(failed(e)),
         }
     }
@@ -859,7 +925,7 @@ mod tests {
     #[test]
     fn request_headers_are_sorted_by_what_the_lane_does_with_them() {
         assert!(Line::of("Host") == Line::Host);
-        assert!(Line::of("CONTENT-LENGTH") == Line::NotHere);
+        assert!(Line::of("CONTENT-LENGTH") == Line::Length);
         assert!(Line::of("transfer-encoding") == Line::NotHere);
         assert!(Line::of("x-forwarded-proto") == Line::Dropped);
         assert!(Line::of("x-forwarded-for") == Line::NotHere);
