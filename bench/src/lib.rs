@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod raw_pipeline;
 pub mod report;
 
 /// Latency samples of one measured run.

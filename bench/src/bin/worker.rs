@@ -36,6 +36,9 @@ const CLIENTS: usize = 32;
 const ECHO_WARMUP: Duration = Duration::from_secs(1);
 const ECHO_PHASE: Duration = Duration::from_secs(5);
 const WARM_ORDERS: usize = 500;
+/// Orders the `process` flow of examples/orders.yaml has in hand at once
+/// (checked against it), which the raw SDKs' pipeline gets too.
+const CONCURRENCY: usize = 128;
 /// How long orders are sent at half the measured rate, for their latency.
 const PACED_PHASE: Duration = Duration::from_secs(4);
 /// Orders in the timed phase, unless `ORDERS` in the environment says
@@ -457,13 +460,42 @@ async fn bench(fabric: &Path) {
     let key = TokenKey::load_or_generate(&data.path().join(common::secrets::SECRET_FILE))
         .expect("the fabric secret");
     let token = key.issue(APP, Scope::Worker, Duration::from_secs(3600));
-    let backing = [("FABRIC_DATA_DIR", dir), ("FABRIC_BACKEND", "embedded")];
-    let (queue_svc, queue_url) = Proc::serve(fabric, "queue-svc", "queue-svc", &backing);
+    // On the emulators (BACKEND=aws): the services on SQS and DynamoDB under
+    // names of this run's own, and the raw SDKs' pipeline as the reference.
+    let aws = std::env::var("BACKEND").is_ok_and(|b| b == "aws");
+    let prefix = format!("bw{:08x}-", std::process::id());
+    let table = format!("{prefix}objectstore");
+    let (queue_env, store_env) = if aws {
+        (
+            vec![
+                ("FABRIC_BACKEND", "sqs"),
+                ("FABRIC_SQS_PREFIX", prefix.as_str()),
+            ],
+            vec![
+                ("FABRIC_BACKEND", "dynamodb"),
+                ("FABRIC_TABLE", table.as_str()),
+                ("FABRIC_CREATE_RESOURCES", "true"),
+            ],
+        )
+    } else {
+        (
+            vec![("FABRIC_BACKEND", "embedded")],
+            vec![("FABRIC_BACKEND", "embedded")],
+        )
+    };
+    let (mut queue_env, mut store_env) = (queue_env, store_env);
+    queue_env.push(("FABRIC_DATA_DIR", dir));
+    store_env.push(("FABRIC_DATA_DIR", dir));
+    let (queue_svc, queue_url) = Proc::serve(fabric, "queue-svc", "queue-svc", &queue_env);
     let (store_svc, store_url) =
-        Proc::serve(fabric, "objectstore-svc", "objectstore-svc", &backing);
+        Proc::serve(fabric, "objectstore-svc", "objectstore-svc", &store_env);
 
     let manifest = data.path().join("orders-echo.yaml");
     let orders = include_str!("../../../examples/orders.yaml");
+    assert!(
+        orders.contains(&format!("concurrency: {CONCURRENCY},")),
+        "examples/orders.yaml no longer processes {CONCURRENCY} at once: change CONCURRENCY"
+    );
     std::fs::write(&manifest, format!("{}{ECHO_FLOW}", orders.trim_end())).expect("manifest");
     let manifest = manifest.to_str().expect("a UTF-8 path");
     let (worker, base) = Proc::serve(
@@ -548,6 +580,7 @@ async fn bench(fabric: &Path) {
     let e2e = count as f64 / total;
     let accept_rate = count as f64 / accepted.secs;
     let drain = total - accepted.secs;
+    let drain_rate = (count - at_accept.min(count)) as f64 / drain.max(1e-9);
     println!(
         "pipeline: {count} orders, {CLIENTS} clients: all stored after {total:.2} s = {e2e:.0} msgs/s"
     );
@@ -559,9 +592,7 @@ async fn bench(fabric: &Path) {
     println!(
         "  when the last 202 came: {at_accept} processed, queue depth {} + {} in flight; \
          the rest took {drain:.2} s ({:.0} msgs/s)",
-        queue.depth,
-        queue.in_flight,
-        (count - at_accept.min(count)) as f64 / drain.max(1e-9),
+        queue.depth, queue.in_flight, drain_rate,
     );
     println!(
         "  mean flow time in the worker: accept {:.2} ms (validate, publish, respond), \
@@ -571,6 +602,22 @@ async fn bench(fabric: &Path) {
     );
     println!("  CPU while accepting: {cpu_accept}");
     println!("  CPU after the last 202: {cpu_drain}");
+    // The raw SDKs doing the same calls on the same emulators.
+    let raw = if aws {
+        let raw = fabric_bench::raw_pipeline::RawPipeline::create(&prefix).await;
+        let secs = raw.run("raw", count, CONCURRENCY).await;
+        raw.delete().await;
+        let rate = count as f64 / secs;
+        println!(
+            "raw SDKs, the same calls for {count} orders with {CONCURRENCY} in hand: {secs:.2} s = \
+             {rate:.0} msgs/s; the pipeline is {:.2} of it",
+            e2e / rate
+        );
+        Some(rate)
+    } else {
+        None
+    };
+
     // Latency at half the rate just measured: from the POST, and from its
     // 202, until the order is stored.
     let paced_rate = e2e / 2.0;
@@ -597,6 +644,98 @@ async fn bench(fabric: &Path) {
             p.lines.load(Ordering::Relaxed)
         );
     }
+
+    let lat = |l: &Latencies| {
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms",
+            l.percentile_ms(50.0),
+            l.percentile_ms(99.0)
+        )
+    };
+    fabric_bench::report::Report {
+        name: if aws { "worker-aws" } else { "worker" }.into(),
+        title: format!(
+            "The orders pipeline (HTTP accept, persistent queue, idempotent, store) on one \
+             worker of size 1 with queue-svc and objectstore-svc on {}, all on one 2-core \
+             machine; {count} orders over {CLIENTS} clients, beside the 202s of the same run \
+             and the same worker's echo{}.",
+            if aws {
+                "the SQS and DynamoDB emulators"
+            } else {
+                "their embedded backends"
+            },
+            if aws {
+                ", and the raw SDKs making the same calls on the same emulators"
+            } else {
+                ""
+            }
+        ),
+        header: ["figure", "value", "reference of the same run"]
+            .map(String::from)
+            .to_vec(),
+        rows: [
+            vec![
+                "pipeline, POST to stored".into(),
+                format!("{e2e:.0} orders/s"),
+                format!(
+                    "{:.2} x accept only; target >= 0.80 and >= 5000/s",
+                    e2e / accept_rate
+                ),
+            ],
+            vec![
+                "accept only (202s)".into(),
+                format!("{accept_rate:.0} orders/s"),
+                lat(&accepted.latencies),
+            ],
+            vec![
+                "drain after the last 202".into(),
+                format!("{drain_rate:.0} orders/s"),
+                format!("{at_accept} processed when the last 202 came"),
+            ],
+            vec![
+                format!("202 to stored at {paced_rate:.0}/s"),
+                lat(&from_202),
+                format!(
+                    "POST to stored {}; CloudHub: 10-20 ms a put, 70-100 ms a take",
+                    lat(&from_post)
+                ),
+            ],
+            vec![
+                "echo".into(),
+                format!("{echo_rps:.0} req/s"),
+                lat(&echo_lat),
+            ],
+            vec![
+                "idle worker RSS".into(),
+                format!("{idle_rss:.1} MB"),
+                "target <= 20 MB".into(),
+            ],
+        ]
+        .into_iter()
+        .chain(raw.map(|rate| {
+            vec![
+                "raw SDKs, the same calls".into(),
+                format!("{rate:.0} orders/s"),
+                format!("the pipeline is {:.2} of it", e2e / rate),
+            ]
+        }))
+        .collect(),
+        chart: fabric_bench::report::Chart {
+            y_label: "orders per second".into(),
+            categories: [
+                "accept only (202s)",
+                "pipeline, POST to stored",
+                "drain after the last 202",
+            ]
+            .map(String::from)
+            .to_vec(),
+            series: vec![(
+                "one worker, size 1".into(),
+                vec![accept_rate, e2e, drain_rate],
+            )],
+        },
+    }
+    .write();
 
     println!();
     println!("| figure | value | reference / target |");
@@ -639,6 +778,10 @@ async fn bench(fabric: &Path) {
                 ("stored_p99_ms", from_202.percentile_ms(99.0)),
                 ("idle_rss_mb", idle_rss),
             ]
+            .into_iter()
+            .chain(raw.map(|rate| ("raw_sdk_msgs_per_s", rate)))
+            .chain(raw.map(|rate| ("vs_raw_sdk", e2e / rate)))
+            .collect::<Vec<_>>()
         )
     );
 }
