@@ -60,8 +60,8 @@ fn font() -> Result<(), String> {
         .clone()
 }
 
-/// Where reports go.
-fn dir() -> PathBuf {
+/// Where reports go: `$BENCH_REPORT_DIR`, else `docs/bench`.
+pub fn dir() -> PathBuf {
     std::env::var_os("BENCH_REPORT_DIR").map_or_else(|| PathBuf::from("docs/bench"), PathBuf::from)
 }
 
