@@ -48,11 +48,68 @@ struct Step {
     route_table_bytes: usize,
     rss_mb: f64,
     rest_cpu_pct: f64,
+    /// The workers' CPU at rest, all together, in percent of one core.
+    rest_workers_cpu_pct: f64,
     req_per_s: f64,
     /// Requests per second to one app only, at this count: beside
     /// `req_per_s`, it tells the balancer's cost of a larger table from the
     /// cost of spreading requests over many workers.
     one_app_req_per_s: f64,
+    /// Over all apps, and to one app: what each request cost.
+    all: Load,
+    one: Load,
+}
+
+/// Context switches on the whole machine since boot (`/proc/stat`'s `ctxt`).
+fn switches() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU seconds of every process descended from `pid` (the workers `fabric
+/// up` started), not counting `pid` itself.
+fn descendants_cpu_s(pid: u32) -> f64 {
+    // Each thread lists the children it started.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    threads
+        .flat_map(|t| {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .map(|c| cpu_s(c) + descendants_cpu_s(c))
+        .sum()
+}
+
+/// What one load phase measured: requests a second, and per request the
+/// machine's context switches and the CPU time of `fabric up` (load
+/// balancer, control plane, services) and of the workers.
+struct Load {
+    req_per_s: f64,
+    switches: f64,
+    fabric_us: f64,
+    workers_us: f64,
+}
+
+/// [`load`], with what each request cost the machine.
+async fn measured_load(proxy: &str, apps: usize, fabric: u32) -> Load {
+    let (s0, f0, w0) = (switches(), cpu_s(fabric), descendants_cpu_s(fabric));
+    let req_per_s = load(proxy, apps).await;
+    let requests = (req_per_s * LOAD.as_secs_f64()).max(1.0);
+    Load {
+        req_per_s,
+        switches: (switches() - s0) as f64 / requests,
+        fabric_us: (cpu_s(fabric) - f0) / requests * 1e6,
+        workers_us: (descendants_cpu_s(fabric) - w0) / requests * 1e6,
+    }
 }
 
 async fn routable(http: &reqwest::Client, proxy: &str, app: &str) {
@@ -156,17 +213,24 @@ async fn main() {
             .expect("routes body")
             .len();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let before = cpu_s(fabric.pid());
+        let (before, workers_before) = (cpu_s(fabric.pid()), descendants_cpu_s(fabric.pid()));
         tokio::time::sleep(REST).await;
         let rest_cpu_pct = (cpu_s(fabric.pid()) - before) / REST.as_secs_f64() * 100.0;
+        let rest_workers_cpu_pct =
+            (descendants_cpu_s(fabric.pid()) - workers_before) / REST.as_secs_f64() * 100.0;
+        let all = measured_load(&proxy, target, fabric.pid()).await;
+        let one = measured_load(&proxy, 1, fabric.pid()).await;
         let step = Step {
             apps: target,
             deploy_to_routable_s: times[times.len() / 2],
             route_table_bytes: table,
             rss_mb: mem_mb(fabric.pid(), "VmRSS"),
             rest_cpu_pct,
-            req_per_s: load(&proxy, target).await,
-            one_app_req_per_s: load(&proxy, 1).await,
+            rest_workers_cpu_pct,
+            req_per_s: all.req_per_s,
+            one_app_req_per_s: one.req_per_s,
+            all,
+            one,
         };
         let first = steps.first().unwrap_or(&step);
         let per_app = |v: f64, v0: f64| (v / step.apps as f64) / (v0 / first.apps as f64);
@@ -188,6 +252,16 @@ async fn main() {
             step.one_app_req_per_s,
             step.one_app_req_per_s / first.one_app_req_per_s,
         );
+        println!(
+            "      the workers at rest: {:.2}% CPU all together",
+            step.rest_workers_cpu_pct
+        );
+        for (what, l) in [("over all apps", &step.all), ("to one app", &step.one)] {
+            println!(
+                "      a request {what}: {:.1} us of fabric up's CPU, {:.1} us of the workers', {:.2} context switches on the machine",
+                l.fabric_us, l.workers_us, l.switches,
+            );
+        }
         steps.push(step);
     }
     drop(fabric);
@@ -206,6 +280,7 @@ async fn main() {
             "CPU at rest",
             "req/s over all apps",
             "req/s to one app",
+            "CPU µs a request, fabric up + workers: all apps / one app",
         ]
         .map(String::from)
         .to_vec(),
@@ -220,6 +295,10 @@ async fn main() {
                     format!("{:.2}%", s.rest_cpu_pct),
                     fmt(s.req_per_s),
                     fmt(s.one_app_req_per_s),
+                    format!(
+                        "{:.1} + {:.1} / {:.1} + {:.1}",
+                        s.all.fabric_us, s.all.workers_us, s.one.fabric_us, s.one.workers_us
+                    ),
                 ]
             })
             .collect(),
@@ -250,8 +329,12 @@ async fn main() {
                     ("route_table_bytes", s.route_table_bytes as f64),
                     ("fabric_up_rss_mb", s.rss_mb),
                     ("rest_cpu_pct", s.rest_cpu_pct),
+                    ("rest_workers_cpu_pct", s.rest_workers_cpu_pct),
                     ("req_per_s", s.req_per_s),
                     ("one_app_req_per_s", s.one_app_req_per_s),
+                    ("fabric_us_per_req", s.all.fabric_us),
+                    ("workers_us_per_req", s.all.workers_us),
+                    ("switches_per_req", s.all.switches),
                 ]
             )
         );
