@@ -265,6 +265,28 @@ struct Accepted {
     refused: u64,
 }
 
+/// POSTs one order until it is answered 202; how many 5xx answers it was
+/// retried after (anything else fails the bench).
+async fn post_until_accepted(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> u64 {
+    let mut retried = 0;
+    loop {
+        let resp = http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /orders");
+        let status = resp.status();
+        resp.bytes().await.expect("accept body");
+        if status == 202 {
+            return retried;
+        }
+        assert!(status.is_server_error(), "order refused with {status}");
+        retried += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// POSTs `n` orders `{prefix}-{i}` over `CLIENTS` clients; each until it gets a 202.
 async fn post_orders(http: &reqwest::Client, base: &str, prefix: &str, n: usize) -> Accepted {
     let start = Instant::now();
@@ -286,24 +308,10 @@ async fn post_orders(http: &reqwest::Client, base: &str, prefix: &str, n: usize)
                     "total": 4200,
                     "items": [1, 2, 3],
                 });
-                loop {
-                    let t = Instant::now();
-                    let resp = http
-                        .post(&url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .expect("POST /orders");
-                    let status = resp.status();
-                    resp.bytes().await.expect("accept body");
-                    if status == 202 {
-                        l.record(t.elapsed());
-                        break;
-                    }
-                    assert!(status.is_server_error(), "order refused with {status}");
-                    refused.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let t = Instant::now();
+                let retried = post_until_accepted(&http, &url, &body).await;
+                l.record(t.elapsed());
+                refused.fetch_add(retried, Ordering::Relaxed);
             }
         })
     });
@@ -358,21 +366,7 @@ async fn post_paced(
                 let id = format!("{prefix}-{i}");
                 let body = serde_json::json!({"orderId": id, "customer": "bench", "total": 4200});
                 let at = epoch_s();
-                loop {
-                    let resp = http
-                        .post(&url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .expect("POST /orders");
-                    let status = resp.status();
-                    resp.bytes().await.expect("accept body");
-                    if status == 202 {
-                        break;
-                    }
-                    assert!(status.is_server_error(), "order refused with {status}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                post_until_accepted(&http, &url, &body).await;
                 sent.push(Sent {
                     id,
                     sent: at,

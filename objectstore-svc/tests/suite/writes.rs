@@ -124,14 +124,16 @@ pub async fn hostile_write_batches_are_refused_whole(h: Harness) {
             413,
         ),
     ];
+    let send = |body: serde_json::Value, token: Option<&str>| {
+        let req = http.post(&url).json(&body);
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        async move { req.send().await.unwrap() }
+    };
     for (body, want) in refused {
-        let r = http
-            .post(&url)
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = send(body, Some(&token)).await;
         assert_eq!(r.status().as_u16(), want, "{}", r.text().await.unwrap());
     }
     // Another app's token, and a read-only one, write nothing.
@@ -140,22 +142,10 @@ pub async fn hostile_write_batches_are_refused_whole(h: Harness) {
         .issue("other-app", Scope::Worker, Duration::from_secs(60));
     let read = h.tokens.issue(APP, Scope::Read, Duration::from_secs(60));
     for t in [&other, &read] {
-        let body = json!({"writes": [one("a")]});
-        let r = http
-            .post(&url)
-            .bearer_auth(t)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = send(json!({"writes": [one("a")]}), Some(t)).await;
         assert!(matches!(r.status().as_u16(), 401 | 403), "{}", r.status());
     }
-    let r = http
-        .post(&url)
-        .json(&json!({"writes": [one("a")]}))
-        .send()
-        .await
-        .unwrap();
+    let r = send(json!({"writes": [one("a")]}), None).await;
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(h.client.stats(s).await.unwrap().keys, 0, "nothing written");
 
@@ -168,13 +158,7 @@ pub async fn hostile_write_batches_are_refused_whole(h: Harness) {
         {"store": s, "key": "", "value": "v"},
         one("also-good"),
     ]});
-    let r = http
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(body, Some(&token)).await;
     assert_eq!(r.status().as_u16(), 200);
     let answer: serde_json::Value = r.json().await.unwrap();
     let statuses: Vec<_> = answer["outcomes"]
