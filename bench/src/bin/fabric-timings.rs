@@ -79,6 +79,43 @@ async fn main() {
         "replacement ready after kill -9 (median):      {r:.3} s  (target <= 2 s; Kubernetes probes default to 10 s periods)"
     );
     println!("idle worker RSS (median):                      {m:.1} MB");
+    fabric_bench::report::Report {
+        name: "fabric".into(),
+        title: format!(
+            "A local fabric (embedded backend) deploying an app of two workers and replacing \
+             one after kill -9, median of {ROUNDS} rounds, beside the 2 s target; CloudHub \
+             deploys take minutes, and Kubernetes probes default to 10 s periods."
+        ),
+        header: ["figure", "median", "target"].map(String::from).to_vec(),
+        rows: vec![
+            vec![
+                "deploy to ready, 2 workers".into(),
+                format!("{d:.3} s"),
+                "2 s".into(),
+            ],
+            vec![
+                "replacement ready after kill -9".into(),
+                format!("{r:.3} s"),
+                "2 s".into(),
+            ],
+            vec![
+                "idle worker RSS".into(),
+                format!("{m:.1} MB"),
+                "20 MB".into(),
+            ],
+        ],
+        chart: fabric_bench::report::Chart {
+            y_label: "seconds".into(),
+            categories: ["deploy to ready", "replacement after kill -9"]
+                .map(String::from)
+                .to_vec(),
+            series: vec![
+                ("this fabric (median)".into(), vec![d, r]),
+                ("target".into(), vec![2.0, 2.0]),
+            ],
+        },
+    }
+    .write();
     println!(
         "{}",
         bench_line(

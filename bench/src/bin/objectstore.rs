@@ -346,6 +346,75 @@ async fn main() {
             svc_one[i].percentile_ms(99.0),
         );
     }
+    let sides = [
+        ("raw SDK (DynamoDB)", &sdk_runs, &sdk_one),
+        ("objectstore-svc (DynamoDB)", &svc_runs, &svc_one),
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (i, op) in OPS.into_iter().enumerate() {
+        for (side, runs, one) in sides {
+            rows.push(vec![
+                op.name().into(),
+                side.into(),
+                format!("{:.0}", runs[i].ops_per_s()),
+                format!(
+                    "{:.2} / {:.2}",
+                    runs[i].latencies.percentile_ms(50.0),
+                    runs[i].latencies.percentile_ms(99.0)
+                ),
+                format!(
+                    "{:.2} / {:.2}",
+                    one[i].percentile_ms(50.0),
+                    one[i].percentile_ms(99.0)
+                ),
+            ]);
+        }
+        rows.push(vec![
+            op.name().into(),
+            "objectstore-svc (redb)".into(),
+            format!("{:.0}", emb_runs[i].ops_per_s()),
+            format!(
+                "{:.2} / {:.2}",
+                emb_runs[i].latencies.percentile_ms(50.0),
+                emb_runs[i].latencies.percentile_ms(99.0)
+            ),
+            "".into(),
+        ]);
+    }
+    let series = |name: &str, runs: &[Run]| {
+        (
+            name.to_string(),
+            runs.iter().map(Run::ops_per_s).collect::<Vec<_>>(),
+        )
+    };
+    fabric_bench::report::Report {
+        name: "objectstore".into(),
+        title: format!(
+            "objectstore-svc against the raw AWS SDK on the same DynamoDB emulator, and on its \
+             embedded backend: {TASKS} concurrent tasks, {VALUE}-byte values, {ROUNDS} \
+             alternating rounds; one call at a time beside."
+        ),
+        header: [
+            "operation",
+            "side",
+            "ops/s",
+            "p50 / p99 ms, concurrent",
+            "p50 / p99 ms, one at a time",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+        chart: fabric_bench::report::Chart {
+            y_label: "operations per second".into(),
+            categories: OPS.iter().map(|o| o.name().to_string()).collect(),
+            series: vec![
+                series("raw SDK (DynamoDB)", &sdk_runs),
+                series("objectstore-svc (DynamoDB)", &svc_runs),
+                series("objectstore-svc (redb)", &emb_runs),
+            ],
+        },
+    }
+    .write();
     let ratio = total_ops_per_s(&svc_runs) / total_ops_per_s(&sdk_runs);
     let added = svc_one
         .iter()

@@ -458,6 +458,58 @@ async fn main() {
     report("queue-svc (redb)", &emb_run, &emb_one);
     println!("CloudHub documents 10-20 ms to put and 70-100 ms to take a small message.");
 
+    let sides = [
+        ("raw SDK (SQS)", &raw_run, &raw_one),
+        ("queue-svc (SQS)", &svc_run, &svc_one),
+        ("queue-svc (redb)", &emb_run, &emb_one),
+    ];
+    let ms = |l: &Latencies| {
+        format!(
+            "{:.2} / {:.2}",
+            l.percentile_ms(50.0),
+            l.percentile_ms(99.0)
+        )
+    };
+    fabric_bench::report::Report {
+        name: "queue".into(),
+        title: format!(
+            "queue-svc against the raw AWS SDK on the same SQS emulator, and on its embedded \
+             backend: {WORKERS} workers running 10-message publish, lease and ack cycles for \
+             {ROUNDS} alternating rounds of {PHASE:?}; then {SINGLES} single puts and takes \
+             each. CloudHub documents 10-20 ms to put and 70-100 ms to take a small message."
+        ),
+        header: [
+            "side",
+            "msgs/s",
+            "cycle p50 / p99 ms",
+            "one put p50 / p99 ms",
+            "one take p50 / p99 ms",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: sides
+            .iter()
+            .map(|(name, run, one)| {
+                vec![
+                    name.to_string(),
+                    format!("{:.0}", run.msgs_per_s),
+                    ms(&run.cycles),
+                    ms(&one.put),
+                    ms(&one.take),
+                ]
+            })
+            .collect(),
+        chart: fabric_bench::report::Chart {
+            y_label: "messages per second".into(),
+            categories: sides.iter().map(|(name, ..)| name.to_string()).collect(),
+            series: vec![(
+                "publish, lease, ack".into(),
+                sides.iter().map(|(_, run, _)| run.msgs_per_s).collect(),
+            )],
+        },
+    }
+    .write();
+
     raw.cleanup(&prefix).await;
     svc_stop.trigger();
     emb_stop.trigger();
