@@ -65,6 +65,43 @@ async fn main() {
         report.redelivered,
         report.faults.len()
     );
+    let backend = match &plan.backends {
+        Backends::Embedded => "embedded backends",
+        Backends::Aws => "the SQS and DynamoDB emulators",
+    };
+    let figures = [
+        ("orders accepted (202)", report.accepted),
+        ("refused or unanswered", report.refused + report.no_answer),
+        ("redelivered", report.redelivered),
+        ("faults injected", report.faults.len()),
+        ("lost", report.lost),
+        ("effects duplicated", report.duplicated_effects),
+        ("dead-lettered", report.dead_lettered as usize),
+        ("plaintext found at rest", report.at_rest_leaks.len()),
+    ];
+    fabric_bench::report::Report {
+        name: "chaos".into(),
+        title: format!(
+            "A chaos run through the whole fabric as processes on {backend} (seed {seed}): \
+             {} clients at {} orders/s, a fault every {:?}; what must be zero is lost, \
+             duplicated, dead-lettered and plaintext at rest.",
+            plan.clients, plan.rate, plan.fault_every
+        ),
+        header: ["figure", "count"].map(String::from).to_vec(),
+        rows: figures
+            .iter()
+            .map(|(what, n)| vec![what.to_string(), n.to_string()])
+            .collect(),
+        chart: fabric_bench::report::Chart {
+            y_label: "count".into(),
+            categories: figures.iter().map(|(what, _)| what.to_string()).collect(),
+            series: vec![(
+                "this run".into(),
+                figures.iter().map(|(_, n)| *n as f64).collect(),
+            )],
+        },
+    }
+    .write();
     let clean = report.lost == 0
         && report.duplicated_effects == 0
         && report.dead_lettered == 0
