@@ -450,10 +450,13 @@ flows:
     // The next worker takes the rest.
     let (_w2, u2) = backing.worker(&manifest, "jobs", "jobs-2", &[]);
     wait_ready(&http, &u2).await;
-    for _ in 0..2 {
-        let before = held.calls.load(Ordering::SeqCst);
+    // Counted from the first worker's one call, not read afresh: the next
+    // worker may already be in its call (waiting for this release) when
+    // the loop comes round, and a count read then would wait for a call
+    // that cannot start before this one is released.
+    for calls in 2..=3 {
         eventually("the next job is in flight", || async {
-            held.calls.load(Ordering::SeqCst) > before
+            held.calls.load(Ordering::SeqCst) >= calls
         })
         .await;
         held.release.add_permits(1);
