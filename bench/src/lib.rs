@@ -44,6 +44,26 @@ impl Latencies {
     }
 }
 
+/// `/proc/PID/stat` counts CPU time in USER_HZ, 100 on Linux.
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU seconds (user + system) process `pid` (a number, or `self`) has used
+/// so far; 0 when it is gone.
+pub fn cpu_s(pid: impl std::fmt::Display) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name in parentheses: utime and stime are fields 14
+    // and 15 of the line, 11 and 12 after the name.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / TICKS_PER_S
+}
+
 /// The release `fabric` binary beside this bench's own; panics with
 /// `how_to_build` when it is missing.
 pub fn fabric_binary(how_to_build: &str) -> std::path::PathBuf {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, SendMessageBatchRequestEntry};
 use tokio::sync::Semaphore;
 
 /// Messages per SQS batch call, as the worker's publisher and consumer send.
@@ -185,17 +185,7 @@ impl RawPipeline {
                     .iter()
                     .map(|m| me.process(m.body().unwrap_or_default()));
                 futures::future::join_all(stored).await;
-                let entries = messages
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| {
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(m.receipt_handle().unwrap_or_default())
-                            .build()
-                            .expect("an entry")
-                    })
-                    .collect();
+                let entries = delete_entries(&messages);
                 me.sqs
                     .delete_message_batch()
                     .queue_url(&me.queue_url)
@@ -253,4 +243,20 @@ impl RawPipeline {
             .await
             .expect("settle");
     }
+}
+
+/// A `DeleteMessageBatch` entry for each of `messages` (received together,
+/// so at most ten), numbered by position.
+pub fn delete_entries(messages: &[Message]) -> Vec<DeleteMessageBatchRequestEntry> {
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()
+                .expect("an entry")
+        })
+        .collect()
 }

@@ -19,9 +19,10 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use common::shutdown::Shutdown;
 use common::token::{Scope, TokenKey};
+use fabric_bench::raw_pipeline::delete_entries;
 use fabric_bench::{Latencies, bench_line};
 use queue_svc::api::QueueSpec;
 use queue_svc::client::{Client, LeaseOptions};
@@ -169,18 +170,7 @@ impl Raw {
                 .await
                 .expect("receive");
             receiving += t.elapsed();
-            let entries: Vec<_> = out
-                .messages()
-                .iter()
-                .enumerate()
-                .map(|(i, m)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(m.receipt_handle().unwrap_or_default())
-                        .build()
-                        .expect("entry")
-                })
-                .collect();
+            let entries = delete_entries(out.messages());
             if entries.is_empty() {
                 continue;
             }

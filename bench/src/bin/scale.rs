@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use control_plane::model::DeployRequest;
-use fabric_bench::{bench_line, mem_mb};
+use fabric_bench::{bench_line, cpu_s, mem_mb};
 
 const APP: &str = include_str!("../../../examples/hello.yaml");
 /// How long CPU use at rest is sampled.
@@ -25,21 +25,6 @@ const REST: Duration = Duration::from_secs(5);
 const LOAD: Duration = Duration::from_secs(5);
 /// Connections the load keeps open.
 const CONNECTIONS: usize = 32;
-
-/// A process's user + system CPU time, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime: fields 14 and 15 of the line, 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// What one count of apps measured.
 struct Step {

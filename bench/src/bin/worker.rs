@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::token::{Scope, TokenKey};
-use fabric_bench::{Latencies, bench_line, mem_mb};
+use fabric_bench::{Latencies, bench_line, cpu_s, mem_mb};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -48,8 +48,6 @@ const DEFAULT_ORDERS: usize = 10_000;
 const SETTLE: Duration = Duration::from_secs(2);
 const START_WAIT: Duration = Duration::from_secs(30);
 const DRAIN_WAIT: Duration = Duration::from_secs(300);
-/// `/proc/PID/stat` counts CPU time in USER_HZ, 100 on Linux.
-const TICKS_PER_S: f64 = 100.0;
 
 /// A started component, killed by pid when dropped (also on panic).
 struct Proc {
@@ -136,20 +134,6 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_s(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name in parentheses: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(14) + ticks(15)) / TICKS_PER_S
 }
 
 /// CPU use of every process of the run over one phase.
